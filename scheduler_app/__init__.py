@@ -1,0 +1,100 @@
+"""A Flask service that runs long Python tasks in the background: now, later, or on a schedule,
+with a durable record of every run. ``create_app()`` wires it; it starts no thread."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import secrets
+from typing import Any
+
+from flask import Flask
+
+from .errors import ConfigError
+from .scheduler.extension import JobScheduler
+from .services import Services, services
+from .services.models import JobCreate
+from .settings import Settings, load_settings
+from .store import Database, Store
+
+__all__ = ["create_app", "services", "start_scheduler", "stop_scheduler"]
+
+log = logging.getLogger(__name__)
+
+PRUNE_JOB_ID = "maintenance.prune_runs"
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app: settings, task modules, database tables, scheduler (not started), routes.
+
+    ``config`` overrides everything else (tests pass a temporary database here).
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_object("config.settings.Config")
+    app.config.from_prefixed_env()
+    if config:
+        app.config.update(config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    _configure_logging(app)
+    settings = load_settings(
+        app.config, "sqlite:///" + os.path.join(app.instance_path, "scheduler.sqlite3"))
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = secrets.token_hex(32)
+    for module in settings.task_modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"TASK_MODULES: cannot import {module!r}: {exc}") from exc
+
+    db = Database(settings.database_url, pool_size=max(10, settings.worker_threads + 6))
+    db.create_schema()
+    store = Store(db)
+    scheduler = JobScheduler(app, settings, store)
+    Services.build(settings, store, scheduler).install(app)
+
+    from . import api, health
+    from .api import builtin
+
+    api.init_app(app)
+    health.init_app(app)
+    if settings.api_enabled:
+        builtin.init_app(app, settings.api_prefix)
+
+    if settings.autostart:
+        @app.before_request
+        def _start_on_first_request() -> None:
+            if not scheduler.started:
+                start_scheduler(app)
+
+    return app
+
+
+def start_scheduler(app: Flask) -> None:
+    """Start this process's node and install the built-in jobs. Called by gunicorn's
+    ``post_worker_init`` hook, the ``scheduler worker`` command, or the first request."""
+    svc = services(app)
+    if svc.scheduler.started:
+        return
+    svc.scheduler.start()
+    _install_builtin_jobs(svc.settings, svc)
+
+
+def stop_scheduler(app: Flask) -> None:
+    services(app).scheduler.shutdown()
+
+
+def _install_builtin_jobs(settings: Settings, svc: Services) -> None:
+    if settings.prune_cron and settings.role != "worker":
+        svc.jobs.ensure(JobCreate(
+            id=PRUNE_JOB_ID, name="Prune old runs", task="maintenance.prune_runs",
+            kwargs={"older_than_days": settings.prune_older_than_days},
+            trigger={"type": "cron", "expr": settings.prune_cron}))
+
+
+def _configure_logging(app: Flask) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    level = app.config.get("LOG_LEVEL", "INFO")
+    logging.getLogger("scheduler_app").setLevel(level)

@@ -1,0 +1,19 @@
+"""Layer 4: the HTTP API blueprints under /api, all behind the same auth hook."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from . import jobs, nodes, runs, tasks
+from .auth import require_role
+from .errors import register_error_handlers
+
+api = Blueprint("api", __name__, url_prefix="/api")
+api.before_request(require_role)
+for module in (tasks, runs, jobs, nodes):
+    api.register_blueprint(module.bp)
+
+
+def init_app(app: Flask) -> None:
+    register_error_handlers(app)
+    app.register_blueprint(api)

@@ -1,0 +1,55 @@
+"""Request parsing shared by the API blueprints: JSON bodies and list parameters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import request
+
+from ..errors import InvalidRequest
+
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_body(*, required: bool = True) -> Any:
+    """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        if required:
+            raise InvalidRequest.field("body", "a JSON object is required")
+        return {}
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise InvalidRequest.field("body", f"is not valid JSON: {message}") from None
+
+
+def limit_arg() -> int:
+    raw = request.args.get("limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidRequest.field("limit", f"must be an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def bool_arg(name: str) -> bool | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidRequest.field(name, "must be true or false")
+
+
+def page(items: list[Any], next_cursor: str | None) -> dict[str, Any]:
+    return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,46 @@
+"""Runs: start one now (or at a time), list, read, cancel, read its log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request, url_for
+
+from ..services import services
+from ..services.models import RunCreate, parse_model
+from ..services.views import log_view, run_view
+from .common import json_body, limit_arg, page
+
+bp = Blueprint("runs", __name__)
+
+
+@bp.post("/runs")
+def create_run() -> Any:
+    run = services().runs.submit(parse_model(RunCreate, json_body()))
+    return run_view(run), 202, {"Location": url_for("api.runs.get_run", run_id=run.id)}
+
+
+@bp.get("/runs")
+def list_runs() -> dict[str, Any]:
+    items, cursor = services().runs.list(
+        state=request.args.get("state") or None, task=request.args.get("task") or None,
+        job_id=request.args.get("job_id") or None, limit=limit_arg(),
+        cursor=request.args.get("cursor"))
+    return page([run_view(r) for r in items], cursor)
+
+
+@bp.get("/runs/<int:run_id>")
+def get_run(run_id: int) -> dict[str, Any]:
+    return run_view(services().runs.get(run_id))
+
+
+@bp.post("/runs/<int:run_id>/cancel")
+def cancel_run(run_id: int) -> Any:
+    return run_view(services().runs.cancel(run_id)), 202
+
+
+@bp.get("/runs/<int:run_id>/logs")
+def run_logs(run_id: int) -> dict[str, Any]:
+    items, cursor = services().runs.logs(run_id, limit=limit_arg(),
+                                         cursor=request.args.get("cursor"))
+    return page([log_view(e) for e in items], cursor)

@@ -1,0 +1,17 @@
+"""GET /api/tasks: the registered tasks and the JSON Schema of their arguments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+
+from ..services.views import task_view
+from ..tasks import registry
+
+bp = Blueprint("tasks", __name__)
+
+
+@bp.get("/tasks")
+def list_tasks() -> dict[str, Any]:
+    return {"items": [task_view(t) for t in registry.all()]}

@@ -1,0 +1,58 @@
+"""/healthz (the process is up) and /readyz (the database answers and this node schedules),
+plus the index page. No auth: load balancers call these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask
+
+from .services import services
+
+bp = Blueprint("health", __name__)
+
+ENDPOINTS = [
+    ("GET", "/api/tasks", "registered tasks and the JSON Schema of their arguments"),
+    ("POST", "/api/runs", "run a task now (or at run_at): {\"task\", \"kwargs\"}"),
+    ("GET", "/api/runs", "runs, newest first (?state=&task=&job_id=&limit=&cursor=)"),
+    ("GET", "/api/runs/<id>", "one run: state, progress, result, error"),
+    ("POST", "/api/runs/<id>/cancel", "cancel a queued or running run"),
+    ("GET", "/api/runs/<id>/logs", "a run's log lines"),
+    ("POST", "/api/jobs", "schedule a task with a cron, interval or date trigger"),
+    ("GET", "/api/jobs", "scheduled jobs by next run time"),
+    ("GET|PATCH|DELETE", "/api/jobs/<id>", "read, change or delete a job"),
+    ("POST", "/api/jobs/<id>/pause|resume|run", "pause, resume, or run a job now"),
+    ("GET", "/api/nodes", "the processes running schedulers, with heartbeats"),
+    ("GET", "/scheduler/jobs", "Flask-APScheduler's API, restricted to registered tasks"),
+    ("GET", "/healthz", "liveness"),
+    ("GET", "/readyz", "readiness: database reachable and scheduler running"),
+]
+
+
+@bp.get("/")
+def index() -> dict[str, Any]:
+    return {
+        "service": "scheduler_app",
+        "endpoints": [{"method": m, "path": p, "description": d} for m, p, d in ENDPOINTS],
+    }
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@bp.get("/readyz")
+def readyz() -> Any:
+    svc = services()
+    try:
+        svc.store.db.ping()
+    except Exception as exc:
+        return {"status": "unavailable", "reason": f"database unreachable: {exc}"}, 503
+    if not svc.scheduler.started or not svc.scheduler.loop_running:
+        return {"status": "unavailable", "reason": "the scheduler is not running"}, 503
+    return {"status": "ok", "node": svc.scheduler.node.id}
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

@@ -1,0 +1,103 @@
+"""An APScheduler 3 job store over the ``jobs`` table (JSON specs, no pickles).
+
+What differs from ``SQLAlchemyJobStore`` and why:
+- a row that cannot be turned into a job is skipped and remembered (``broken``), never deleted:
+  in a shared table during a rolling deploy, deleting would lose another version's job;
+- the scheduler's own ``update_job`` after a fire only moves ``next_run_time`` forward if the
+  row still has the version it was read at, so a pause, edit or delete made meanwhile by an API
+  call wins instead of being overwritten;
+- conflicts on the scheduler's path are logged and absorbed (an exception there would kill
+  APScheduler's loop thread), while API-style callers still get ``JobLookupError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+
+from apscheduler.job import Job
+from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError
+
+from ..store import JobRecord, JobStoreQueries
+from .jobspec import JobSpec, to_apscheduler_job
+from .triggers import TriggerError
+
+log = logging.getLogger(__name__)
+
+
+class SpecJobStore(BaseJobStore):
+    def __init__(self, queries: JobStoreQueries, timezone: str) -> None:
+        super().__init__()
+        self.queries = queries
+        self.timezone = timezone
+        self.broken: dict[str, str] = {}
+        self._versions: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    # -- reading ----------------------------------------------------------------------------
+    def _load(self, record: JobRecord) -> Job | None:
+        try:
+            spec = JobSpec.from_json(record.spec)
+            trigger = spec.build_trigger(self.timezone)
+        except (KeyError, TypeError, ValueError, TriggerError) as exc:
+            reason = f"stored job cannot be loaded: {exc}"
+            if self.broken.get(record.id) != reason:
+                log.error("job %s skipped: %s", record.id, reason, extra={"job_id": record.id})
+            self.broken[record.id] = reason
+            return None
+        self.broken.pop(record.id, None)
+        with self._lock:
+            self._versions[record.id] = record.version
+        return to_apscheduler_job(record.id, spec, record.next_run_time, trigger,
+                                  self._scheduler, self._alias)
+
+    def lookup_job(self, job_id: str) -> Job | None:
+        record = self.queries.get(job_id)
+        return None if record is None else self._load(record)
+
+    def get_due_jobs(self, now: datetime) -> list[Job]:
+        jobs = (self._load(r) for r in self.queries.due(now) if r.id not in self.broken)
+        return [j for j in jobs if j is not None]
+
+    def get_next_run_time(self) -> datetime | None:
+        if not self.broken:
+            return self.queries.next_run_time()
+        times = [r.next_run_time for r in self.queries.all()
+                 if r.next_run_time is not None and r.id not in self.broken]
+        return min(times, default=None)
+
+    def get_all_jobs(self) -> list[Job]:
+        jobs = (self._load(r) for r in self.queries.all())
+        return [j for j in jobs if j is not None]
+
+    # -- writing ----------------------------------------------------------------------------
+    def add_job(self, job: Job) -> None:
+        """Jobs are created by ``services.jobs`` (validated, written as specs), not here."""
+        raise ConflictingIdError(job.id) if self.queries.get(job.id) else TypeError(
+            "create jobs through JobService (or JobScheduler.add_job), which validates them")
+
+    def update_job(self, job: Job) -> None:
+        """Called by the scheduler loop after a fire: move ``next_run_time`` forward, but only
+        on the version that was read, so an edit, pause or delete made meanwhile wins."""
+        with self._lock:
+            expected = self._versions.pop(job.id, None)
+        if expected is None or not self.queries.advance(job.id, job.next_run_time, expected):
+            log.info("job %s changed while firing; its newer state is kept", job.id,
+                     extra={"job_id": job.id})
+
+    def remove_job(self, job_id: str) -> None:
+        """Called by the scheduler loop when a trigger is exhausted (a date job has fired)."""
+        with self._lock:
+            expected = self._versions.pop(job_id, None)
+        if expected is None or not self.queries.delete(job_id, expected_version=expected):
+            log.info("job %s changed or was removed while firing", job_id,
+                     extra={"job_id": job_id})
+        self.broken.pop(job_id, None)
+
+    def remove_all_jobs(self) -> None:
+        self.queries.delete_all()
+        self.broken.clear()
+
+    def shutdown(self) -> None:
+        pass

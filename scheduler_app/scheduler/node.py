@@ -1,0 +1,162 @@
+"""A node: one process that holds a scheduler. Its identity, heartbeat and housekeeping.
+
+The maintenance thread, a few times a second: writes pending progress and log lines of the
+runs executing here, delivers cancel requests made on other nodes, enforces timeouts; every
+heartbeat interval it refreshes this node's row and settles runs whose node went silent
+(``NodeLost``), which is also how a restart settles the runs its previous process left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.job import Job
+
+from ..store import FireSkipped, NewRun, Store
+from ..tasks import UnknownTask, registry
+from ..timeutil import utcnow
+from .runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, store: Store, runner: Runner | None, *, role: str, capacity: int,
+                 heartbeat_seconds: float, lease_seconds: float, tick_seconds: float,
+                 retry_backoff: float) -> None:
+        self.store = store
+        self.runner = runner
+        self.role = role
+        self.capacity = capacity
+        self.heartbeat_seconds = heartbeat_seconds
+        self.lease_seconds = lease_seconds
+        self.tick_seconds = tick_seconds
+        self.retry_backoff = retry_backoff
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
+        if runner is not None:
+            runner.node_id = self.id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self.store.nodes.register(self.id, self.host, self.pid, self.role,
+                                  self.capacity if self.runner else 0)
+        self.settle_lost_runs()
+        if self.runner is not None:
+            self.runner.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._maintenance_loop, name="node-maintenance",
+                                        daemon=True)
+        self._thread.start()
+        log.info("node %s started (role %s, %s threads)", self.id, self.role, self.capacity,
+                 extra={"node": self.id})
+
+    def stop(self, grace: float) -> None:
+        if self.runner is not None:
+            self.runner.stop(grace)
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.store.nodes.mark_stopped(self.id)
+        except Exception:
+            log.exception("could not mark node %s stopped", self.id)
+        log.info("node %s stopped", self.id, extra={"node": self.id})
+
+    # -- job fires --------------------------------------------------------------------------
+    def record_fires(self, job: Job, run_times: list[datetime]) -> None:
+        """APScheduler's executor hook: each due fire of ``job`` becomes one queued run."""
+        extra = {"job_id": job.id, "node": self.id}
+        task_name = job.args[0] if job.args else None
+        try:
+            task = registry.get(task_name)
+        except UnknownTask:
+            log.warning("job %s fires task %r, which is not registered in this process; "
+                        "fire skipped", job.id, task_name, extra=extra)
+            return
+        now = utcnow()
+        for fire_time in run_times:
+            fire_time = fire_time.astimezone(UTC)
+            late = (now - fire_time).total_seconds()
+            grace = job.misfire_grace_time
+            if grace is not None and late > grace:
+                log.warning("job %s missed its fire at %s by %.1f s (grace %s s)", job.id,
+                            fire_time.isoformat(), late, grace, extra=extra)
+                continue
+            new = NewRun(task=task.name, kwargs=dict(job.kwargs),
+                         max_attempts=task.max_attempts,
+                         retry_backoff=task.retry_backoff or self.retry_backoff,
+                         timeout=task.timeout, scheduled_for=fire_time, job_id=job.id,
+                         fire_time=fire_time)
+            try:
+                run = self.store.runs.record_fire(new, job.max_instances)
+            except FireSkipped as skipped:
+                log.info("job %s fire at %s skipped: %s", job.id, fire_time.isoformat(),
+                         skipped, extra=extra)
+                continue
+            log.debug("job %s fired run %s", job.id, run.id, extra={**extra, "run_id": run.id})
+        if self.runner is not None:
+            self.runner.wake()
+
+    # -- housekeeping -----------------------------------------------------------------------
+    def settle_lost_runs(self) -> None:
+        stale_before = utcnow() - timedelta(seconds=self.lease_seconds)
+        for run in self.store.runs.settle_lost(stale_before, self._dead_local_nodes()):
+            log.warning("run %s lost its node; now %s (attempt %s of %s)", run.id,
+                        run.state.value, run.attempt, run.max_attempts,
+                        extra={"run_id": run.id, "node": self.id})
+
+    def _dead_local_nodes(self) -> list[str]:
+        """Nodes on this host whose process is gone: no need to wait out their lease."""
+        dead = []
+        for node in self.store.nodes.all():
+            if node.id == self.id or node.host != self.host or node.stopped_at is not None:
+                continue
+            if not _pid_alive(node.pid) or node.pid == self.pid:
+                dead.append(node.id)
+        return dead
+
+    def _maintenance_loop(self) -> None:
+        next_beat = 0.0
+        clock = 0.0
+        while not self._stop.wait(self.tick_seconds):
+            clock += self.tick_seconds
+            try:
+                self._tick()
+                if clock >= next_beat:
+                    next_beat = clock + self.heartbeat_seconds
+                    running = self.runner.running if self.runner else 0
+                    if not self.store.nodes.heartbeat(self.id, running):
+                        self.store.nodes.register(self.id, self.host, self.pid, self.role,
+                                                  self.capacity if self.runner else 0)
+                    if self.runner is not None:
+                        self.settle_lost_runs()
+            except Exception:
+                log.exception("node maintenance failed; retrying", extra={"node": self.id})
+
+    def _tick(self) -> None:
+        if self.runner is None:
+            return
+        self.runner.flush_all()
+        self.runner.enforce_timeouts()
+        if self.runner.running:
+            for run_id in self.store.runs.cancel_requested_ids(self.id):
+                self.runner.signal_cancel(run_id)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,275 @@
+"""Executes queued runs on a bounded thread pool: claim, run the task in an app context, settle.
+
+The dispatcher thread claims only as many due runs as there are free threads, so a busy node
+leaves work in the queue for idle ones and nothing waits in an unbounded in-memory queue. It
+sleeps until it is woken (a run was queued here, a thread freed up) or until the next queued
+run is due, polling at most ``poll_seconds`` apart to notice runs queued by other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask
+
+from ..store import Run, RunState, Store
+from ..tasks import ArgumentError, Cancelled, RunContext, UnknownTask, registry
+from ..tasks.context import current_run, set_current_run
+from ..timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+CANCEL_USER = "cancelled"
+CANCEL_TIMEOUT = "timeout"
+CANCEL_SHUTDOWN = "shutdown"
+
+
+class RunLogHandler(logging.Handler):
+    """Copies every log record emitted on a thread that is executing a run into that run's log,
+    so a task's own ``logging`` calls (and its libraries') show up on the run, not only in the
+    process log. Installed once per process on the root logger."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current_run()
+        if ctx is None:
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            ctx.record_log(record.levelname, message)
+        except Exception:
+            self.handleError(record)
+
+
+_log_handler_lock = threading.Lock()
+
+
+def install_run_log_handler() -> None:
+    root = logging.getLogger()
+    with _log_handler_lock:
+        if not any(isinstance(h, RunLogHandler) for h in root.handlers):
+            root.addHandler(RunLogHandler(level=logging.DEBUG))
+    runs_logger = logging.getLogger("scheduler_app.runs")
+    if runs_logger.level == logging.NOTSET:
+        runs_logger.setLevel(logging.INFO)
+
+
+@dataclass
+class _Active:
+    run: Run
+    ctx: RunContext
+    deadline: Any  # datetime | None
+
+
+class Runner:
+    def __init__(self, app: Flask, store: Store, node_id: str, capacity: int, *,
+                 poll_seconds: float, max_log_lines: int) -> None:
+        self.app = app
+        self.store = store
+        self.node_id = node_id
+        self.capacity = capacity
+        self.poll_seconds = poll_seconds
+        self.max_log_lines = max_log_lines
+        self._active: dict[int, _Active] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._accepting = False
+        self._stopped = threading.Event()
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+        self.on_settled: Callable[[Run], None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        install_run_log_handler()
+        self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="run")
+        self._accepting = True
+        self._stopped.clear()
+        self._thread = threading.Thread(target=self._dispatch_loop, name="run-dispatcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float) -> None:
+        """Stop claiming, ask running tasks to stop, wait up to ``grace`` seconds, then hand
+        every unfinished run back to the queue for another node (or the next start)."""
+        self._accepting = False
+        self._stopped.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for active in self.active():
+            active.ctx.request_cancel(CANCEL_SHUTDOWN)
+        if self._pool is not None:
+            done = threading.Event()
+            threading.Thread(target=lambda: (self._pool.shutdown(wait=True), done.set()),
+                             daemon=True).start()  # type: ignore[union-attr]
+            done.wait(timeout=grace)
+        for active in self.active():
+            self.flush(active)
+            if self.store.runs.hand_back(active.run.id, self.node_id):
+                log.warning("run %s handed back: still running at shutdown", active.run.id,
+                            extra={"run_id": active.run.id})
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- what the node's maintenance loop calls ---------------------------------------------
+    def active(self) -> list[_Active]:
+        with self._lock:
+            return list(self._active.values())
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    def signal_cancel(self, run_id: int, reason: str = CANCEL_USER) -> bool:
+        with self._lock:
+            active = self._active.get(run_id)
+        if active is None:
+            return False
+        active.ctx.request_cancel(reason)
+        return True
+
+    def enforce_timeouts(self) -> None:
+        now = utcnow()
+        for active in self.active():
+            if active.deadline is not None and now >= active.deadline:
+                active.ctx.request_cancel(CANCEL_TIMEOUT)
+
+    def flush(self, active: _Active) -> None:
+        """Write a run's pending progress and log lines (throttled by the caller's cadence)."""
+        progress = active.ctx.take_progress()
+        if progress is not None:
+            self.store.runs.save_progress(active.run.id, progress.done, progress.total,
+                                          progress.message)
+        lines = active.ctx.take_logs()
+        if lines:
+            self.store.runs.add_logs(active.run.id, [(ln.at, ln.level, ln.message)
+                                                     for ln in lines])
+
+    def flush_all(self) -> None:
+        for active in self.active():
+            try:
+                self.flush(active)
+            except Exception:
+                log.exception("could not save progress of run %s", active.run.id)
+
+    # -- dispatching ------------------------------------------------------------------------
+    def _dispatch_loop(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.clear()
+            timeout = self.poll_seconds
+            try:
+                free = self.capacity - self.running
+                if free > 0 and self._accepting:
+                    claimed = self.store.runs.claim(self.node_id, free, _task_limits())
+                    for run in claimed:
+                        self._submit(run)
+                    if len(claimed) < free:
+                        due = self.store.runs.next_due_time()
+                        if due is not None:
+                            timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
+                    elif claimed:
+                        continue
+            except Exception:
+                log.exception("run dispatcher: database error; retrying")
+            self._wake.wait(timeout)
+
+    def _submit(self, run: Run) -> None:
+        ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
+        if run.cancel_requested:
+            ctx.request_cancel(CANCEL_USER)
+        deadline = None
+        if run.timeout is not None and run.started_at is not None:
+            deadline = run.started_at + timedelta(seconds=run.timeout)
+        with self._lock:
+            self._active[run.id] = _Active(run, ctx, deadline)
+        assert self._pool is not None
+        self._pool.submit(self._execute, run, ctx)
+
+    def _execute(self, run: Run, ctx: RunContext) -> None:
+        extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
+        log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
+        state, result, error = self._call_task(run, ctx)
+        with self._lock:
+            active = self._active.get(run.id)
+        try:
+            if active is not None:
+                self.flush(active)
+            if state is None:  # stopped by shutdown: not this attempt's fault
+                self.store.runs.hand_back(run.id, self.node_id)
+                settled = None
+            else:
+                settled = self.store.runs.finish(run.id, self.node_id, state, result=result,
+                                                 error=error)
+        except Exception:
+            log.exception("could not record the outcome of run %s", run.id, extra=extra)
+            settled = None
+        finally:
+            with self._lock:
+                self._active.pop(run.id, None)
+            self._wake.set()
+        if settled is not None:
+            log.info("run %s %s", run.id, settled.state.value, extra=extra)
+            if self.on_settled is not None:
+                self.on_settled(settled)
+
+    def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
+        set_current_run(ctx)
+        try:
+            task = registry.get(run.task)
+            kwargs = task.validate(run.kwargs)
+            with self.app.app_context():
+                value = task.fn(ctx, **kwargs)
+            return RunState.SUCCEEDED, _jsonable(value), None
+        except UnknownTask as exc:
+            return RunState.FAILED, None, _error("UnknownTask", str(exc), None)
+        except ArgumentError as exc:
+            return RunState.FAILED, None, _error("InvalidArguments", str(exc), None)
+        except ResultNotJSON as exc:
+            return RunState.FAILED, None, _error("ResultNotJSON", str(exc), None)
+        except BaseException as exc:
+            reason = ctx.cancel_reason
+            if reason == CANCEL_SHUTDOWN:
+                return None, None, None
+            if reason == CANCEL_TIMEOUT:
+                return RunState.FAILED, None, _error(
+                    "Timeout", f"run exceeded its timeout of {run.timeout} s",
+                    traceback.format_exc())
+            if reason == CANCEL_USER or isinstance(exc, Cancelled):
+                return RunState.CANCELLED, None, None
+            if not isinstance(exc, Exception):
+                raise
+            return RunState.FAILED, None, _error(type(exc).__name__, str(exc),
+                                                 traceback.format_exc())
+        finally:
+            set_current_run(None)
+
+
+class ResultNotJSON(TypeError):
+    """A task returned a value that JSON cannot carry."""
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ResultNotJSON(f"the task's return value is not JSON: {exc}") from None
+    return value
+
+
+def _error(kind: str, message: str, tb: str | None) -> dict[str, Any]:
+    return {"type": kind, "message": message, "traceback": tb}
+
+
+def _task_limits() -> dict[str, int]:
+    return {t.name: t.max_running for t in registry.all() if t.max_running is not None}

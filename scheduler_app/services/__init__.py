@@ -1,0 +1,37 @@
+"""The services the API, CLI and dashboard call: validation, then the store, then a wake-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from ..scheduler.extension import JobScheduler
+from ..settings import Settings
+from ..store import Store
+from .jobs import JobService
+from .runs import RunService
+
+EXTENSION_KEY = "scheduler_app"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: Store
+    scheduler: JobScheduler
+    runs: RunService
+    jobs: JobService
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store, scheduler: JobScheduler) -> Services:
+        runs = RunService(store, scheduler, settings)
+        return cls(settings, store, scheduler, runs, JobService(store, scheduler, settings, runs))
+
+    def install(self, app: Flask) -> None:
+        app.extensions[EXTENSION_KEY] = self
+
+
+def services(app: Flask | None = None) -> Services:
+    """The services of the current (or given) app."""
+    return (app or current_app).extensions[EXTENSION_KEY]  # type: ignore[no-any-return]

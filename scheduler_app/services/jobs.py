@@ -1,0 +1,218 @@
+"""Creating, changing and reading scheduled jobs.
+
+Writes go straight to the job table (validated, as JSON specs) and then wake the local
+scheduler loop; they never go through APScheduler's ``add_job``, whose not-yet-started
+scheduler keeps jobs in process memory. Every change is a compare-and-set on the row's version,
+retried on a conflict, so a scheduler fire happening at the same moment cannot undo it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.triggers.base import BaseTrigger
+
+from ..errors import Conflict, InvalidRequest, NotFound
+from ..scheduler.extension import JobScheduler
+from ..scheduler.jobspec import JobSpec
+from ..scheduler.triggers import TriggerError, build_trigger
+from ..settings import Settings
+from ..store import JobExists, JobRecord, Run, Store
+from ..tasks import UnknownTask, registry
+from ..timeutil import utcnow
+from .models import JobCreate, JobPatch
+from .runs import RunService, resolve_task, validate_kwargs
+
+MAX_CAS_ATTEMPTS = 5
+
+
+class JobService:
+    def __init__(self, store: Store, scheduler: JobScheduler, settings: Settings,
+                 runs: RunService) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.settings = settings
+        self.runs = runs
+
+    # -- validation -------------------------------------------------------------------------
+    def _trigger(self, spec: object) -> tuple[dict[str, Any], BaseTrigger]:
+        try:
+            return build_trigger(spec, self.settings.timezone)
+        except TriggerError as exc:
+            raise InvalidRequest.field(exc.field, exc.message) from None
+
+    def _first_fire(self, trigger_spec: dict[str, Any], trigger: BaseTrigger,
+                    grace: float | None) -> datetime:
+        now = utcnow()
+        first = trigger.get_next_fire_time(None, now)
+        if first is None:
+            raise InvalidRequest.field("trigger", "this trigger will never fire")
+        if trigger_spec["type"] == "date" and grace is not None and \
+                first < now - timedelta(seconds=grace):
+            raise InvalidRequest.field("trigger.run_date", "is in the past")
+        return first
+
+    # -- writes -----------------------------------------------------------------------------
+    def create(self, request: JobCreate) -> JobRecord:
+        task = resolve_task(request.task)
+        validate_kwargs(task, request.kwargs)
+        trigger_spec, trigger = self._trigger(request.trigger)
+        spec = JobSpec(
+            name=request.name or request.id or task.name,
+            task=task.name,
+            kwargs=request.kwargs,
+            trigger=trigger_spec,
+            max_instances=request.max_instances or self.settings.max_instances,
+            coalesce=self.settings.coalesce if request.coalesce is None else request.coalesce,
+            misfire_grace_time=request.misfire_grace_time or self.settings.misfire_grace_time,
+        )
+        first = self._first_fire(trigger_spec, trigger, spec.misfire_grace_time)
+        job_id = request.id or uuid.uuid4().hex
+        try:
+            self.store.jobs.insert(job_id, task.name, spec.to_json(),
+                                   None if request.paused else first)
+        except JobExists:
+            raise Conflict(f"a job with id {job_id!r} already exists") from None
+        self.scheduler.jobs_changed()
+        return self.get(job_id)
+
+    def update(self, job_id: str, patch: JobPatch) -> JobRecord:
+        changes = patch.model_dump(exclude_unset=True)
+        if not changes:
+            raise InvalidRequest.field("body", "name at least one field to change")
+        if any(v is None for v in changes.values()):
+            bad = next(k for k, v in changes.items() if v is None)
+            raise InvalidRequest.field(bad, "must not be null")
+
+        def change(record: JobRecord, spec: JobSpec) -> tuple[JobSpec, datetime | None]:
+            task = resolve_task(spec.task)
+            data = spec.to_json()
+            data.update({k: v for k, v in changes.items() if k != "trigger"})
+            if "kwargs" in changes:
+                validate_kwargs(task, changes["kwargs"])
+            next_run = record.next_run_time
+            if "trigger" in changes:
+                trigger_spec, trigger = self._trigger(changes["trigger"])
+                data["trigger"] = trigger_spec
+                first = self._first_fire(trigger_spec, trigger, data["misfire_grace_time"])
+                if next_run is not None:  # a paused job stays paused with its new trigger
+                    next_run = first
+            return JobSpec.from_json(data), next_run
+
+        return self._compare_and_set(job_id, change)
+
+    def pause(self, job_id: str) -> JobRecord:
+        return self._compare_and_set(job_id, lambda record, spec: (spec, None))
+
+    def resume(self, job_id: str) -> JobRecord:
+        def change(record: JobRecord, spec: JobSpec) -> tuple[JobSpec, datetime | None]:
+            if record.next_run_time is not None:
+                return spec, record.next_run_time
+            trigger = self._trigger(spec.trigger)[1]
+            first = trigger.get_next_fire_time(None, utcnow())
+            if first is None:
+                raise Conflict(f"job {job_id} has no future fire time; delete it instead")
+            return spec, first
+
+        return self._compare_and_set(job_id, change)
+
+    def delete(self, job_id: str) -> None:
+        if not self.store.jobs.delete(job_id):
+            raise NotFound(f"no job with id {job_id!r}")
+        self.scheduler.jobs_changed()
+
+    def run_now(self, job_id: str) -> Run:
+        """Start a run of the job's task with its arguments now; the schedule is unchanged."""
+        record = self._get_record(job_id)
+        try:
+            task = registry.get(record.task)
+        except UnknownTask:
+            raise Conflict(f"job {job_id}'s task {record.task!r} is not registered here") \
+                from None
+        return self.runs.queue(task, dict(record.spec.get("kwargs") or {}), utcnow(),
+                               job_id=job_id)
+
+    def ensure(self, request: JobCreate) -> JobRecord:
+        """Create the job, or bring an existing one with the same id to this definition
+        (config-declared and built-in jobs; idempotent across processes starting at once)."""
+        assert request.id is not None
+        existing = self.store.jobs.get(request.id)
+        if existing is None:
+            try:
+                return self.create(request)
+            except Conflict:
+                existing = self.store.jobs.get(request.id)
+                if existing is None:
+                    raise
+        wanted = request.model_dump(exclude={"id", "paused"}, exclude_none=True)
+        current = JobSpec.from_json(existing.spec)
+        same = (current.task == request.task and current.kwargs == request.kwargs
+                and _same_trigger(current.trigger, request.trigger))
+        if same:
+            return existing
+        patch = JobPatch(**{k: v for k, v in wanted.items() if k != "task"})
+        if current.task != request.task:
+            self.delete(request.id)
+            return self.create(request)
+        return self.update(request.id, patch)
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        return self._get_record(job_id)
+
+    def list(self, *, task: str | None, paused: bool | None, limit: int,
+             cursor: str | None) -> tuple[list[JobRecord], str | None]:
+        offset = 0
+        if cursor:
+            if not cursor.isdigit() or len(cursor) > 9:
+                raise InvalidRequest.field("cursor", "is not a cursor this API gave out")
+            offset = int(cursor)
+        items = self.store.jobs.page(task=task, paused=paused, limit=limit, offset=offset)
+        return items, (str(offset + limit) if len(items) == limit else None)
+
+    def last_runs(self, records: list[JobRecord]) -> dict[str, Run]:
+        return self.store.runs.last_runs([r.id for r in records])
+
+    def problem(self, record: JobRecord) -> str | None:
+        """Why this process would not fire the job, if it would not."""
+        broken = self.scheduler.jobstore.broken.get(record.id)
+        if broken:
+            return broken
+        if record.task not in registry:
+            return f"task {record.task!r} is not registered in this deployment; fires are skipped"
+        return None
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _get_record(self, job_id: str) -> JobRecord:
+        record = self.store.jobs.get(job_id)
+        if record is None:
+            raise NotFound(f"no job with id {job_id!r}")
+        return record
+
+    def _compare_and_set(
+        self, job_id: str,
+        change: Callable[[JobRecord, JobSpec], tuple[JobSpec, datetime | None]],
+    ) -> JobRecord:
+        for _ in range(MAX_CAS_ATTEMPTS):
+            record = self._get_record(job_id)
+            try:
+                spec = JobSpec.from_json(record.spec)
+            except (KeyError, TypeError, ValueError):
+                raise Conflict(f"job {job_id}'s stored definition cannot be read") from None
+            new_spec, next_run = change(record, spec)
+            if self.store.jobs.update(job_id, new_spec.task, new_spec.to_json(), next_run,
+                                      expected_version=record.version):
+                self.scheduler.jobs_changed()
+                return self._get_record(job_id)
+        raise Conflict(f"job {job_id} is being changed by others; try again")
+
+
+def _same_trigger(stored: dict[str, Any], given: dict[str, Any]) -> bool:
+    """Equal apart from the start date an interval trigger resolves when it is created."""
+    def strip(spec: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in spec.items() if not (spec.get("type") == "interval"
+                                                      and k == "start_date")}
+    return strip(stored) == strip(given)

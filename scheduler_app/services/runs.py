@@ -1,0 +1,103 @@
+"""Starting, reading and cancelling runs: the one path every entry point goes through."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ..errors import AlreadyFinished, InvalidRequest, NotFound
+from ..scheduler.extension import JobScheduler
+from ..settings import Settings
+from ..store import FINAL_STATES, LogEntry, NewRun, Run, RunState, Store
+from ..tasks import ArgumentError, Task, UnknownTask, registry
+from ..timeutil import parse_aware, utcnow
+from .models import RunCreate
+
+
+def resolve_task(name: object, field: str = "task") -> Task:
+    try:
+        return registry.get(name)
+    except UnknownTask:
+        raise InvalidRequest.field(field, f"unknown task {name!r}; GET /api/tasks lists them") \
+            from None
+
+
+def validate_kwargs(task: Task, kwargs: object) -> None:
+    try:
+        task.validate(kwargs)
+    except ArgumentError as exc:
+        raise InvalidRequest(str(exc), details=exc.problems) from None
+
+
+class RunService:
+    def __init__(self, store: Store, scheduler: JobScheduler, settings: Settings) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.settings = settings
+
+    def submit(self, request: RunCreate) -> Run:
+        """Validate and queue a run; it is durable before this returns."""
+        task = resolve_task(request.task)
+        validate_kwargs(task, request.kwargs)
+        when = utcnow()
+        if request.run_at is not None:
+            try:
+                when = parse_aware(request.run_at, "run_at")
+            except ValueError as exc:
+                raise InvalidRequest.field("run_at", str(exc).replace("run_at ", "", 1)) \
+                    from None
+        return self.queue(task, request.kwargs, when)
+
+    def queue(self, task: Task, kwargs: dict, when: datetime,  # type: ignore[type-arg]
+              job_id: str | None = None) -> Run:
+        run = self.store.runs.create(NewRun(
+            task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
+            retry_backoff=task.retry_backoff or self.settings.retry_backoff,
+            timeout=task.timeout, scheduled_for=when, job_id=job_id))
+        self.scheduler.runs_queued()
+        return run
+
+    def get(self, run_id: int) -> Run:
+        run = self.store.runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no run with id {run_id}")
+        return run
+
+    def list(self, *, state: str | None, task: str | None, job_id: str | None, limit: int,
+             cursor: str | None) -> tuple[list[Run], str | None]:
+        run_state = None
+        if state is not None:
+            try:
+                run_state = RunState(state)
+            except ValueError:
+                raise InvalidRequest.field(
+                    "state", f"must be one of {', '.join(s.value for s in RunState)}") from None
+        before = _int_cursor(cursor)
+        items = self.store.runs.list(state=run_state, task=task, job_id=job_id, limit=limit,
+                                     before_id=before)
+        next_cursor = str(items[-1].id) if len(items) == limit else None
+        return items, next_cursor
+
+    def cancel(self, run_id: int) -> Run:
+        outcome = self.store.runs.request_cancel(run_id)
+        if outcome is None:
+            raise NotFound(f"no run with id {run_id}")
+        before, run = outcome
+        if before in FINAL_STATES:
+            raise AlreadyFinished(f"run {run_id} already finished ({before.value})")
+        if run.state is RunState.RUNNING:
+            self.scheduler.cancel_requested(run_id)
+        return run
+
+    def logs(self, run_id: int, *, limit: int, cursor: str | None
+             ) -> tuple[list[LogEntry], str | None]:
+        self.get(run_id)
+        items = self.store.runs.logs(run_id, limit=limit, after_id=_int_cursor(cursor))
+        return items, (str(items[-1].id) if len(items) == limit else None)
+
+
+def _int_cursor(cursor: str | None) -> int | None:
+    if cursor is None or cursor == "":
+        return None
+    if not cursor.isdigit() or len(cursor) > 18:
+        raise InvalidRequest.field("cursor", "is not a cursor this API gave out")
+    return int(cursor)

@@ -1,0 +1,102 @@
+"""How runs, jobs, tasks and nodes look from outside (the API contract's JSON shapes).
+
+One place, so the HTTP API, the CLI and the dashboard show the same fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..scheduler.triggers import describe
+from ..store import NodeRecord, Run
+from ..store.jobs import JobRecord
+from ..store.runs import LogEntry
+from ..tasks import Task
+from ..tasks.context import Progress
+from ..timeutil import iso, utcnow
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    progress = None
+    if run.progress_done is not None:
+        p = Progress(run.progress_done, run.progress_total, run.progress_message)
+        progress = {"done": p.done, "total": p.total, "percent": p.percent,
+                    "message": p.message}
+    duration = None
+    if run.started_at is not None:
+        end = run.finished_at or utcnow()
+        duration = round((end - run.started_at).total_seconds(), 3)
+    return {
+        "id": run.id,
+        "task": run.task,
+        "kwargs": run.kwargs,
+        "job_id": run.job_id,
+        "state": run.state.value,
+        "attempt": run.attempt,
+        "max_attempts": run.max_attempts,
+        "cancel_requested": run.cancel_requested,
+        "progress": progress,
+        "result": run.result,
+        "error": run.error,
+        "errors": run.errors,
+        "node": run.node,
+        "timeout": run.timeout,
+        "fire_time": iso(run.fire_time),
+        "created_at": iso(run.created_at),
+        "scheduled_for": iso(run.scheduled_for),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "duration_s": duration,
+    }
+
+
+def job_view(record: JobRecord, last_run: Run | None, problem: str | None) -> dict[str, Any]:
+    spec = record.spec
+    trigger = dict(spec.get("trigger") or {})
+    trigger["description"] = describe(trigger) if trigger else None
+    return {
+        "id": record.id,
+        "name": spec.get("name", record.id),
+        "task": record.task,
+        "kwargs": spec.get("kwargs", {}),
+        "trigger": trigger,
+        "next_run_time": iso(record.next_run_time),
+        "paused": record.next_run_time is None,
+        "max_instances": spec.get("max_instances"),
+        "coalesce": spec.get("coalesce"),
+        "misfire_grace_time": spec.get("misfire_grace_time"),
+        "last_run": None if last_run is None else {
+            "id": last_run.id, "state": last_run.state.value,
+            "started_at": iso(last_run.started_at), "finished_at": iso(last_run.finished_at)},
+        "problem": problem,
+    }
+
+
+def task_view(task: Task) -> dict[str, Any]:
+    return {
+        "name": task.name,
+        "description": task.description,
+        "parameters": task.json_schema(),
+        "timeout": task.timeout,
+        "max_attempts": task.max_attempts,
+        "max_running": task.max_running,
+    }
+
+
+def log_view(entry: LogEntry) -> dict[str, Any]:
+    return {"id": entry.id, "at": iso(entry.at), "level": entry.level, "message": entry.message}
+
+
+def node_view(node: NodeRecord, lease_seconds: float) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "host": node.host,
+        "pid": node.pid,
+        "role": node.role,
+        "started_at": iso(node.started_at),
+        "heartbeat_at": iso(node.heartbeat_at),
+        "stopped_at": iso(node.stopped_at),
+        "running": node.running,
+        "capacity": node.capacity,
+        "alive": node.alive(lease_seconds),
+    }

@@ -1,0 +1,46 @@
+"""Layer 2: SQLAlchemy Core tables and every query the service makes. Knows nothing of Flask."""
+
+from __future__ import annotations
+
+from .db import Database
+from .jobs import JobExists, JobRecord, JobStoreQueries
+from .nodes import NodeRecord, NodeStore
+from .runs import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    FireSkipped,
+    LogEntry,
+    NewRun,
+    Run,
+    RunState,
+    RunStore,
+)
+
+
+class Store:
+    """The three query sets over one database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.runs = RunStore(db)
+        self.jobs = JobStoreQueries(db)
+        self.nodes = NodeStore(db)
+
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "Database",
+    "FireSkipped",
+    "JobExists",
+    "JobRecord",
+    "JobStoreQueries",
+    "LogEntry",
+    "NewRun",
+    "NodeRecord",
+    "NodeStore",
+    "Run",
+    "RunState",
+    "RunStore",
+    "Store",
+]

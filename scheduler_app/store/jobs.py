@@ -1,0 +1,136 @@
+"""The job table: one row per scheduled job, its spec as JSON, its next fire time as a number.
+
+The spec (task, kwargs, trigger as given, options) is everything needed to rebuild the
+APScheduler job; ``scheduler.jobstore`` does that translation. Here are only the queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from ..timeutil import utcnow
+from .db import Database
+from .schema import jobs
+
+
+class JobExists(Exception):
+    """A job with that id already exists."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    task: str
+    spec: dict[str, Any]
+    next_run_time: datetime | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: sa.RowMapping) -> JobRecord:
+        values = dict(row)
+        values["next_run_time"] = from_epoch(values["next_run_time"])
+        return cls(**values)
+
+
+def to_epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def from_epoch(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+class JobStoreQueries:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert(self, job_id: str, task: str, spec: dict[str, Any],
+               next_run_time: datetime | None) -> None:
+        now = utcnow()
+        try:
+            with self.db.write() as conn:
+                conn.execute(jobs.insert().values(
+                    id=job_id, task=task, spec=spec, next_run_time=to_epoch(next_run_time),
+                    version=1, created_at=now, updated_at=now))
+        except IntegrityError:
+            raise JobExists(job_id) from None
+
+    def update(self, job_id: str, task: str, spec: dict[str, Any],
+               next_run_time: datetime | None, expected_version: int | None = None) -> bool:
+        """Write a job's new state; with ``expected_version``, only if nobody wrote it since."""
+        condition = jobs.c.id == job_id
+        if expected_version is not None:
+            condition = sa.and_(condition, jobs.c.version == expected_version)
+        with self.db.write() as conn:
+            result = conn.execute(jobs.update().where(condition).values(
+                task=task, spec=spec, next_run_time=to_epoch(next_run_time),
+                version=jobs.c.version + 1, updated_at=utcnow()))
+        return result.rowcount == 1
+
+    def advance(self, job_id: str, next_run_time: datetime | None, expected_version: int) -> bool:
+        """Move a job's next fire time after it fired, only if nobody changed it meanwhile."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                jobs.update().where(jobs.c.id == job_id, jobs.c.version == expected_version)
+                .values(next_run_time=to_epoch(next_run_time), version=jobs.c.version + 1))
+        return result.rowcount == 1
+
+    def delete(self, job_id: str, expected_version: int | None = None) -> bool:
+        condition = jobs.c.id == job_id
+        if expected_version is not None:
+            condition = sa.and_(condition, jobs.c.version == expected_version)
+        with self.db.write() as conn:
+            return conn.execute(jobs.delete().where(condition)).rowcount == 1
+
+    def delete_all(self) -> None:
+        with self.db.write() as conn:
+            conn.execute(jobs.delete())
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        return None if row is None else JobRecord.from_row(row)
+
+    def due(self, now: datetime) -> list[JobRecord]:
+        query = (sa.select(jobs).where(jobs.c.next_run_time <= now.timestamp())
+                 .order_by(jobs.c.next_run_time, jobs.c.id))
+        with self.db.read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def next_run_time(self) -> datetime | None:
+        with self.db.read() as conn:
+            return from_epoch(conn.execute(sa.select(sa.func.min(jobs.c.next_run_time))).scalar())
+
+    def all(self) -> list[JobRecord]:
+        query = sa.select(jobs).order_by(jobs.c.next_run_time.is_(None), jobs.c.next_run_time,
+                                         jobs.c.id)
+        with self.db.read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def page(self, *, task: str | None = None, paused: bool | None = None, limit: int = 50,
+             offset: int = 0) -> list[JobRecord]:
+        """Jobs by next run time (paused ones last), for the API's lists."""
+        query = (sa.select(jobs)
+                 .order_by(jobs.c.next_run_time.is_(None), jobs.c.next_run_time, jobs.c.id)
+                 .limit(limit).offset(offset))
+        if task is not None:
+            query = query.where(jobs.c.task == task)
+        if paused is True:
+            query = query.where(jobs.c.next_run_time.is_(None))
+        elif paused is False:
+            query = query.where(jobs.c.next_run_time.is_not(None))
+        with self.db.read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def ids(self, job_ids: Sequence[str]) -> set[str]:
+        with self.db.read() as conn:
+            return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(list(job_ids))))
+                       .scalars())

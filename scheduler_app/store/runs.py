@@ -1,0 +1,440 @@
+"""Runs and their log lines: every state change of a run is one statement here.
+
+The lifecycle (``queued`` → ``running`` → a final state, with retries going back to ``queued``)
+is written once, in this module, as conditional updates: a transition names the state it
+expects, so two nodes can never both move the same run.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, RowMapping
+
+from ..timeutil import utcnow
+from .db import LOCK_CLAIM, Database
+from .schema import nodes, run_logs, runs
+
+MAX_BACKOFF_SECONDS = 3600.0
+
+
+class RunState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
+ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    task: str
+    kwargs: dict[str, Any]
+    job_id: str | None
+    fire_time: datetime | None
+    state: RunState
+    attempt: int
+    max_attempts: int
+    retry_backoff: float
+    timeout: float | None
+    cancel_requested: bool
+    progress_done: float | None
+    progress_total: float | None
+    progress_message: str | None
+    result: Any
+    error: dict[str, Any] | None
+    errors: list[dict[str, Any]]
+    node: str | None
+    created_at: datetime
+    scheduled_for: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> Run:
+        values = dict(row)
+        values["state"] = RunState(values["state"])
+        values["errors"] = values.get("errors") or []
+        return cls(**values)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What it takes to queue a run; built by the services after validation."""
+
+    task: str
+    kwargs: dict[str, Any]
+    max_attempts: int
+    retry_backoff: float
+    timeout: float | None
+    scheduled_for: datetime
+    job_id: str | None = None
+    fire_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    id: int
+    at: datetime
+    level: str
+    message: str
+
+
+class FireSkipped(Exception):
+    """A job fire was not turned into a run (already recorded, or max_instances reached)."""
+
+
+def backoff_delay(base: float, attempt: int) -> float:
+    """Exponential backoff before attempt ``attempt + 1``: base, 2×base, 4×base… capped."""
+    return float(min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1))))
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- creating ---------------------------------------------------------------------------
+    def create(self, new: NewRun, conn: Connection | None = None) -> Run:
+        if conn is None:
+            with self.db.write() as conn:
+                return self.create(new, conn)
+        row = conn.execute(
+            runs.insert()
+            .values(
+                task=new.task,
+                kwargs=new.kwargs,
+                job_id=new.job_id,
+                fire_time=new.fire_time,
+                state=RunState.QUEUED.value,
+                attempt=1,
+                max_attempts=new.max_attempts,
+                retry_backoff=new.retry_backoff,
+                timeout=new.timeout,
+                cancel_requested=False,
+                errors=[],
+                created_at=utcnow(),
+                scheduled_for=new.scheduled_for,
+            )
+            .returning(*runs.c)
+        ).mappings().one()
+        return Run.from_row(row)
+
+    def record_fire(self, new: NewRun, max_instances: int) -> Run:
+        """Turn one scheduled fire of a job into one queued run, at most once, ever.
+
+        Raises FireSkipped when the job already has ``max_instances`` runs queued or running
+        (counted in the database, so it holds across processes), or when this fire was already
+        recorded (the unique key on job id and fire time).
+        """
+        assert new.job_id is not None and new.fire_time is not None
+        with self.db.write(lock=LOCK_CLAIM) as conn:
+            exists = conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.job_id == new.job_id, runs.c.fire_time == new.fire_time
+                )
+            ).first()
+            if exists is not None:
+                raise FireSkipped(f"fire at {new.fire_time.isoformat()} already recorded")
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(runs)
+                .where(runs.c.job_id == new.job_id, runs.c.state.in_(_values(ACTIVE_STATES)))
+            ).scalar_one()
+            if active >= max_instances:
+                raise FireSkipped(f"max_instances ({max_instances}) reached")
+            return self.create(new, conn)
+
+    # -- reading ----------------------------------------------------------------------------
+    def get(self, run_id: int) -> Run | None:
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
+        return None if row is None else Run.from_row(row)
+
+    def list(
+        self,
+        *,
+        state: RunState | None = None,
+        task: str | None = None,
+        job_id: str | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        """Newest first; ``before_id`` is the keyset cursor."""
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if state is not None:
+            query = query.where(runs.c.state == state.value)
+        if task is not None:
+            query = query.where(runs.c.task == task)
+        if job_id is not None:
+            query = query.where(runs.c.job_id == job_id)
+        if before_id is not None:
+            query = query.where(runs.c.id < before_id)
+        with self.db.read() as conn:
+            return [Run.from_row(r) for r in conn.execute(query).mappings()]
+
+    def last_runs(self, job_ids: Sequence[str]) -> dict[str, Run]:
+        """The newest run of each given job."""
+        if not job_ids:
+            return {}
+        newest = (
+            sa.select(sa.func.max(runs.c.id))
+            .where(runs.c.job_id.in_(list(job_ids)))
+            .group_by(runs.c.job_id)
+        )
+        with self.db.read() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.id.in_(newest))).mappings()
+            return {r["job_id"]: Run.from_row(r) for r in rows}
+
+    def next_due_time(self) -> datetime | None:
+        with self.db.read() as conn:
+            return conn.execute(  # type: ignore[no-any-return]
+                sa.select(sa.func.min(runs.c.scheduled_for)).where(
+                    runs.c.state == RunState.QUEUED.value
+                )
+            ).scalar()
+
+    def count_queued(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(runs)
+                .where(runs.c.state == RunState.QUEUED.value)
+            ).scalar_one())
+
+    # -- executing --------------------------------------------------------------------------
+    def claim(self, node: str, limit: int, task_limits: dict[str, int]) -> list[Run]:
+        """Move up to ``limit`` due queued runs to ``running`` on ``node``, oldest due first.
+
+        ``task_limits`` caps concurrently running runs per task name across every node; the
+        count and the claim happen in one serialised transaction so the cap holds.
+        """
+        if limit <= 0:
+            return []
+        now = utcnow()
+        with self.db.write(lock=LOCK_CLAIM) as conn:
+            running: dict[str, int] = {}
+            if task_limits:
+                running = dict(conn.execute(  # type: ignore[arg-type]
+                    sa.select(runs.c.task, sa.func.count())
+                    .where(runs.c.state == RunState.RUNNING.value,
+                           runs.c.task.in_(list(task_limits)))
+                    .group_by(runs.c.task)
+                ).all())
+            full = [t for t, cap in task_limits.items() if running.get(t, 0) >= cap]
+            query = (
+                sa.select(runs.c.id, runs.c.task)
+                .where(runs.c.state == RunState.QUEUED.value, runs.c.scheduled_for <= now)
+                .order_by(runs.c.scheduled_for, runs.c.id)
+                .limit(limit * 4)
+            )
+            if full:
+                query = query.where(runs.c.task.not_in(full))
+            chosen: list[int] = []
+            for run_id, task in conn.execute(query).all():
+                cap = task_limits.get(task)
+                if cap is not None:
+                    if running.get(task, 0) >= cap:
+                        continue
+                    running[task] = running.get(task, 0) + 1
+                chosen.append(run_id)
+                if len(chosen) == limit:
+                    break
+            if not chosen:
+                return []
+            rows = conn.execute(
+                runs.update()
+                .where(runs.c.id.in_(chosen), runs.c.state == RunState.QUEUED.value)
+                .values(state=RunState.RUNNING.value, node=node, started_at=now,
+                        finished_at=None)
+                .returning(*runs.c)
+            ).mappings().all()
+        return sorted((Run.from_row(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
+
+    def save_progress(self, run_id: int, done: float, total: float | None,
+                      message: str | None) -> None:
+        with self.db.write() as conn:
+            conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
+                .values(progress_done=done, progress_total=total, progress_message=message)
+            )
+
+    def add_logs(self, run_id: int, lines: Iterable[tuple[datetime, str, str]]) -> None:
+        values = [{"run_id": run_id, "at": at, "level": level, "message": message}
+                  for at, level, message in lines]
+        if values:
+            with self.db.write() as conn:
+                conn.execute(run_logs.insert(), values)
+
+    def cancel_requested_ids(self, node: str) -> set[int]:
+        with self.db.read() as conn:
+            return set(conn.execute(
+                sa.select(runs.c.id).where(
+                    runs.c.node == node,
+                    runs.c.state == RunState.RUNNING.value,
+                    runs.c.cancel_requested.is_(True),
+                )
+            ).scalars())
+
+    def finish(
+        self,
+        run_id: int,
+        node: str,
+        state: RunState,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+    ) -> Run | None:
+        """Settle the attempt running on ``node``. A failure with attempts left is re-queued
+        after a backoff, keeping the error in ``errors``. Returns None if the run was no longer
+        this node's to settle (a reaper settled it meanwhile)."""
+        assert state in FINAL_STATES
+        with self.db.write() as conn:
+            current = conn.execute(
+                sa.select(runs).where(runs.c.id == run_id, runs.c.node == node,
+                                      runs.c.state == RunState.RUNNING.value)
+            ).mappings().first()
+            if current is None:
+                return None
+            values = _settle_values(Run.from_row(current), state, result, error)
+            row = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.node == node,
+                       runs.c.state == RunState.RUNNING.value)
+                .values(**values)
+                .returning(*runs.c)
+            ).mappings().first()
+        return None if row is None else Run.from_row(row)
+
+    def hand_back(self, run_id: int, node: str) -> bool:
+        """Return an unfinished run to the queue (graceful stop); the attempt is not spent."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.node == node,
+                       runs.c.state == RunState.RUNNING.value)
+                .values(state=RunState.QUEUED.value, node=None, started_at=None,
+                        scheduled_for=utcnow())
+            )
+        return result.rowcount == 1
+
+    def request_cancel(self, run_id: int) -> tuple[RunState, Run] | None:
+        """Cancel a queued run now; flag a running one so its task stops when it next looks.
+
+        Returns the state the run had before, and the run after; None if there is no such run.
+        A finished run is left unchanged.
+        """
+        now = utcnow()
+        with self.db.write() as conn:
+            before = conn.execute(
+                sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
+            if before is None:
+                return None
+            if before == RunState.QUEUED.value:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(
+                    state=RunState.CANCELLED.value, cancel_requested=True, finished_at=now))
+            elif before == RunState.RUNNING.value:
+                conn.execute(runs.update().where(runs.c.id == run_id).values(
+                    cancel_requested=True))
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
+        return RunState(before), Run.from_row(row)
+
+    def settle_lost(self, stale_before: datetime, dead_nodes: Sequence[str] = ()) -> list[Run]:
+        """Settle runs left ``running`` by nodes that stopped heartbeating (or are known dead).
+
+        Each is a failed attempt of type ``NodeLost``, retried like any failure.
+        """
+        alive = sa.select(nodes.c.id).where(
+            nodes.c.heartbeat_at >= stale_before, nodes.c.stopped_at.is_(None)
+        )
+        condition = sa.or_(runs.c.node.is_(None), runs.c.node.not_in(alive))
+        if dead_nodes:
+            condition = sa.or_(condition, runs.c.node.in_(list(dead_nodes)))
+        settled: list[Run] = []
+        with self.db.write(lock=LOCK_CLAIM) as conn:
+            lost = conn.execute(
+                sa.select(runs).where(runs.c.state == RunState.RUNNING.value, condition)
+            ).mappings().all()
+            for row in lost:
+                run = Run.from_row(row)
+                error = {"type": "NodeLost",
+                         "message": f"node {run.node} stopped while running this attempt",
+                         "traceback": None}
+                values = _settle_values(run, RunState.FAILED, None, error)
+                updated = conn.execute(
+                    runs.update()
+                    .where(runs.c.id == run.id, runs.c.state == RunState.RUNNING.value)
+                    .values(**values).returning(*runs.c)
+                ).mappings().first()
+                if updated is not None:
+                    settled.append(Run.from_row(updated))
+        return settled
+
+    # -- logs and retention -----------------------------------------------------------------
+    def logs(self, run_id: int, *, limit: int = 50, after_id: int | None = None) -> list[LogEntry]:
+        query = (sa.select(run_logs.c.id, run_logs.c.at, run_logs.c.level, run_logs.c.message)
+                 .where(run_logs.c.run_id == run_id).order_by(run_logs.c.id).limit(limit))
+        if after_id is not None:
+            query = query.where(run_logs.c.id > after_id)
+        with self.db.read() as conn:
+            return [LogEntry(*row) for row in conn.execute(query).all()]
+
+    def prune(self, finished_before: datetime, batch: int = 500) -> int:
+        """Delete finished runs (and their logs) older than the cut-off, in small batches so a
+        big backlog never holds the write lock for long."""
+        total = 0
+        while True:
+            with self.db.write() as conn:
+                ids = list(conn.execute(
+                    sa.select(runs.c.id).where(
+                        runs.c.state.in_(_values(FINAL_STATES)),
+                        runs.c.finished_at < finished_before,
+                    ).limit(batch)
+                ).scalars())
+                if not ids:
+                    return total
+                conn.execute(run_logs.delete().where(run_logs.c.run_id.in_(ids)))
+                conn.execute(runs.delete().where(runs.c.id.in_(ids)))
+                total += len(ids)
+
+
+def _settle_values(run: Run, state: RunState, result: Any,
+                   error: dict[str, Any] | None) -> dict[str, Any]:
+    now = utcnow()
+    if state is RunState.FAILED and run.attempt < run.max_attempts and not run.cancel_requested:
+        delay = backoff_delay(run.retry_backoff, run.attempt)
+        return {
+            "state": RunState.QUEUED.value,
+            "attempt": run.attempt + 1,
+            "scheduled_for": now + timedelta(seconds=delay),
+            "error": error,
+            "errors": [*run.errors, {**(error or {}), "attempt": run.attempt,
+                                     "at": now.isoformat()}],
+            "node": None,
+            "started_at": None,
+            "progress_done": None,
+            "progress_total": None,
+            "progress_message": None,
+        }
+    values: dict[str, Any] = {"state": state.value, "finished_at": now, "result": result,
+                              "error": error}
+    if error is not None:
+        values["errors"] = [*run.errors, {**error, "attempt": run.attempt, "at": now.isoformat()}]
+    return values
+
+
+def _values(states: Iterable[RunState]) -> list[str]:
+    return [s.value for s in states]

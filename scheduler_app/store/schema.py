@@ -1,0 +1,117 @@
+"""The service's tables, in SQLAlchemy Core. The database is the truth about jobs and runs.
+
+Times are stored as aware UTC datetimes (``UTCDateTime`` makes SQLite give them back aware).
+The ``jobs`` table replaces APScheduler's pickled job store with a JSON job spec, so no row is
+ever unpickled and a row written by other code can always be read and reported.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timestamp that goes in and comes out as an aware UTC datetime on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("kwargs", sa.JSON, nullable=False),
+    sa.Column("job_id", sa.String(191), nullable=True),
+    # The job's scheduled fire time this run stands for; with job_id it is the unique key that
+    # turns one fire into at most one run, whatever the job store's leases do.
+    sa.Column("fire_time", UTCDateTime, nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("max_attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("retry_backoff", sa.Float, nullable=False, default=2.0),
+    sa.Column("timeout", sa.Float, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("progress_done", sa.Float, nullable=True),
+    sa.Column("progress_total", sa.Float, nullable=True),
+    sa.Column("progress_message", sa.Text, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error", sa.JSON, nullable=True),
+    sa.Column("errors", sa.JSON, nullable=False, default=list),
+    sa.Column("node", sa.String(200), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("scheduled_for", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("job_id", "fire_time", name="uq_runs_job_fire"),
+    sa.Index("ix_runs_state_due", "state", "scheduled_for"),
+    sa.Index("ix_runs_task", "task", "id"),
+    sa.Index("ix_runs_job", "job_id", "id"),
+    sa.Index("ix_runs_node_state", "node", "state"),
+    sa.Index("ix_runs_finished", "finished_at"),
+)
+
+run_logs = sa.Table(
+    "run_logs",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("level", sa.String(10), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Index("ix_run_logs_run", "run_id", "id"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(191), primary_key=True),
+    sa.Column("task", sa.String(200), nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    # Seconds since the epoch, NULL while paused: the scheduler's due-job query is one index scan.
+    sa.Column("next_run_time", sa.Float, nullable=True),
+    # Bumped by every write, so a writer holding an old copy can be detected (compare-and-set).
+    sa.Column("version", sa.Integer, nullable=False, default=1),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Index("ix_jobs_next_run_time", "next_run_time"),
+    sa.Index("ix_jobs_task", "task"),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime, nullable=True),
+    sa.Column("running", sa.Integer, nullable=False, default=0),
+    sa.Column("capacity", sa.Integer, nullable=False, default=0),
+)

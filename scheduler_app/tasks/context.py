@@ -1,0 +1,152 @@
+"""The run context: what a running task receives as its first argument.
+
+It is deliberately free of I/O. ``progress`` and ``log`` only record into memory; the node's
+maintenance loop writes what changed to the database a few times a second, so a task calling
+``ctx.progress`` in a tight loop costs a lock and an assignment, not a database write.
+Cancellation is cooperative: the node sets the flag (a user's cancel, a timeout, a shutdown)
+and the task sees it through ``cancelled`` / ``check_cancelled()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..timeutil import utcnow
+
+
+class Cancelled(BaseException):  # noqa: N818 - the name says what happened to the run
+    """The run was asked to stop.
+
+    A BaseException, like ``asyncio.CancelledError``, so a task's ``except Exception`` does not
+    swallow it by accident.
+    """
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: float
+    total: float | None
+    message: str | None
+
+    @property
+    def percent(self) -> float | None:
+        if not self.total:
+            return None
+        return round(max(0.0, min(100.0, 100.0 * self.done / self.total)), 2)
+
+
+@dataclass(frozen=True)
+class LogLine:
+    at: datetime
+    level: str
+    message: str
+
+
+class RunContext:
+    """Handed to a task as its first parameter for one attempt of one run."""
+
+    def __init__(
+        self, run_id: int, task: str, attempt: int, *, max_log_lines: int = 1000
+    ) -> None:
+        self.run_id = run_id
+        self.task = task
+        self.attempt = attempt
+        self.logger = logging.getLogger(f"scheduler_app.runs.{task}")
+        self._cancel = threading.Event()
+        self._cancel_reason: str | None = None
+        self._lock = threading.Lock()
+        self._progress: Progress | None = None
+        self._progress_dirty = False
+        self._logs: list[LogLine] = []
+        self._log_count = 0
+        self._max_log_lines = max_log_lines
+
+    # -- what tasks call -------------------------------------------------------------------
+    def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
+        """Report how far the run has got; ``total`` makes a percentage. Cheap to call often."""
+        for label, value in (("done", done), ("total", total)):
+            if value is None and label == "total":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"progress {label} must be a number")
+            if not math.isfinite(value):
+                raise ValueError(f"progress {label} must be finite")
+        if message is not None and not isinstance(message, str):
+            raise TypeError("progress message must be a string")
+        with self._lock:
+            self._progress = Progress(float(done), None if total is None else float(total),
+                                      None if message is None else message[:1000])
+            self._progress_dirty = True
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run has been asked to stop (cancel, timeout or shutdown)."""
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        """Raise ``Cancelled`` if the run has been asked to stop."""
+        if self._cancel.is_set():
+            raise Cancelled(self._cancel_reason or "cancelled")
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking early and raising ``Cancelled`` if the run is asked to stop."""
+        if self._cancel.wait(max(0.0, seconds)):
+            raise Cancelled(self._cancel_reason or "cancelled")
+
+    def log(self, message: str, level: str | int = logging.INFO) -> None:
+        """Write a line to this run's log (and to the process log, through ``self.logger``)."""
+        numeric = level if isinstance(level, int) else logging.getLevelName(level.upper())
+        if not isinstance(numeric, int):
+            raise ValueError(f"unknown log level {level!r}")
+        self.logger.log(numeric, "%s", message)
+
+    # -- what the node calls ---------------------------------------------------------------
+    def request_cancel(self, reason: str) -> None:
+        """Ask the task to stop; the first reason given wins (a timeout stays a timeout)."""
+        with self._lock:
+            if self._cancel_reason is None:
+                self._cancel_reason = reason
+        self._cancel.set()
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._cancel_reason
+
+    def record_log(self, level: str, message: str) -> None:
+        """Keep a log line for the run, up to the cap; past it, one line says lines were cut."""
+        with self._lock:
+            self._log_count += 1
+            if self._log_count <= self._max_log_lines:
+                self._logs.append(LogLine(utcnow(), level, message[:10_000]))
+            elif self._log_count == self._max_log_lines + 1:
+                self._logs.append(LogLine(utcnow(), "WARNING",
+                                          f"log truncated after {self._max_log_lines} lines"))
+
+    def take_progress(self) -> Progress | None:
+        """The latest progress if it changed since the last call, else None."""
+        with self._lock:
+            if not self._progress_dirty:
+                return None
+            self._progress_dirty = False
+            return self._progress
+
+    def take_logs(self) -> list[LogLine]:
+        with self._lock:
+            lines, self._logs = self._logs, []
+            return lines
+
+
+_current = threading.local()
+
+
+def current_run() -> RunContext | None:
+    """The context of the run executing on this thread, if any (used to capture its logging)."""
+    return getattr(_current, "ctx", None)
+
+
+def set_current_run(ctx: RunContext | None) -> None:
+    _current.ctx = ctx

@@ -1,0 +1,214 @@
+"""The task registry: the only things this service will ever run by name.
+
+A task is a plain function whose first parameter receives the run context; its other
+parameters are keyword arguments described by type hints. A pydantic model is built from the
+signature once, at registration, so every entry point (HTTP, CLI, config, a firing job)
+validates arguments the same way and ``GET /api/tasks`` publishes the same JSON Schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+class ArgumentError(ValueError):
+    """A task's keyword arguments do not match its signature.
+
+    ``problems`` is a list of ``{"field": "kwargs.<name>", "message": ...}``.
+    """
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in problems))
+
+
+class UnknownTask(LookupError):
+    """No task is registered under that name."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task and its options."""
+
+    name: str
+    fn: Callable[..., Any]
+    description: str
+    params_model: type[pydantic.BaseModel]
+    timeout: float | None = None
+    max_attempts: int = 1
+    max_running: int | None = None
+    retry_backoff: float | None = None
+    ref: str = field(default="")
+
+    def validate(self, kwargs: object) -> dict[str, Any]:
+        """Return the arguments converted to the annotated types, or raise ArgumentError.
+
+        Validation runs in pydantic's strict JSON mode: ``"5"`` is not an int, extra or
+        missing arguments are errors, and values must be what JSON can carry.
+        """
+        if not isinstance(kwargs, dict):
+            raise ArgumentError([{"field": "kwargs", "message": "must be a JSON object"}])
+        try:
+            raw = json.dumps(kwargs, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ArgumentError([{"field": "kwargs", "message": f"not plain JSON: {exc}"}]) from None
+        try:
+            model = self.params_model.model_validate_json(raw, strict=True)
+        except pydantic.ValidationError as exc:
+            raise ArgumentError(_problems(exc)) from None
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def json_schema(self) -> dict[str, Any]:
+        schema = self.params_model.model_json_schema()
+        schema.pop("title", None)
+        return schema
+
+
+def _problems(exc: pydantic.ValidationError) -> list[dict[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unexpected argument"
+        problems.append({"field": f"kwargs.{loc}" if loc else "kwargs", "message": message})
+    return problems
+
+
+def _params_model(name: str, fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
+    signature = inspect.signature(fn)
+    params = list(signature.parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise TypeError(f"task {name}: the first parameter must receive the run context")
+    fields: dict[str, Any] = {}
+    hints = _type_hints(fn)
+    for param in params[1:]:
+        if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"task {name}: *args and **kwargs cannot be validated; name each one")
+        if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"task {name}: parameter {param.name} must accept a keyword")
+        annotation = hints.get(param.name, Any)
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    config = pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+    return pydantic.create_model(  # type: ignore[call-overload, no-any-return]
+        f"{name}.kwargs", __config__=config, **fields
+    )
+
+
+def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    import typing
+
+    try:
+        return typing.get_type_hints(fn)
+    except Exception as exc:  # an unresolvable forward reference is the author's bug
+        raise TypeError(f"cannot resolve the type hints of {fn.__qualname__}: {exc}") from exc
+
+
+class TaskRegistry:
+    """Name → Task. Registration happens at import time of the task modules."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._lock = threading.Lock()
+
+    def register(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int = 1,
+        max_running: int | None = None,
+        retry_backoff: float | None = None,
+    ) -> Task:
+        task_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        if not _NAME.match(task_name):
+            raise ValueError(f"task name {task_name!r} must be dotted, like 'reports.build'")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"task {task_name}: timeout must be positive")
+        if max_attempts < 1:
+            raise ValueError(f"task {task_name}: max_attempts must be at least 1")
+        if max_running is not None and max_running < 1:
+            raise ValueError(f"task {task_name}: max_running must be at least 1")
+        doc = inspect.getdoc(fn) or ""
+        task = Task(
+            name=task_name,
+            fn=fn,
+            description=doc.split("\n\n", 1)[0].replace("\n", " "),
+            params_model=_params_model(task_name, fn),
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_running=max_running,
+            retry_backoff=retry_backoff,
+            ref=f"{fn.__module__}:{fn.__qualname__}",
+        )
+        with self._lock:
+            existing = self._tasks.get(task_name)
+            if existing is not None and existing.ref != task.ref:
+                raise ValueError(f"task name {task_name!r} is already taken by {existing.ref}")
+            self._tasks[task_name] = task
+        return task
+
+    def get(self, name: object) -> Task:
+        task = self._tasks.get(name) if isinstance(name, str) else None
+        if task is None:
+            raise UnknownTask(f"no task named {name!r} is registered")
+        return task
+
+    def by_ref(self, ref: str) -> Task:
+        """Find a task by its ``module:function`` reference (Flask-APScheduler's ``func``)."""
+        for task in self._tasks.values():
+            if task.ref == ref:
+                return task
+        raise UnknownTask(f"{ref!r} is not a registered task")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._tasks
+
+    def all(self) -> list[Task]:
+        return sorted(self._tasks.values(), key=lambda t: t.name)
+
+
+registry = TaskRegistry()
+
+
+def task(
+    fn: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int = 1,
+    max_running: int | None = None,
+    retry_backoff: float | None = None,
+) -> Any:
+    """Register a function as a task: ``@task`` or ``@task(name="reports.build", timeout=60)``.
+
+    The function is returned unchanged, so it can still be called directly in tests.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        registry.register(
+            f,
+            name=name,
+            timeout=timeout,
+            max_attempts=max_attempts,
+            max_running=max_running,
+            retry_backoff=retry_backoff,
+        )
+        return f
+
+    return decorate(fn) if fn is not None else decorate
