@@ -223,8 +223,8 @@ class RunStore:
         """
         if limit <= 0:
             return []
-        now = utcnow()
         with self.db.write(lock=LOCK_CLAIM) as conn:
+            now = utcnow()  # read once the lock is held, so it is after any earlier finish
             running: dict[str, int] = {}
             if task_limits:
                 running = dict(conn.execute(  # type: ignore[arg-type]
