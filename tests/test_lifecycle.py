@@ -276,3 +276,22 @@ def test_log_cap_truncates(make_app, attempt_limit):
     lines = client.get(f"/api/runs/{run_id}/logs?limit=500").json["items"]
     assert len(lines) == 6
     assert lines[-1]["message"] == "log truncated after 5 lines"
+
+
+def test_whole_lifecycle_on_each_database(make_app, any_db_url):
+    app = make_app(DATABASE_URL=any_db_url)
+    client = app.test_client()
+    ok = until_state(client, start(client, "demo.sleep", seconds=0.2, steps=2), "succeeded")
+    assert ok["result"] == {"slept": 0.2} and ok["progress"]["percent"] == 100
+    retried = until_state(client, start(client, "testing.flaky", succeed_on_attempt=2),
+                          "succeeded")
+    assert retried["attempt"] == 2
+    long_id = start(client, "demo.sleep", seconds=30, steps=300)
+    until_state(client, long_id, "running")
+    client.post(f"/api/runs/{long_id}/cancel")
+    until_state(client, long_id, "cancelled", timeout=3)
+    client.post("/api/jobs", json={"id": "tick", "task": "demo.echo", "kwargs": {"value": 1},
+                                   "trigger": {"type": "interval", "seconds": 0.3}})
+    wait_for(lambda: len(client.get("/api/runs?job_id=tick").json["items"]) >= 3)
+    fires = [r["fire_time"] for r in client.get("/api/runs?job_id=tick&limit=500").json["items"]]
+    assert len(fires) == len(set(fires))

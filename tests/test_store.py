@@ -1,0 +1,159 @@
+"""The store's promises, checked on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from scheduler_app.store import Database, FireSkipped, NewRun, RunState, Store
+from scheduler_app.timeutil import utcnow
+
+
+@pytest.fixture
+def store(any_db_url):
+    db = Database(any_db_url)
+    db.create_schema()
+    yield Store(db)
+    db.dispose()
+
+
+def new_run(**overrides):
+    values = dict(task="demo.echo", kwargs={"value": 1}, max_attempts=1, retry_backoff=0.01,
+                  timeout=None, scheduled_for=utcnow())
+    values.update(overrides)
+    return NewRun(**values)
+
+
+def test_times_come_back_aware_utc(store):
+    run = store.runs.create(new_run())
+    again = store.runs.get(run.id)
+    assert again.created_at.utcoffset() == timedelta(0)
+    assert again.scheduled_for == run.scheduled_for
+
+
+def test_a_fire_is_recorded_at_most_once(store):
+    fire = utcnow().replace(microsecond=0)
+    store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
+    with pytest.raises(FireSkipped):
+        store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
+    assert len(store.runs.list(job_id="j")) == 1
+
+
+def test_concurrent_fires_of_the_same_time_make_one_run(store):
+    fire = utcnow().replace(microsecond=0)
+    barrier = threading.Barrier(8)
+    outcomes = []
+
+    def fire_once():
+        barrier.wait()
+        try:
+            store.runs.record_fire(new_run(job_id="race", fire_time=fire), max_instances=10)
+            outcomes.append("recorded")
+        except FireSkipped:
+            outcomes.append("skipped")
+
+    threads = [threading.Thread(target=fire_once) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("recorded") == 1
+    assert len(store.runs.list(job_id="race")) == 1
+
+
+def test_max_instances_counts_active_runs_in_the_database(store):
+    now = utcnow()
+    store.runs.record_fire(new_run(job_id="m", fire_time=now), max_instances=1)
+    with pytest.raises(FireSkipped, match="max_instances"):
+        store.runs.record_fire(new_run(job_id="m", fire_time=now + timedelta(seconds=1)),
+                               max_instances=1)
+
+
+def test_concurrent_claims_never_share_a_run(store):
+    for _ in range(40):
+        store.runs.create(new_run())
+    claimed: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(4)
+
+    def claim(node):
+        barrier.wait()
+        while True:
+            got = store.runs.claim(node, 3, {})
+            if not got:
+                return
+            with lock:
+                claimed.extend(r.id for r in got)
+
+    threads = [threading.Thread(target=claim, args=(f"n{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == 40 and len(set(claimed)) == 40
+
+
+def test_claim_respects_task_limits_and_due_time(store):
+    for _ in range(3):
+        store.runs.create(new_run(task="limited"))
+    store.runs.create(new_run(task="later", scheduled_for=utcnow() + timedelta(hours=1)))
+    store.runs.create(new_run(task="free"))
+    got = store.runs.claim("n", 10, {"limited": 2})
+    assert sorted(r.task for r in got) == ["free", "limited", "limited"]
+    assert store.runs.claim("n", 10, {"limited": 2}) == []
+
+
+def test_failure_with_attempts_left_is_requeued_with_backoff(store):
+    run = store.runs.create(new_run(max_attempts=2, retry_backoff=10))
+    store.runs.claim("n", 1, {})
+    error = {"type": "ValueError", "message": "x", "traceback": None}
+    settled = store.runs.finish(run.id, "n", RunState.FAILED, error=error)
+    assert settled.state is RunState.QUEUED and settled.attempt == 2
+    assert settled.scheduled_for > utcnow() + timedelta(seconds=9)
+    assert settled.errors[0]["attempt"] == 1
+
+
+def test_finish_by_a_node_that_no_longer_owns_the_run_changes_nothing(store):
+    run = store.runs.create(new_run())
+    store.runs.claim("a", 1, {})
+    assert store.runs.finish(run.id, "b", RunState.SUCCEEDED, result=1) is None
+    assert store.runs.get(run.id).state is RunState.RUNNING
+
+
+def test_settle_lost_marks_runs_of_silent_nodes(store):
+    store.nodes.register("dead", "h", 1, "all", 4)
+    store.nodes.register("alive", "h", 2, "all", 4)
+    a = store.runs.create(new_run())
+    store.runs.claim("dead", 1, {})
+    b = store.runs.create(new_run())
+    store.runs.claim("alive", 1, {})
+    from scheduler_app.store.schema import nodes
+    with store.db.write() as conn:
+        conn.execute(nodes.update().where(nodes.c.id == "dead")
+                     .values(heartbeat_at=utcnow() - timedelta(minutes=1)))
+    settled = store.runs.settle_lost(utcnow() - timedelta(seconds=30))
+    assert [r.id for r in settled] == [a.id]
+    assert store.runs.get(a.id).error["type"] == "NodeLost"
+    assert store.runs.get(b.id).state is RunState.RUNNING
+
+
+def test_job_compare_and_set(store):
+    store.jobs.insert("j", "demo.echo", {"name": "j"}, utcnow())
+    record = store.jobs.get("j")
+    assert store.jobs.update("j", "demo.echo", {"name": "j2"}, None,
+                             expected_version=record.version)
+    assert not store.jobs.advance("j", utcnow(), record.version)  # stale writer loses
+    assert store.jobs.get("j").next_run_time is None
+
+
+def test_prune_keeps_active_and_recent_runs(store):
+    old = store.runs.create(new_run())
+    store.runs.claim("n", 1, {})
+    store.runs.finish(old.id, "n", RunState.SUCCEEDED, result=1)
+    store.runs.add_logs(old.id, [(utcnow(), "INFO", "x")])
+    queued = store.runs.create(new_run(scheduled_for=utcnow() + timedelta(days=1)))
+    assert store.runs.prune(utcnow() + timedelta(seconds=1)) == 1
+    assert store.runs.get(old.id) is None and store.runs.logs(old.id) == []
+    assert store.runs.get(queued.id) is not None
