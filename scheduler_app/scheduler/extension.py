@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import datetime
+from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from flask import Flask
 from flask_apscheduler import APScheduler
 
@@ -27,6 +28,7 @@ from ..settings import Settings
 from ..store import Store
 from .executor import RunRecorder
 from .jobstore import SpecJobStore
+from .loop import PollingScheduler
 from .node import Node
 from .runner import Runner
 
@@ -53,7 +55,7 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
         self._started = False
         app.config.update(
             SCHEDULER_JOBSTORES={"default": self.jobstore},
-            SCHEDULER_EXECUTORS={"default": RunRecorder(self.node.record_fires)},
+            SCHEDULER_EXECUTORS={"default": RunRecorder(self._record_fires)},
             SCHEDULER_JOB_DEFAULTS={
                 "coalesce": settings.coalesce,
                 "misfire_grace_time": settings.misfire_grace_time,
@@ -61,7 +63,10 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
             },
             SCHEDULER_TIMEZONE=settings.timezone,
         )
-        super().__init__(scheduler=BackgroundScheduler(), app=app)
+        super().__init__(scheduler=PollingScheduler(settings.poll_seconds), app=app)
+
+    def _record_fires(self, job: Any, run_times: list[datetime]) -> None:
+        self.node.record_fires(job, run_times, self.jobstore.version_read(job.id))
 
     # Flask-APScheduler hooks we replace ------------------------------------------------------
     def _load_jobs(self) -> None:

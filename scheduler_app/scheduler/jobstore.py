@@ -18,6 +18,7 @@ from datetime import datetime
 
 from apscheduler.job import Job
 from apscheduler.jobstores.base import BaseJobStore, ConflictingIdError
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..store import JobRecord, JobStoreQueries
 from .jobspec import JobSpec, to_apscheduler_job
@@ -52,6 +53,11 @@ class SpecJobStore(BaseJobStore):
         return to_apscheduler_job(record.id, spec, record.next_run_time, trigger,
                                   self._scheduler, self._alias)
 
+    def version_read(self, job_id: str) -> int | None:
+        """The row version this store handed to the scheduler loop for ``job_id``."""
+        with self._lock:
+            return self._versions.get(job_id)
+
     def lookup_job(self, job_id: str) -> Job | None:
         record = self.queries.get(job_id)
         return None if record is None else self._load(record)
@@ -61,6 +67,13 @@ class SpecJobStore(BaseJobStore):
         return [j for j in jobs if j is not None]
 
     def get_next_run_time(self) -> datetime | None:
+        try:
+            return self._next_run_time()
+        except SQLAlchemyError:
+            log.exception("could not read the next fire time; will poll")
+            return None
+
+    def _next_run_time(self) -> datetime | None:
         if not self.broken:
             return self.queries.next_run_time()
         times = [r.next_run_time for r in self.queries.all()
@@ -82,7 +95,13 @@ class SpecJobStore(BaseJobStore):
         on the version that was read, so an edit, pause or delete made meanwhile wins."""
         with self._lock:
             expected = self._versions.pop(job.id, None)
-        if expected is None or not self.queries.advance(job.id, job.next_run_time, expected):
+        try:
+            advanced = expected is not None and self.queries.advance(
+                job.id, job.next_run_time, expected)
+        except SQLAlchemyError:
+            log.exception("could not advance job %s; another pass will", job.id)
+            return
+        if not advanced:
             log.info("job %s changed while firing; its newer state is kept", job.id,
                      extra={"job_id": job.id})
 
@@ -90,7 +109,13 @@ class SpecJobStore(BaseJobStore):
         """Called by the scheduler loop when a trigger is exhausted (a date job has fired)."""
         with self._lock:
             expected = self._versions.pop(job_id, None)
-        if expected is None or not self.queries.delete(job_id, expected_version=expected):
+        try:
+            deleted = expected is not None and self.queries.delete(
+                job_id, expected_version=expected)
+        except SQLAlchemyError:
+            log.exception("could not remove finished job %s; another pass will", job_id)
+            return
+        if not deleted:
             log.info("job %s changed or was removed while firing", job_id,
                      extra={"job_id": job_id})
         self.broken.pop(job_id, None)

@@ -72,8 +72,12 @@ class Node:
         log.info("node %s stopped", self.id, extra={"node": self.id})
 
     # -- job fires --------------------------------------------------------------------------
-    def record_fires(self, job: Job, run_times: list[datetime]) -> None:
-        """APScheduler's executor hook: each due fire of ``job`` becomes one queued run."""
+    def record_fires(self, job: Job, run_times: list[datetime],
+                     job_version: int | None = None) -> None:
+        """APScheduler's executor hook: each due fire of ``job`` becomes one queued run.
+
+        ``job_version`` is the job row's version when the loop read it: if the job was paused,
+        changed or deleted since, the fire is dropped (the change wins)."""
         extra = {"job_id": job.id, "node": self.id}
         task_name = job.args[0] if job.args else None
         try:
@@ -97,7 +101,7 @@ class Node:
                          timeout=task.timeout, scheduled_for=fire_time, job_id=job.id,
                          fire_time=fire_time)
             try:
-                run = self.store.runs.record_fire(new, job.max_instances)
+                run = self.store.runs.record_fire(new, job.max_instances, job_version)
             except FireSkipped as skipped:
                 log.info("job %s fire at %s skipped: %s", job.id, fire_time.isoformat(),
                          skipped, extra=extra)

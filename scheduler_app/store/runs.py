@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, RowMapping
 
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
-from .schema import nodes, run_logs, runs
+from .schema import jobs, nodes, run_logs, runs
 
 MAX_BACKOFF_SECONDS = 3600.0
 
@@ -133,15 +133,22 @@ class RunStore:
         ).mappings().one()
         return Run.from_row(row)
 
-    def record_fire(self, new: NewRun, max_instances: int) -> Run:
+    def record_fire(self, new: NewRun, max_instances: int,
+                    job_version: int | None = None) -> Run:
         """Turn one scheduled fire of a job into one queued run, at most once, ever.
 
         Raises FireSkipped when the job already has ``max_instances`` runs queued or running
         (counted in the database, so it holds across processes), or when this fire was already
-        recorded (the unique key on job id and fire time).
+        recorded (the unique key on job id and fire time), or when ``job_version`` is given and
+        the job row no longer has it (paused, changed or deleted after the loop read it).
         """
         assert new.job_id is not None and new.fire_time is not None
         with self.db.write(lock=LOCK_CLAIM) as conn:
+            if job_version is not None:
+                current = conn.execute(
+                    sa.select(jobs.c.version).where(jobs.c.id == new.job_id)).scalar()
+                if current != job_version:
+                    raise FireSkipped("the job was changed, paused or removed meanwhile")
             exists = conn.execute(
                 sa.select(runs.c.id).where(
                     runs.c.job_id == new.job_id, runs.c.fire_time == new.fire_time
