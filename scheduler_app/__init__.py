@@ -53,11 +53,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     scheduler = JobScheduler(app, settings, store)
     Services.build(settings, store, scheduler).install(app)
 
-    from . import api, health
+    from . import api, cli, health
     from .api import builtin
 
     api.init_app(app)
     health.init_app(app)
+    cli.init_app(app)
     if settings.api_enabled:
         builtin.init_app(app, settings.api_prefix)
 

@@ -143,6 +143,7 @@ class Node:
                                                   self.capacity if self.runner else 0)
                     if self.runner is not None:
                         self.settle_lost_runs()
+                    self.store.nodes.forget_stopped(utcnow() - timedelta(days=1))
             except Exception:
                 log.exception("node maintenance failed; retrying", extra={"node": self.id})
 

@@ -61,7 +61,8 @@ class Task:
         try:
             raw = json.dumps(kwargs, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ArgumentError([{"field": "kwargs", "message": f"not plain JSON: {exc}"}]) from None
+            problem = {"field": "kwargs", "message": f"not plain JSON: {exc}"}
+            raise ArgumentError([problem]) from None
         try:
             model = self.params_model.model_validate_json(raw, strict=True)
         except pydantic.ValidationError as exc:
