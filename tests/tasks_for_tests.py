@@ -64,3 +64,11 @@ def single(ctx: RunContext, seconds: float = 0.2) -> float:
     """At most one of these runs at a time, cluster-wide."""
     ctx.sleep(seconds)
     return seconds
+
+
+@task(name="testing.long_then_quick", max_attempts=2, retry_backoff=0.05)
+def long_then_quick(ctx: RunContext, seconds: float = 30.0) -> dict[str, int]:
+    """Long on its first attempt, instant on a retry: shows a lost attempt being retried."""
+    if ctx.attempt == 1:
+        ctx.sleep(seconds)
+    return {"attempt": ctx.attempt}

@@ -145,8 +145,11 @@ class RunStore:
         assert new.job_id is not None and new.fire_time is not None
         with self.db.write(lock=LOCK_CLAIM) as conn:
             if job_version is not None:
+                # FOR UPDATE: a pause or edit committing meanwhile either lands before this
+                # read (the fire is dropped) or waits until this run is recorded.
                 current = conn.execute(
-                    sa.select(jobs.c.version).where(jobs.c.id == new.job_id)).scalar()
+                    sa.select(jobs.c.version).where(jobs.c.id == new.job_id)
+                    .with_for_update()).scalar()
                 if current != job_version:
                     raise FireSkipped("the job was changed, paused or removed meanwhile")
             exists = conn.execute(
