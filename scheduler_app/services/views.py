@@ -51,8 +51,10 @@ def run_view(run: Run) -> dict[str, Any]:
 
 
 def job_view(record: JobRecord, last_run: Run | None, problem: str | None) -> dict[str, Any]:
-    spec = record.spec
-    trigger = dict(spec.get("trigger") or {})
+    # A row written by other code may hold anything: show what can be shown, never fail.
+    spec = record.spec if isinstance(record.spec, dict) else {}
+    given = spec.get("trigger")
+    trigger = dict(given) if isinstance(given, dict) else {}
     trigger["description"] = describe(trigger) if trigger else None
     return {
         "id": record.id,
