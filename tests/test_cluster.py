@@ -14,12 +14,14 @@ import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from itertools import cycle
 
 import pytest
 
 from scheduler_app.store import Database, Run, Store
+from scheduler_app.timeutil import utcnow
 from tests.servers import BIN, REPO, Server, Servers, server_env
 
 SOAK_SECONDS = float(os.environ.get("CLUSTER_SOAK_SECONDS", "60"))
@@ -155,8 +157,6 @@ def test_max_instances_holds_across_nodes(servers, pg_url):
 
 
 def _still_running(run: Run) -> Run:
-    from dataclasses import replace
-    from scheduler_app.timeutil import utcnow
     return replace(run, finished_at=utcnow())
 
 
@@ -210,7 +210,6 @@ def test_pause_modify_delete_win_against_concurrent_firing(servers, pg_url):
 
 
 def _now() -> datetime:
-    from scheduler_app.timeutil import utcnow
     return utcnow()
 
 
@@ -286,7 +285,6 @@ def test_jobs_that_cannot_load_are_skipped_and_kept(servers):
     db_url = f"sqlite:///{servers.db_path}"
     setup = Store(Database(db_url))
     setup.db.create_schema()
-    from scheduler_app.timeutil import utcnow
     setup.jobs.insert("renamed", "reports.old_name", {
         "name": "renamed", "task": "reports.old_name", "kwargs": {},
         "trigger": {"type": "interval", "seconds": 0.5}}, utcnow())

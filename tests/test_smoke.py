@@ -2,7 +2,8 @@ from tests.conftest import wait_for
 
 
 def test_run_now_lifecycle(client):
-    response = client.post("/api/runs", json={"task": "demo.sleep", "kwargs": {"seconds": 0.2, "steps": 4}})
+    response = client.post("/api/runs", json={"task": "demo.sleep",
+                                              "kwargs": {"seconds": 0.2, "steps": 4}})
     assert response.status_code == 202, response.json
     run = response.json
     assert response.headers["Location"] == f"/api/runs/{run['id']}"

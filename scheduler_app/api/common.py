@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
 
@@ -20,6 +21,11 @@ def _reject_constant(name: str) -> Any:
 def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
     raw = request.get_data(cache=True)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A streamed (chunked) body is cut at the limit by Werkzeug, not refused: refuse it
+        # here rather than judge the truncated document.
+        raise RequestEntityTooLarge()
     if not raw.strip():
         if required:
             raise InvalidRequest.field("body", "a JSON object is required")
@@ -35,7 +41,8 @@ def limit_arg() -> int:
     raw = request.args.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or \
+            not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidRequest.field("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     return int(raw)
 

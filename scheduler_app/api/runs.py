@@ -13,6 +13,9 @@ from .common import json_body, limit_arg, page
 
 bp = Blueprint("runs", __name__)
 
+# Ids past a 64-bit integer cannot exist; refusing them in the route keeps them from the driver.
+RUN_ID = "<int(max=9223372036854775807):run_id>"
+
 
 @bp.post("/runs")
 def create_run() -> Any:
@@ -29,17 +32,17 @@ def list_runs() -> dict[str, Any]:
     return page([run_view(r) for r in items], cursor)
 
 
-@bp.get("/runs/<int:run_id>")
+@bp.get(f"/runs/{RUN_ID}")
 def get_run(run_id: int) -> dict[str, Any]:
     return run_view(services().runs.get(run_id))
 
 
-@bp.post("/runs/<int:run_id>/cancel")
+@bp.post(f"/runs/{RUN_ID}/cancel")
 def cancel_run(run_id: int) -> Any:
     return run_view(services().runs.cancel(run_id)), 202
 
 
-@bp.get("/runs/<int:run_id>/logs")
+@bp.get(f"/runs/{RUN_ID}/logs")
 def run_logs(run_id: int) -> dict[str, Any]:
     items, cursor = services().runs.logs(run_id, limit=limit_arg(),
                                          cursor=request.args.get("cursor"))

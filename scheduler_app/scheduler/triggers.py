@@ -94,7 +94,7 @@ def _timezone(spec: dict[str, Any], default: str) -> str:
         raise TriggerError("trigger.timezone", "must be an IANA time zone name")
     try:
         zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: "Europe", "a"*300
         raise TriggerError("trigger.timezone", f"unknown time zone {tz!r}") from None
     return tz
 
@@ -106,6 +106,8 @@ def _time(spec: dict[str, Any], key: str) -> datetime | None:
         return parse_aware(spec[key], f"trigger.{key}")
     except ValueError as exc:
         raise TriggerError(f"trigger.{key}", str(exc).replace(f"trigger.{key} ", "", 1)) from None
+    except OverflowError:  # valid ISO, but its offset puts it outside years 1-9999
+        raise TriggerError(f"trigger.{key}", "is out of range") from None
 
 
 def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTrigger]:
@@ -226,7 +228,8 @@ def _interval(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], Ba
                 raise TriggerError(f"trigger.{unit}", "must be a finite number, not negative")
             units[unit] = value
     if not units:
-        raise TriggerError("trigger", "an interval trigger needs one of " + ", ".join(INTERVAL_UNITS))
+        raise TriggerError("trigger",
+                           "an interval trigger needs one of " + ", ".join(INTERVAL_UNITS))
     try:
         length = timedelta(**units)
     except OverflowError:
@@ -238,7 +241,10 @@ def _interval(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], Ba
     if start and end and end <= start:
         raise TriggerError("trigger.end_date", "must be after start_date")
     # Fix the phase now: a trigger rebuilt from the spec later must fire on the same grid.
-    start = start or utcnow() + length
+    try:
+        start = start or utcnow() + length
+    except OverflowError:
+        raise TriggerError("trigger", "the interval is too long") from None
     trigger = IntervalTrigger(timezone=tz, start_date=start, end_date=end, **units)
     normal: dict[str, Any] = {"type": "interval", **units, "start_date": start.isoformat()}
     if end:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
@@ -50,8 +50,9 @@ class JobService:
         first = trigger.get_next_fire_time(None, now)
         if first is None:
             raise InvalidRequest.field("trigger", "this trigger will never fire")
+        # Compare seconds, not datetimes: now - timedelta(grace) overflows for a huge grace.
         if trigger_spec["type"] == "date" and grace is not None and \
-                first < now - timedelta(seconds=grace):
+                (now - first).total_seconds() > grace:
             raise InvalidRequest.field("trigger.run_date", "is in the past")
         return first
 
@@ -167,7 +168,7 @@ class JobService:
              cursor: str | None) -> tuple[list[JobRecord], str | None]:
         offset = 0
         if cursor:
-            if not cursor.isdigit() or len(cursor) > 9:
+            if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 9:
                 raise InvalidRequest.field("cursor", "is not a cursor this API gave out")
             offset = int(cursor)
         items = self.store.jobs.page(task=task, paused=paused, limit=limit, offset=offset)

@@ -38,7 +38,7 @@ class JobCreate(_Strict):
     trigger: dict[str, Any]
     max_instances: Annotated[int, Field(ge=1, le=1000)] | None = None
     coalesce: bool | None = None
-    misfire_grace_time: Annotated[float, Field(gt=0)] | None = None
+    misfire_grace_time: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     paused: bool = False
 
 
@@ -48,7 +48,7 @@ class JobPatch(_Strict):
     trigger: dict[str, Any] | None = None
     max_instances: Annotated[int, Field(ge=1, le=1000)] | None = None
     coalesce: bool | None = None
-    misfire_grace_time: Annotated[float, Field(gt=0)] | None = None
+    misfire_grace_time: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
 def parse_model(model: type[M], data: object) -> M:

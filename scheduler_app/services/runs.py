@@ -45,6 +45,8 @@ class RunService:
             except ValueError as exc:
                 raise InvalidRequest.field("run_at", str(exc).replace("run_at ", "", 1)) \
                     from None
+            except OverflowError:  # a valid ISO time whose offset puts it outside years 1-9999
+                raise InvalidRequest.field("run_at", "is out of range") from None
         return self.queue(task, request.kwargs, when)
 
     def queue(self, task: Task, kwargs: dict, when: datetime,  # type: ignore[type-arg]
@@ -98,6 +100,6 @@ class RunService:
 def _int_cursor(cursor: str | None) -> int | None:
     if cursor is None or cursor == "":
         return None
-    if not cursor.isdigit() or len(cursor) > 18:
+    if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 18:
         raise InvalidRequest.field("cursor", "is not a cursor this API gave out")
     return int(cursor)

@@ -114,7 +114,7 @@ def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     import typing
 
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:  # an unresolvable forward reference is the author's bug
         raise TypeError(f"cannot resolve the type hints of {fn.__qualname__}: {exc}") from exc
 
