@@ -133,12 +133,14 @@ def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTr
     else:
         _check_keys(spec, {"type", "timezone", "start_date", "end_date", *CRON_FIELDS})
         values: dict[str, Any] = {}
+        given: dict[str, Any] = {}
         for name in CRON_FIELDS:
             if name in spec:
                 value = spec[name]
                 if isinstance(value, bool) or not isinstance(value, str | int):
                     raise TriggerError(f"trigger.{name}", "must be a string or an integer")
                 values[name] = str(value)
+                given[name] = value
         if not values:
             raise TriggerError("trigger", "a cron trigger needs 'expr' or at least one field")
         start, end = _time(spec, "start_date"), _time(spec, "end_date")
@@ -148,7 +150,7 @@ def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTr
             trigger = CronTrigger(timezone=tz, start_date=start, end_date=end, **values)
         except ValueError as exc:
             raise TriggerError(_cron_field(values), str(exc)) from None
-        normal = {"type": "cron", **values}
+        normal = {"type": "cron", **given}
         if start:
             normal["start_date"] = start.isoformat()
         if end:
@@ -169,43 +171,50 @@ def _cron_field(values: dict[str, str]) -> str:
 
 
 def _crontab_weekdays(field: str) -> str:
-    """Rewrite a crontab weekday field (0/7 = Sunday) as names APScheduler reads the same way."""
-    if field == "*" or field == "?":
+    """Rewrite a crontab weekday field (0/7 = Sunday) as names APScheduler reads the same way.
+
+    Ranges are walked on crontab's 0-7 scale, so ``5-7`` is Friday to Sunday and ``7-7`` is
+    Sunday; ``N/step`` runs from N to Saturday.
+    """
+    if field in ("*", "?"):
         return "*"
     days: set[int] = set()
     for part in field.split(","):
         base, _, step_text = part.partition("/")
         step = 1
         if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(f"bad step in weekday field {part!r}")
+            if not step_text.isdigit() or not 1 <= int(step_text) <= 7:
+                raise ValueError(f"bad step in weekday field {part!r} (1-7)")
             step = int(step_text)
         if base == "*":
             low, high = 0, 6
         elif "-" in base:
             first, _, last = base.partition("-")
             low, high = _weekday(first), _weekday(last)
-            if high == 0 and last.strip() in ("7",):
-                high = 7
             if low > high:
                 raise ValueError(f"weekday range {base!r} runs backwards")
         else:
             low = _weekday(base)
-            high = 6 if step_text else low
+            high = max(low, 6) if step_text else low
         days.update(d % 7 for d in range(low, high + 1, step))
     return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
 
 def _weekday(text: str) -> int:
+    """A weekday on crontab's scale: 0-7 as given (7 stays 7), names as 0 (sun) to 6 (sat)."""
     text = text.strip().lower()
-    if text.isdigit():
+    if text.isdigit() and len(text) <= 2:
         value = int(text)
         if value > 7:
             raise ValueError(f"weekday {text} is out of range 0-7")
-        return value % 7 if value != 7 else 0
-    if text[:3] in _DAY_NAMES:
+        return value
+    if text[:3] in _DAY_NAMES and text in (text[:3], _DAY_NAMES_FULL[text[:3]]):
         return _DAY_NAMES.index(text[:3])
     raise ValueError(f"unknown weekday {text!r}")
+
+
+_DAY_NAMES_FULL = {"sun": "sunday", "mon": "monday", "tue": "tuesday", "wed": "wednesday",
+                   "thu": "thursday", "fri": "friday", "sat": "saturday"}
 
 
 def _as_crontab(spec: dict[str, Any]) -> str | None:

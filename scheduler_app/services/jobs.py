@@ -8,6 +8,8 @@ retried on a conflict, so a scheduler fire happening at the same moment cannot u
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +23,7 @@ from ..scheduler.jobspec import JobSpec
 from ..scheduler.triggers import TriggerError, build_trigger
 from ..settings import Settings
 from ..store import JobExists, JobRecord, Run, Store
+from ..store.jobs import JobKey
 from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
 from .models import JobCreate, JobPatch
@@ -113,9 +116,13 @@ class JobService:
             if record.next_run_time is not None:
                 return spec, record.next_run_time
             trigger = self._trigger(spec.trigger)[1]
-            first = trigger.get_next_fire_time(None, utcnow())
-            if first is None:
-                raise Conflict(f"job {job_id} has no future fire time; delete it instead")
+            now = utcnow()
+            first = trigger.get_next_fire_time(None, now)
+            late = first is not None and (now - first).total_seconds() > (
+                spec.misfire_grace_time or 0)
+            if first is None or late:
+                raise Conflict(f"job {job_id} has no future fire time; give it a new trigger "
+                               "or delete it")
             return spec, first
 
         return self._compare_and_set(job_id, change)
@@ -166,13 +173,12 @@ class JobService:
 
     def list(self, *, task: str | None, paused: bool | None, limit: int,
              cursor: str | None) -> tuple[list[JobRecord], str | None]:
-        offset = 0
-        if cursor:
-            if not (cursor.isascii() and cursor.isdigit()) or len(cursor) > 9:
-                raise InvalidRequest.field("cursor", "is not a cursor this API gave out")
-            offset = int(cursor)
-        items = self.store.jobs.page(task=task, paused=paused, limit=limit, offset=offset)
-        return items, (str(offset + limit) if len(items) == limit else None)
+        after = _decode_cursor(cursor) if cursor else None
+        items = self.store.jobs.page(task=task, paused=paused, limit=limit, after=after)
+        next_cursor = None
+        if len(items) == limit:
+            next_cursor = _encode_cursor(self.store.jobs.key(items[-1]))
+        return items, next_cursor
 
     def last_runs(self, records: list[JobRecord]) -> dict[str, Run]:
         return self.store.runs.last_runs([r.id for r in records])
@@ -217,3 +223,18 @@ def _same_trigger(stored: dict[str, Any], given: dict[str, Any]) -> bool:
         return {k: v for k, v in spec.items() if not (spec.get("type") == "interval"
                                                       and k == "start_date")}
     return strip(stored) == strip(given)
+
+
+def _encode_cursor(key: JobKey) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> JobKey:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        nrt, job_id = json.loads(raw)
+        if (nrt is None or isinstance(nrt, float | int)) and isinstance(job_id, str):
+            return (None if nrt is None else float(nrt)), job_id
+    except (ValueError, TypeError, UnicodeDecodeError):
+        pass
+    raise InvalidRequest.field("cursor", "is not a cursor this API gave out")

@@ -18,6 +18,9 @@ from ..timeutil import utcnow
 from .db import Database
 from .schema import jobs
 
+# A job's place in list order: (next run time as epoch seconds or None if paused, id).
+JobKey = tuple[float | None, str]
+
 
 class JobExists(Exception):
     """A job with that id already exists."""
@@ -116,19 +119,34 @@ class JobStoreQueries:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
 
     def page(self, *, task: str | None = None, paused: bool | None = None, limit: int = 50,
-             offset: int = 0) -> list[JobRecord]:
-        """Jobs by next run time (paused ones last), for the API's lists."""
+             after: JobKey | None = None) -> list[JobRecord]:
+        """Jobs by next run time, paused ones last, then by id; ``after`` is the keyset cursor
+        (the key of the last job of the previous page), so pages neither repeat nor skip jobs
+        when others fire or change in between."""
         query = (sa.select(jobs)
                  .order_by(jobs.c.next_run_time.is_(None), jobs.c.next_run_time, jobs.c.id)
-                 .limit(limit).offset(offset))
+                 .limit(limit))
         if task is not None:
             query = query.where(jobs.c.task == task)
         if paused is True:
             query = query.where(jobs.c.next_run_time.is_(None))
         elif paused is False:
             query = query.where(jobs.c.next_run_time.is_not(None))
+        if after is not None:
+            nrt, job_id = after
+            if nrt is None:
+                query = query.where(jobs.c.next_run_time.is_(None), jobs.c.id > job_id)
+            else:
+                query = query.where(sa.or_(
+                    jobs.c.next_run_time.is_(None),
+                    jobs.c.next_run_time > nrt,
+                    sa.and_(jobs.c.next_run_time == nrt, jobs.c.id > job_id)))
         with self.db.read() as conn:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    @staticmethod
+    def key(record: JobRecord) -> JobKey:
+        return to_epoch(record.next_run_time), record.id
 
     def ids(self, job_ids: Sequence[str]) -> set[str]:
         with self.db.read() as conn:
