@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import secrets
+import threading
 from typing import Any
 
 from flask import Flask
@@ -17,6 +18,7 @@ from .services import Services, services
 from .services.models import JobCreate
 from .settings import Settings, load_settings
 from .store import Database, Store
+from .tasks import registry
 
 __all__ = ["create_app", "services", "start_scheduler", "stop_scheduler"]
 
@@ -31,6 +33,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     ``config`` overrides everything else (tests pass a temporary database here).
     """
     app = Flask(__name__, instance_relative_config=True)
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the contract's field order
     app.config.from_object("config.settings.Config")
     app.config.from_prefixed_env()
     if config:
@@ -63,9 +66,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         builtin.init_app(app, settings.api_prefix)
 
     if settings.autostart:
+        autostarted = threading.Event()
+
         @app.before_request
         def _start_on_first_request() -> None:
-            if not scheduler.started:
+            # Once per process: an explicit stop (POST /scheduler/shutdown) then sticks.
+            if not autostarted.is_set():
+                autostarted.set()
                 start_scheduler(app)
 
     return app
@@ -86,11 +93,16 @@ def stop_scheduler(app: Flask) -> None:
 
 
 def _install_builtin_jobs(settings: Settings, svc: Services) -> None:
-    if settings.prune_cron and settings.role != "worker":
-        svc.jobs.ensure(JobCreate(
-            id=PRUNE_JOB_ID, name="Prune old runs", task="maintenance.prune_runs",
-            kwargs={"older_than_days": settings.prune_older_than_days},
-            trigger={"type": "cron", "expr": settings.prune_cron}))
+    if not settings.prune_cron or settings.role == "worker":
+        return
+    if "maintenance.prune_runs" not in registry:
+        log.warning("PRUNE_RUNS_CRON is set but scheduler_app.tasks.maintenance is not in "
+                    "TASK_MODULES; old runs will not be pruned")
+        return
+    svc.jobs.ensure(JobCreate(
+        id=PRUNE_JOB_ID, name="Prune old runs", task="maintenance.prune_runs",
+        kwargs={"older_than_days": settings.prune_older_than_days},
+        trigger={"type": "cron", "expr": settings.prune_cron}))
 
 
 def _configure_logging(app: Flask) -> None:

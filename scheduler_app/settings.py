@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .scheduler.triggers import TriggerError, build_trigger
 
 ROLES = ("all", "web", "worker")
 TOKEN_ROLES = ("viewer", "admin")
@@ -94,8 +95,12 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
         raise ConfigError("TASK_MODULES must be a list of module names")
 
     prune_cron = config.get("PRUNE_RUNS_CRON") or None
-    if prune_cron is not None and not isinstance(prune_cron, str):
-        raise ConfigError("PRUNE_RUNS_CRON must be a crontab expression or empty")
+    if prune_cron is not None:
+        try:
+            build_trigger({"type": "cron", "expr": prune_cron}, str(tz))
+        except TriggerError as exc:
+            raise ConfigError(f"PRUNE_RUNS_CRON must be a crontab expression or empty: "
+                              f"{exc.message}") from None
 
     return Settings(
         database_url=str(url),

@@ -295,3 +295,52 @@ def test_whole_lifecycle_on_each_database(make_app, any_db_url):
     wait_for(lambda: len(client.get("/api/runs?job_id=tick").json["items"]) >= 3)
     fires = [r["fire_time"] for r in client.get("/api/runs?job_id=tick&limit=500").json["items"]]
     assert len(fires) == len(set(fires))
+
+
+def test_builtin_prune_job_follows_its_settings(make_app):
+    first = make_app()
+    store = services(first).store
+    assert store.jobs.get("maintenance.prune_runs").spec["trigger"]["expr"] == "17 3 * * *"
+    services(first).scheduler.shutdown()
+    second = make_app(PRUNE_RUNS_CRON="0 4 * * *", PRUNE_RUNS_OLDER_THAN_DAYS=7)
+    job = services(second).store.jobs.get("maintenance.prune_runs")
+    assert job.spec["trigger"]["expr"] == "0 4 * * *"
+    assert job.spec["kwargs"] == {"older_than_days": 7}
+    assert job.next_run_time.hour == 4
+
+
+def test_ensure_applies_every_changed_field_and_is_idempotent(app):
+    from scheduler_app.services.models import JobCreate
+    jobs = services(app).jobs
+    request = JobCreate(id="declared", task="demo.echo", kwargs={"value": 1},
+                        trigger={"type": "interval", "minutes": 5})
+    created = jobs.ensure(request)
+    assert jobs.ensure(request).version == created.version  # nothing to change: no write
+    changed = jobs.ensure(request.model_copy(update={"max_instances": 3, "name": "Declared"}))
+    assert changed.spec["max_instances"] == 3 and changed.spec["name"] == "Declared"
+    assert changed.next_run_time == created.next_run_time  # same trigger keeps its phase
+
+
+def test_autostart_happens_once_so_an_explicit_stop_sticks(make_app):
+    app = make_app(start=False, SCHEDULER_AUTOSTART=True)
+    client = app.test_client()
+    client.get("/healthz")
+    scheduler = services(app).scheduler
+    assert scheduler.started
+    scheduler.shutdown()
+    client.get("/healthz")
+    assert not scheduler.started
+
+
+def test_bad_settings_stop_start_up_naming_the_setting(make_app):
+    from scheduler_app.errors import ConfigError
+    for key, value, expected in [("PRUNE_RUNS_CRON", "99 * * * *", "PRUNE_RUNS_CRON"),
+                                 ("WORKER_THREADS", 0, "WORKER_THREADS"),
+                                 ("WORKER_THREADS", "4", "WORKER_THREADS"),
+                                 ("SCHEDULER_ROLE", "boss", "SCHEDULER_ROLE"),
+                                 ("SCHEDULER_TIMEZONE", "Mars/Olympus", "SCHEDULER_TIMEZONE"),
+                                 ("API_TOKENS", {"t": "root"}, "API_TOKENS"),
+                                 ("TASK_MODULES", ["no.such.module"], "TASK_MODULES"),
+                                 ("DATABASE_URL", "not a url", "DATABASE_URL")]:
+        with pytest.raises(ConfigError, match=expected):
+            make_app(start=False, **{key: value})

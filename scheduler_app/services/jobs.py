@@ -60,7 +60,8 @@ class JobService:
         return first
 
     # -- writes -----------------------------------------------------------------------------
-    def create(self, request: JobCreate) -> JobRecord:
+    def _spec(self, request: JobCreate) -> tuple[JobSpec, datetime]:
+        """The stored definition a create request describes, and its first fire time."""
         task = resolve_task(request.task)
         validate_kwargs(task, request.kwargs)
         trigger_spec, trigger = self._trigger(request.trigger)
@@ -73,10 +74,13 @@ class JobService:
             coalesce=self.settings.coalesce if request.coalesce is None else request.coalesce,
             misfire_grace_time=request.misfire_grace_time or self.settings.misfire_grace_time,
         )
-        first = self._first_fire(trigger_spec, trigger, spec.misfire_grace_time)
+        return spec, self._first_fire(trigger_spec, trigger, spec.misfire_grace_time)
+
+    def create(self, request: JobCreate) -> JobRecord:
+        spec, first = self._spec(request)
         job_id = request.id or uuid.uuid4().hex
         try:
-            self.store.jobs.insert(job_id, task.name, spec.to_json(),
+            self.store.jobs.insert(job_id, spec.task, spec.to_json(),
                                    None if request.paused else first)
         except JobExists:
             raise Conflict(f"a job with id {job_id!r} already exists") from None
@@ -155,17 +159,20 @@ class JobService:
                 existing = self.store.jobs.get(request.id)
                 if existing is None:
                     raise
-        wanted = request.model_dump(exclude={"id", "paused"}, exclude_none=True)
-        current = JobSpec.from_json(existing.spec)
-        same = (current.task == request.task and current.kwargs == request.kwargs
-                and _same_trigger(current.trigger, request.trigger))
-        if same:
+        wanted, first = self._spec(request)
+        current = existing.spec
+        if _comparable(current) == _comparable(wanted.to_json()):
             return existing
-        patch = JobPatch(**{k: v for k, v in wanted.items() if k != "task"})
-        if current.task != request.task:
-            self.delete(request.id)
-            return self.create(request)
-        return self.update(request.id, patch)
+
+        def replace(record: JobRecord, spec: JobSpec) -> tuple[JobSpec, datetime | None]:
+            same_trigger = _comparable(spec.to_json())["trigger"] == \
+                _comparable(wanted.to_json())["trigger"]
+            if same_trigger:  # keep the phase and pause state it already has
+                return JobSpec(**{**wanted.to_json(), "trigger": spec.trigger}), \
+                    record.next_run_time
+            return wanted, (None if record.next_run_time is None else first)
+
+        return self._compare_and_set(request.id, replace)
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -217,12 +224,12 @@ class JobService:
         raise Conflict(f"job {job_id} is being changed by others; try again")
 
 
-def _same_trigger(stored: dict[str, Any], given: dict[str, Any]) -> bool:
-    """Equal apart from the start date an interval trigger resolves when it is created."""
-    def strip(spec: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in spec.items() if not (spec.get("type") == "interval"
-                                                      and k == "start_date")}
-    return strip(stored) == strip(given)
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    """A spec without the start date an interval trigger resolves when it is created."""
+    trigger = dict(spec.get("trigger") or {})
+    if trigger.get("type") == "interval":
+        trigger.pop("start_date", None)
+    return {**spec, "trigger": trigger}
 
 
 def _encode_cursor(key: JobKey) -> str:
