@@ -23,11 +23,13 @@ $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
 run: $(VENV)/.installed-runtime
 	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) wsgi:app
 
-test: $(VENV)/.installed-dev
+# Lint and types first (seconds), then the whole suite.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check scheduler_app config tests wsgi.py gunicorn.conf.py
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache

@@ -163,7 +163,7 @@ def _follow_progress(run: Run) -> Run:
 def jobs_list(task: str | None, paused: bool | None, limit: int) -> None:
     """List jobs by next run time."""
     svc = services()
-    items, _ = _call(svc.jobs.list, task=task, paused=paused, limit=limit, cursor=None)
+    items, _ = _call(svc.jobs.find, task=task, paused=paused, limit=limit, cursor=None)
     last = svc.jobs.last_runs(items)
     rows = []
     for record in items:
@@ -274,7 +274,7 @@ def jobs_run(job_id: str) -> None:
 @click.option("--limit", default=50, show_default=True)
 def runs_list(state: str | None, task: str | None, job_id: str | None, limit: int) -> None:
     """List runs, newest first."""
-    items, _ = _call(services().runs.list, state=state, task=task, job_id=job_id, limit=limit,
+    items, _ = _call(services().runs.find, state=state, task=task, job_id=job_id, limit=limit,
                      cursor=None)
     rows = []
     for run in items:

@@ -47,7 +47,7 @@ def test_invalid_input_is_an_error_and_stores_nothing(app):
                    "99 * * * *")
     assert bad_cron.exit_code != 0 and "trigger.expr" in bad_cron.output
     store = services(app).store
-    assert store.runs.list() == []
+    assert store.runs.find() == []
     assert [j.id for j in store.jobs.all()] == ["maintenance.prune_runs"]
 
 

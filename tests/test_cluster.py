@@ -41,7 +41,7 @@ def open_store(url: str) -> Store:
 
 
 def all_runs(store: Store, job_id: str | None = None) -> list[Run]:
-    return store.runs.list(job_id=job_id, limit=1_000_000)
+    return store.runs.find(job_id=job_id, limit=1_000_000)
 
 
 def create_job(server: Server, **body) -> dict:

@@ -38,7 +38,7 @@ def test_a_fire_is_recorded_at_most_once(store):
     store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
     with pytest.raises(FireSkipped):
         store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
-    assert len(store.runs.list(job_id="j")) == 1
+    assert len(store.runs.find(job_id="j")) == 1
 
 
 def test_concurrent_fires_of_the_same_time_make_one_run(store):
@@ -60,7 +60,7 @@ def test_concurrent_fires_of_the_same_time_make_one_run(store):
     for t in threads:
         t.join()
     assert outcomes.count("recorded") == 1
-    assert len(store.runs.list(job_id="race")) == 1
+    assert len(store.runs.find(job_id="race")) == 1
 
 
 def test_max_instances_counts_active_runs_in_the_database(store):

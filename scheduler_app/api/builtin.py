@@ -161,7 +161,7 @@ def get_jobs() -> Any:
     records: list[JobRecord] = []
     cursor: str | None = None
     while True:
-        items, cursor = services().jobs.list(task=None, paused=None, limit=JOB_LIST_PAGE,
+        items, cursor = services().jobs.find(task=None, paused=None, limit=JOB_LIST_PAGE,
                                              cursor=cursor)
         records.extend(items)
         if cursor is None:

@@ -33,7 +33,7 @@ def create_job() -> Any:
 
 @bp.get("/jobs")
 def list_jobs() -> dict[str, Any]:
-    items, cursor = services().jobs.list(
+    items, cursor = services().jobs.find(
         task=request.args.get("task") or None, paused=bool_arg("paused"), limit=limit_arg(),
         cursor=request.args.get("cursor"))
     return page(_views(items), cursor)

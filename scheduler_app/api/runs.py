@@ -25,7 +25,7 @@ def create_run() -> Any:
 
 @bp.get("/runs")
 def list_runs() -> dict[str, Any]:
-    items, cursor = services().runs.list(
+    items, cursor = services().runs.find(
         state=request.args.get("state") or None, task=request.args.get("task") or None,
         job_id=request.args.get("job_id") or None, limit=limit_arg(),
         cursor=request.args.get("cursor"))

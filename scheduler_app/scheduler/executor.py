@@ -17,7 +17,7 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 
 
-class RunRecorder(BaseExecutor):
+class RunRecorder(BaseExecutor):  # type: ignore[misc]
     def __init__(self, on_fire: Callable[[Job, list[datetime]], None]) -> None:
         super().__init__()
         self._on_fire = on_fire

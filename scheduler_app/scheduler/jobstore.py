@@ -27,7 +27,7 @@ from .triggers import TriggerError
 log = logging.getLogger(__name__)
 
 
-class SpecJobStore(BaseJobStore):
+class SpecJobStore(BaseJobStore):  # type: ignore[misc]
     def __init__(self, queries: JobStoreQueries, timezone: str) -> None:
         super().__init__()
         self.queries = queries

@@ -108,10 +108,15 @@ class Runner:
             self._thread.join(timeout=5)
         for active in self.active():
             active.ctx.request_cancel(CANCEL_SHUTDOWN)
-        if self._pool is not None:
+        pool = self._pool
+        if pool is not None:
             done = threading.Event()
-            threading.Thread(target=lambda: (self._pool.shutdown(wait=True), done.set()),
-                             daemon=True).start()  # type: ignore[union-attr]
+
+            def drain() -> None:
+                pool.shutdown(wait=True)
+                done.set()
+
+            threading.Thread(target=drain, name="run-drain", daemon=True).start()
             done.wait(timeout=grace)
         for active in self.active():
             self.flush(active)

@@ -50,7 +50,7 @@ class JobService:
     def _first_fire(self, trigger_spec: dict[str, Any], trigger: BaseTrigger,
                     grace: float | None) -> datetime:
         now = utcnow()
-        first = trigger.get_next_fire_time(None, now)
+        first: datetime | None = trigger.get_next_fire_time(None, now)
         if first is None:
             raise InvalidRequest.field("trigger", "this trigger will never fire")
         # Compare seconds, not datetimes: now - timedelta(grace) overflows for a huge grace.
@@ -178,7 +178,7 @@ class JobService:
     def get(self, job_id: str) -> JobRecord:
         return self._get_record(job_id)
 
-    def list(self, *, task: str | None, paused: bool | None, limit: int,
+    def find(self, *, task: str | None, paused: bool | None, limit: int,
              cursor: str | None) -> tuple[list[JobRecord], str | None]:
         after = _decode_cursor(cursor) if cursor else None
         items = self.store.jobs.page(task=task, paused=paused, limit=limit, after=after)

@@ -64,7 +64,7 @@ class RunService:
             raise NotFound(f"no run with id {run_id}")
         return run
 
-    def list(self, *, state: str | None, task: str | None, job_id: str | None, limit: int,
+    def find(self, *, state: str | None, task: str | None, job_id: str | None, limit: int,
              cursor: str | None) -> tuple[list[Run], str | None]:
         run_state = None
         if state is not None:
@@ -74,7 +74,7 @@ class RunService:
                 raise InvalidRequest.field(
                     "state", f"must be one of {', '.join(s.value for s in RunState)}") from None
         before = _int_cursor(cursor)
-        items = self.store.runs.list(state=run_state, task=task, job_id=job_id, limit=limit,
+        items = self.store.runs.find(state=run_state, task=task, job_id=job_id, limit=limit,
                                      before_id=before)
         next_cursor = str(items[-1].id) if len(items) == limit else None
         return items, next_cursor

@@ -174,7 +174,7 @@ class RunStore:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().first()
         return None if row is None else Run.from_row(row)
 
-    def list(
+    def find(
         self,
         *,
         state: RunState | None = None,

@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import pydantic
 
@@ -187,21 +187,39 @@ class TaskRegistry:
 registry = TaskRegistry()
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@overload
+def task(fn: F) -> F: ...
+
+
+@overload
 def task(
-    fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
     timeout: float | None = None,
     max_attempts: int = 1,
     max_running: int | None = None,
     retry_backoff: float | None = None,
-) -> Any:
+) -> Callable[[F], F]: ...
+
+
+def task(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_attempts: int = 1,
+    max_running: int | None = None,
+    retry_backoff: float | None = None,
+) -> F | Callable[[F], F]:
     """Register a function as a task: ``@task`` or ``@task(name="reports.build", timeout=60)``.
 
     The function is returned unchanged, so it can still be called directly in tests.
     """
 
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(f: F) -> F:
         registry.register(
             f,
             name=name,
