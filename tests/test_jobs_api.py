@@ -502,3 +502,14 @@ def test_builtin_prune_job_exists_after_start(client: Any) -> None:
     next_run = parse_time(job["next_run_time"]).astimezone(UTC)
     assert (next_run.hour, next_run.minute) == (3, 17)
     assert "maintenance.prune_runs" in [j["id"] for j in client.get("/api/jobs").json["items"]]
+
+
+def test_every_bad_field_is_reported_at_once(make_app: Any) -> None:
+    api = make_app(PRUNE_RUNS_CRON="").test_client()
+    response = api.post("/api/jobs", json={
+        "task": "demo.sleep", "kwargs": {"seconds": "soon"},
+        "trigger": {"type": "cron", "expr": "99 * * * *"}})
+    assert response.status_code == 400
+    fields = [d["field"] for d in response.json["error"]["details"]]
+    assert fields == ["kwargs.seconds", "trigger.expr"]
+    assert api.get("/api/jobs").json["items"] == []

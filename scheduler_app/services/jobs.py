@@ -63,7 +63,16 @@ class JobService:
     def _spec(self, request: JobCreate) -> tuple[JobSpec, datetime]:
         """The stored definition a create request describes, and its first fire time."""
         task = resolve_task(request.task)
-        validate_kwargs(task, request.kwargs)
+        problems: list[dict[str, str]] = []
+        for check in (lambda: validate_kwargs(task, request.kwargs),
+                      lambda: self._trigger(request.trigger)):
+            try:
+                check()
+            except InvalidRequest as exc:  # report every bad field at once
+                problems.extend(exc.details or [])
+        if problems:
+            raise InvalidRequest("; ".join(f"{p['field']}: {p['message']}" for p in problems),
+                                 details=problems)
         trigger_spec, trigger = self._trigger(request.trigger)
         spec = JobSpec(
             name=request.name or request.id or task.name,
