@@ -17,10 +17,12 @@ def sleep(
     steps: Annotated[int, Field(ge=1, le=10_000)] = 10,
 ) -> dict[str, float]:
     """Sleep for `seconds` in `steps` slices, reporting progress after each and honouring cancel."""
+    ctx.log(f"sleeping {seconds} s in {steps} steps")
     ctx.progress(0, steps, "starting")
     for step in range(1, steps + 1):
         ctx.sleep(seconds / steps)
         ctx.progress(step, steps, f"step {step} of {steps}")
+    ctx.log("done")
     return {"slept": seconds}
 
 
