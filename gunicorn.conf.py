@@ -6,20 +6,37 @@ master, and stopped gracefully when the worker exits (``worker_exit``): running 
 to stop and, if they do not within SHUTDOWN_GRACE_SECONDS, handed back to the queue.
 """
 
+import math
 import os
 
 # Loopback only by default: exposing the API to a network is a deliberate choice
 # (set GUNICORN_BIND=0.0.0.0:8000, and configure FLASK_API_TOKENS first).
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-# One worker process until the cluster work makes several fire each job exactly once.
-workers = int(os.environ.get("GUNICORN_WORKERS", "1"))
+# Worker processes, each a node with its own scheduler and run threads; the shared database
+# makes every job fire exactly once however many there are (see README, "Scaling out").
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
 # Threads serving HTTP in each worker (runs execute on the node's own pool, WORKER_THREADS).
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
-# Seconds a worker gets after SIGTERM to finish requests and hand back runs.
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+
+
+def _shutdown_grace_seconds() -> float:
+    """The app's SHUTDOWN_GRACE_SECONDS (default as in ``config.settings.Config``)."""
+    try:
+        return max(0.0, float(os.environ.get("FLASK_SHUTDOWN_GRACE_SECONDS", "10")))
+    except ValueError:
+        return 10.0  # the app refuses to start and names the setting
+
+
+# Seconds a worker gets after SIGTERM to finish requests and hand back runs. gunicorn kills
+# the worker when they are up, so by default they cover the tasks' grace period plus time to
+# stop the scheduler threads (up to ~10 s) and write the hand-back; a worker killed before it
+# hands back leaves its runs to be settled later as lost (NodeLost), spending an attempt.
+graceful_timeout = int(os.environ.get(
+    "GUNICORN_GRACEFUL_TIMEOUT", max(30, math.ceil(_shutdown_grace_seconds()) + 15)))
 timeout = 60
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# Access log to stderr ("-") by default; GUNICORN_ACCESSLOG="" turns it off.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
 
 
 def post_worker_init(worker):

@@ -3,6 +3,7 @@ with a durable record of every run. ``create_app()`` wires it; it starts no thre
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
@@ -11,6 +12,7 @@ import threading
 from typing import Any
 
 from flask import Flask
+from werkzeug.serving import is_running_from_reloader
 
 from .errors import ConfigError
 from .scheduler.extension import JobScheduler
@@ -67,6 +69,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     if settings.autostart:
         autostarted = threading.Event()
+        if is_running_from_reloader():
+            # The reloader's serving process under `flask run --debug`: start now, so jobs
+            # fire right after a reload, not only after the next request.
+            autostarted.set()
+            start_scheduler(app)
 
         @app.before_request
         def _start_on_first_request() -> None:
@@ -80,11 +87,24 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
 def start_scheduler(app: Flask) -> None:
     """Start this process's node and install the built-in jobs. Called by gunicorn's
-    ``post_worker_init`` hook, the ``scheduler worker`` command, or the first request."""
+    ``post_worker_init`` hook, the ``scheduler worker`` command, or the first request.
+
+    The node is also stopped gracefully when the interpreter exits (``flask run`` reloads,
+    Ctrl-C): running tasks are asked to stop and unfinished runs are handed back. The stop is
+    registered with ``threading._register_atexit`` so that it runs *before*
+    ``concurrent.futures`` joins its pool threads at exit; a plain ``atexit`` callback would
+    run after that join, so exit would wait for every running task to end by itself, and the
+    node would never be marked stopped.
+    """
     svc = services(app)
     if svc.scheduler.started:
         return
     svc.scheduler.start()
+    register = getattr(threading, "_register_atexit", atexit.register)
+    try:
+        register(stop_scheduler, app)
+    except RuntimeError:  # the interpreter is already shutting down
+        pass
     _install_builtin_jobs(svc.settings, svc)
 
 
