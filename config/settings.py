@@ -55,7 +55,16 @@ class Config:
     PRUNE_RUNS_CRON = "17 3 * * *"
     PRUNE_RUNS_OLDER_THAN_DAYS = 30
 
+    # Limits: request body, a run's kwargs, runs waiting in the queue (cluster-wide; 429 when
+    # full), jobs in the table.
     MAX_CONTENT_LENGTH = 1024 * 1024
+    KWARGS_MAX_BYTES = 64 * 1024
+    MAX_QUEUED_RUNS = 10_000
+    MAX_JOBS = 10_000
+
+    # Behind a reverse proxy: how many proxies' X-Forwarded-* headers to trust (Werkzeug's
+    # ProxyFix). 0 (default) trusts none: the client address is the socket's.
+    PROXY_FIX_HOPS = 0
     LOG_LEVEL = "INFO"
 
 

@@ -9,11 +9,14 @@ import logging
 import os
 import secrets
 import threading
+import time
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import is_running_from_reloader
 
+from . import security
 from .errors import ConfigError
 from .scheduler.extension import JobScheduler
 from .services import Services, services
@@ -45,7 +48,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings = load_settings(
         app.config, "sqlite:///" + os.path.join(app.instance_path, "scheduler.sqlite3"))
     if not app.config.get("SECRET_KEY"):
-        app.config["SECRET_KEY"] = secrets.token_hex(32)
+        app.config["SECRET_KEY"] = _instance_secret_key(app.instance_path)
+    if settings.proxy_fix_hops:
+        hops = settings.proxy_fix_hops
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops)
+    security.init_app(app)
     for module in settings.task_modules:
         try:
             importlib.import_module(module)
@@ -96,6 +104,7 @@ def start_scheduler(app: Flask) -> None:
     run after that join, so exit would wait for every running task to end by itself, and the
     node would never be marked stopped.
     """
+    app = _real(app)
     svc = services(app)
     if svc.scheduler.started:
         return
@@ -109,7 +118,13 @@ def start_scheduler(app: Flask) -> None:
 
 
 def stop_scheduler(app: Flask) -> None:
-    services(app).scheduler.shutdown()
+    services(_real(app)).scheduler.shutdown()
+
+
+def _real(app: Flask) -> Flask:
+    """The app itself, not ``current_app``'s proxy (which is gone when exit hooks run)."""
+    getter = getattr(app, "_get_current_object", None)
+    return getter() if getter is not None else app  # type: ignore[no-any-return]
 
 
 def _install_builtin_jobs(settings: Settings, svc: Services) -> None:
@@ -123,6 +138,27 @@ def _install_builtin_jobs(settings: Settings, svc: Services) -> None:
         id=PRUNE_JOB_ID, name="Prune old runs", task="maintenance.prune_runs",
         kwargs={"older_than_days": settings.prune_older_than_days},
         trigger={"type": "cron", "expr": settings.prune_cron}))
+
+
+def _instance_secret_key(instance_path: str) -> str:
+    """A secret key kept in the instance folder, made once, shared by every worker on this
+    host (a per-process random key would make one worker's session cookie invalid on the
+    next). Several hosts must set FLASK_SECRET_KEY to one value."""
+    path = os.path.join(instance_path, "secret_key")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker may be writing it right now
+            with open(path) as existing:
+                key = existing.read().strip()
+            if key:
+                return key
+            time.sleep(0.01)
+        raise ConfigError(f"{path} is empty; delete it or set FLASK_SECRET_KEY") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as new:
+        new.write(key)
+    return key
 
 
 def _configure_logging(app: Flask) -> None:

@@ -67,5 +67,19 @@ class AlreadyFinished(Conflict):
     code = "already_finished"
 
 
+class QueueFull(ServiceError):
+    """Too many runs are waiting; try again later."""
+
+    status = 429
+    code = "queue_full"
+    retry_after = 5
+
+
+class JobLimitReached(Conflict):
+    """The job table is full (MAX_JOBS); delete a job first."""
+
+    code = "job_limit_reached"
+
+
 class ConfigError(Exception):
     """A setting has a value the service cannot work with; the message names the setting."""

@@ -43,6 +43,10 @@ class Settings:
     shutdown_grace_seconds: float
     prune_cron: str | None
     prune_older_than_days: int
+    kwargs_max_bytes: int
+    max_queued_runs: int
+    max_jobs: int
+    proxy_fix_hops: int
 
     @property
     def executes(self) -> bool:
@@ -102,6 +106,10 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
             raise ConfigError(f"PRUNE_RUNS_CRON must be a crontab expression or empty: "
                               f"{exc.message}") from None
 
+    hops = config.get("PROXY_FIX_HOPS", 0)
+    if isinstance(hops, bool) or not isinstance(hops, int) or not 0 <= hops <= 10:
+        raise ConfigError(f"PROXY_FIX_HOPS must be an integer from 0 to 10, got {hops!r}")
+
     return Settings(
         database_url=str(url),
         worker_threads=number("WORKER_THREADS", integer=True),
@@ -124,4 +132,8 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
         shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS"),
         prune_cron=prune_cron,
         prune_older_than_days=number("PRUNE_RUNS_OLDER_THAN_DAYS", integer=True),
+        kwargs_max_bytes=number("KWARGS_MAX_BYTES", integer=True),
+        max_queued_runs=number("MAX_QUEUED_RUNS", integer=True),
+        max_jobs=number("MAX_JOBS", integer=True),
+        proxy_fix_hops=hops,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import jobs, nodes, runs, tasks
+from . import jobs, nodes, runs, session, tasks
 from .auth import require_role
 from .errors import register_error_handlers
 
@@ -17,3 +17,4 @@ for module in (tasks, runs, jobs, nodes):
 def init_app(app: Flask) -> None:
     register_error_handlers(app)
     app.register_blueprint(api)
+    app.register_blueprint(session.bp)

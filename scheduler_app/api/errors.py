@@ -12,7 +12,7 @@ from ..errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api", "/scheduler", "/healthz", "/readyz", "/metrics")
+API_PREFIXES = ("/api", "/scheduler", "/auth", "/healthz", "/readyz", "/metrics")
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -43,7 +43,11 @@ def _wants_json() -> bool:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Any:

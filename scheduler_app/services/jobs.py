@@ -64,7 +64,8 @@ class JobService:
         """The stored definition a create request describes, and its first fire time."""
         task = resolve_task(request.task)
         problems: list[dict[str, str]] = []
-        for check in (lambda: validate_kwargs(task, request.kwargs),
+        max_bytes = self.settings.kwargs_max_bytes
+        for check in (lambda: validate_kwargs(task, request.kwargs, max_bytes),
                       lambda: self._trigger(request.trigger)):
             try:
                 check()
@@ -90,7 +91,8 @@ class JobService:
         job_id = request.id or uuid.uuid4().hex
         try:
             self.store.jobs.insert(job_id, spec.task, spec.to_json(),
-                                   None if request.paused else first)
+                                   None if request.paused else first,
+                                   max_jobs=self.settings.max_jobs)
         except JobExists:
             raise Conflict(f"a job with id {job_id!r} already exists") from None
         self.scheduler.jobs_changed()
@@ -109,7 +111,7 @@ class JobService:
             data = spec.to_json()
             data.update({k: v for k, v in changes.items() if k != "trigger"})
             if "kwargs" in changes:
-                validate_kwargs(task, changes["kwargs"])
+                validate_kwargs(task, changes["kwargs"], self.settings.kwargs_max_bytes)
             next_run = record.next_run_time
             if "trigger" in changes:
                 trigger_spec, trigger = self._trigger(changes["trigger"])

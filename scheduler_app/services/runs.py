@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from ..errors import AlreadyFinished, InvalidRequest, NotFound
@@ -21,7 +22,12 @@ def resolve_task(name: object, field: str = "task") -> Task:
             from None
 
 
-def validate_kwargs(task: Task, kwargs: object) -> None:
+def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None) -> None:
+    if max_bytes is not None and isinstance(kwargs, dict):
+        size = len(json.dumps(kwargs, separators=(",", ":"), default=str))
+        if size > max_bytes:
+            raise InvalidRequest.field(
+                "kwargs", f"is {size} bytes as JSON; at most {max_bytes} (KWARGS_MAX_BYTES)")
     try:
         task.validate(kwargs)
     except ArgumentError as exc:
@@ -37,7 +43,7 @@ class RunService:
     def submit(self, request: RunCreate) -> Run:
         """Validate and queue a run; it is durable before this returns."""
         task = resolve_task(request.task)
-        validate_kwargs(task, request.kwargs)
+        validate_kwargs(task, request.kwargs, self.settings.kwargs_max_bytes)
         when = utcnow()
         if request.run_at is not None:
             try:
@@ -54,7 +60,8 @@ class RunService:
         run = self.store.runs.create(NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
-            timeout=task.timeout, scheduled_for=when, job_id=job_id))
+            timeout=task.timeout, scheduled_for=when, job_id=job_id),
+            max_queued=self.settings.max_queued_runs)
         self.scheduler.runs_queued()
         return run
 

@@ -14,8 +14,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from ..errors import JobLimitReached
 from ..timeutil import utcnow
-from .db import Database
+from .db import LOCK_CLAIM, Database
 from .schema import jobs
 
 # A job's place in list order: (next run time as epoch seconds or None if paused, id).
@@ -56,10 +57,15 @@ class JobStoreQueries:
         self.db = db
 
     def insert(self, job_id: str, task: str, spec: dict[str, Any],
-               next_run_time: datetime | None) -> None:
+               next_run_time: datetime | None, max_jobs: int | None = None) -> None:
+        """Add a job; JobExists if the id is taken, JobLimitReached past ``max_jobs``."""
         now = utcnow()
         try:
-            with self.db.write() as conn:
+            with self.db.write(lock=LOCK_CLAIM if max_jobs else None) as conn:
+                if max_jobs is not None:
+                    count = conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar_one()
+                    if count >= max_jobs:
+                        raise JobLimitReached(f"there are already {count} jobs (MAX_JOBS)")
                 conn.execute(jobs.insert().values(
                     id=job_id, task=task, spec=spec, next_run_time=to_epoch(next_run_time),
                     version=1, created_at=now, updated_at=now))

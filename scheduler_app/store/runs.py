@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
+from ..errors import QueueFull
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
 from .schema import jobs, nodes, run_logs, runs
@@ -108,10 +109,19 @@ class RunStore:
         self.db = db
 
     # -- creating ---------------------------------------------------------------------------
-    def create(self, new: NewRun, conn: Connection | None = None) -> Run:
+    def create(self, new: NewRun, conn: Connection | None = None,
+               max_queued: int | None = None) -> Run:
+        """Queue a run. With ``max_queued``, refuse (QueueFull, nothing written) when that many
+        runs are already queued, counted in the same transaction."""
         if conn is None:
-            with self.db.write() as conn:
-                return self.create(new, conn)
+            with self.db.write(lock=LOCK_CLAIM if max_queued else None) as conn:
+                return self.create(new, conn, max_queued)
+        if max_queued is not None:
+            queued = conn.execute(
+                sa.select(sa.func.count()).select_from(runs)
+                .where(runs.c.state == RunState.QUEUED.value)).scalar_one()
+            if queued >= max_queued:
+                raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
         row = conn.execute(
             runs.insert()
             .values(

@@ -1,0 +1,178 @@
+"""Who may call what, for the API, Flask-APScheduler's API and the dashboard alike.
+
+- Bearer tokens from ``API_TOKENS`` with the roles ``viewer`` (every GET) and ``admin``
+  (everything); compared in constant time against every configured token; never logged.
+- With no token configured only loopback clients are admitted, as admin, so a fresh install is
+  never a remote control for code execution on the network.
+- A browser logs in once with a token (``login``) and then carries a session cookie (HttpOnly,
+  SameSite=Lax, Secure over HTTPS). The session keeps a hash of the token, not the token, and
+  dies when that token is removed from the configuration.
+- Requests that rely on ambient authority (a session cookie, or the loopback rule) must not be
+  forgeable by another site: a state change from another origin is refused, and one made with
+  a session must carry the session's CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form
+  field). A bearer token is never sent by a browser on its own, so it needs neither check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from urllib.parse import urlsplit
+
+from flask import Flask, current_app, request, session
+from flask.sessions import SecureCookieSessionInterface
+
+from .errors import Forbidden, Unauthorized
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ROLES = ("viewer", "admin")
+
+
+class CsrfFailed(Forbidden):
+    """The request is missing its CSRF token, or comes from another site."""
+
+    code = "csrf_failed"
+
+
+def is_loopback(address: str | None) -> bool:
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _tokens() -> dict[str, str]:
+    tokens: dict[str, str] = current_app.extensions["scheduler_app"].settings.api_tokens
+    return tokens
+
+
+def _fingerprint(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_role(token: str) -> str | None:
+    """The role of ``token``, comparing in constant time with every configured token."""
+    given = token.encode()
+    role = None
+    for known, known_role in _tokens().items():
+        if hmac.compare_digest(known.encode(), given):
+            role = known_role
+    return role
+
+
+def _session_role() -> str | None:
+    fingerprint, role = session.get("tok"), session.get("role")
+    if not fingerprint or role not in ROLES:
+        return None
+    for known, known_role in _tokens().items():
+        if hmac.compare_digest(_fingerprint(known), str(fingerprint)) and known_role == role:
+            return known_role
+    return None
+
+
+def current_role() -> tuple[str, str]:
+    """(role, how) for this request, ``how`` being ``bearer``, ``session`` or ``loopback``;
+    raise Unauthorized when the caller is nobody."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send 'Authorization: Bearer <token>'")
+        role = token_role(token.strip()) if _tokens() else None
+        if role is None:
+            raise Unauthorized("unknown token")
+        return role, "bearer"
+    if _tokens():
+        role = _session_role()
+        if role is not None:
+            return role, "session"
+        raise Unauthorized("send 'Authorization: Bearer <token>', or log in")
+    if is_loopback(request.remote_addr):
+        return "admin", "loopback"
+    raise Unauthorized("no API token is configured, so only loopback clients are admitted")
+
+
+def check_same_origin() -> None:
+    """Refuse a state change that a browser sends on behalf of another site."""
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        raise CsrfFailed("cross-site request refused")
+    origin = request.headers.get("Origin")
+    if origin and origin != "null":
+        if urlsplit(origin).netloc.lower() != request.host.lower():
+            raise CsrfFailed(f"request from origin {origin} refused")
+    elif origin == "null":
+        raise CsrfFailed("request from an opaque origin refused")
+
+
+def csrf_token() -> str:
+    """The session's CSRF token (created on first use), for forms and scripts."""
+    token = session.get("csrf")
+    if not token:
+        token = session["csrf"] = secrets.token_urlsafe(32)
+    return str(token)
+
+
+def check_csrf() -> None:
+    expected = session.get("csrf")
+    given = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+    if not expected or not hmac.compare_digest(str(expected), given):
+        raise CsrfFailed("missing or wrong CSRF token")
+
+
+def authorize(write: bool | None = None) -> str:
+    """Check the caller may make this request; return its role.
+
+    Reads need ``viewer``, writes ``admin``; writes on ambient authority pass the CSRF checks.
+    """
+    role, how = current_role()
+    if write is None:
+        write = request.method not in READ_METHODS
+    if write:
+        if how != "bearer":
+            check_same_origin()
+        if how == "session":
+            check_csrf()
+        if role != "admin":
+            raise Forbidden("this is a viewer; changes need an admin token")
+    return role
+
+
+def require_role() -> None:
+    """``before_request`` hook of the API blueprints."""
+    authorize()
+
+
+def login(token: str) -> str:
+    """Start a browser session for ``token``; raise Unauthorized if it is not configured."""
+    role = token_role(token) if _tokens() else None
+    if role is None:
+        raise Unauthorized("unknown token")
+    session.clear()
+    session["tok"] = _fingerprint(token)
+    session["role"] = role
+    session.permanent = True
+    csrf_token()
+    return role
+
+
+def logout() -> None:
+    session.clear()
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, Secure whenever the request came over HTTPS."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(super().get_cookie_secure(app)) or request.is_secure
+
+
+def init_app(app: Flask) -> None:
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
+    if app.config.get("SESSION_COOKIE_NAME") in (None, "session"):  # Flask's generic default
+        app.config["SESSION_COOKIE_NAME"] = "scheduler_session"
+    app.session_interface = _SessionInterface()
