@@ -96,15 +96,15 @@ def test_exactly_once_with_four_gunicorn_workers_on_sqlite(servers):
     assert len(executed_on) > 1, "all runs executed on one worker"
 
 
-def test_exactly_once_with_three_hosts_on_postgresql(servers, pg_url):
-    hosts = pg_hosts(servers, pg_url)
+def test_exactly_once_with_three_hosts_on_postgresql(pg_url, servers):
+    hosts = pg_hosts(pg_url, servers)
     store = open_store(pg_url)
     executed_on = soak(hosts, store)
     assert len(executed_on) > 1
 
 
 # -- 2. work spreads ----------------------------------------------------------------------------
-def test_run_now_work_spreads_across_nodes_within_capacity(servers, pg_url):
+def test_run_now_work_spreads_across_nodes_within_capacity(pg_url, servers):
     hosts = pg_hosts(servers, pg_url, WORKER_THREADS=4)
     store = open_store(pg_url)
     targets = cycle(hosts)
@@ -142,8 +142,8 @@ def max_overlap(runs: list[Run]) -> int:
 
 
 # -- 3. max_instances ---------------------------------------------------------------------------
-def test_max_instances_holds_across_nodes(servers, pg_url):
-    hosts = pg_hosts(servers, pg_url)
+def test_max_instances_holds_across_nodes(pg_url, servers):
+    hosts = pg_hosts(pg_url, servers)
     store = open_store(pg_url)
     create_job(hosts[0], id="overlap", task="demo.sleep", kwargs={"seconds": 1.2, "steps": 2},
                trigger={"type": "interval", "seconds": 0.5}, max_instances=1)
@@ -161,8 +161,8 @@ def _still_running(run: Run) -> Run:
 
 
 # -- 4. no lost update --------------------------------------------------------------------------
-def test_pause_modify_delete_win_against_concurrent_firing(servers, pg_url):
-    hosts = pg_hosts(servers, pg_url)
+def test_pause_modify_delete_win_against_concurrent_firing(pg_url, servers):
+    hosts = pg_hosts(pg_url, servers)
     store = open_store(pg_url)
     ids = [f"hammer-{i}" for i in range(4)]
     for job_id in ids:
@@ -214,8 +214,8 @@ def _now() -> datetime:
 
 
 # -- 5. failover --------------------------------------------------------------------------------
-def test_killed_host_loses_nothing(servers, pg_url):
-    hosts = pg_hosts(servers, pg_url)
+def test_killed_host_loses_nothing(pg_url, servers):
+    hosts = pg_hosts(pg_url, servers)
     store = open_store(pg_url)
     create_job(hosts[0], id="heartbeat", task="demo.echo", kwargs={"value": 1},
                trigger={"type": "interval", "seconds": 0.5})
@@ -249,7 +249,7 @@ def _worker_pids(server: Server) -> set[int]:
 
 
 # -- 6. graceful stop ---------------------------------------------------------------------------
-def test_sigterm_hands_running_work_to_another_node(servers, pg_url):
+def test_sigterm_hands_running_work_to_another_node(pg_url, servers):
     hosts = pg_hosts(servers, pg_url, SHUTDOWN_GRACE_SECONDS=1)
     run = hosts[0].post("/api/runs", json={"task": "demo.sleep",
                                            "kwargs": {"seconds": 4, "steps": 40}}).json()

@@ -86,6 +86,12 @@ class Node:
             log.warning("job %s fires task %r, which is not registered in this process; "
                         "fire skipped", job.id, task_name, extra=extra)
             return
+        if job_version is not None and self.store.jobs.version(job.id) != job_version:
+            # Another node fired it first (or it was changed): skip without taking the write
+            # lock. record_fire re-checks under the lock, so this is only a shortcut.
+            log.debug("job %s changed since it was read; fire left to its new state", job.id,
+                      extra=extra)
+            return
         now = utcnow()
         for fire_time in run_times:
             fire_time = fire_time.astimezone(UTC)

@@ -114,6 +114,12 @@ class JobStoreQueries:
         with self.db.read() as conn:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
 
+    def version(self, job_id: str) -> int | None:
+        """The row's version now, or None if the job is gone (a cheap read, no lock)."""
+        with self.db.read() as conn:
+            value = conn.execute(sa.select(jobs.c.version).where(jobs.c.id == job_id)).scalar()
+        return None if value is None else int(value)
+
     def next_run_time(self) -> datetime | None:
         with self.db.read() as conn:
             return from_epoch(conn.execute(sa.select(sa.func.min(jobs.c.next_run_time))).scalar())
