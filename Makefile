@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint clean
+.PHONY: run test lint clean bench bench-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check scheduler_app config tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check scheduler_app config tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
+
+# Benchmarks (not tests): start every system under test on loopback and compare.
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run
+
+bench-quick: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run --quick
 
 clean:
 	rm -rf $(VENV) instance .pytest_cache
