@@ -25,6 +25,7 @@ run: $(VENV)/.installed-runtime
 
 # Lint and types first (seconds), then the whole suite.
 test: lint
+	sh tests/e2e/ensure_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev

@@ -12,6 +12,9 @@ class Config:
     # Where jobs, runs and nodes live. None means a SQLite file in the Flask instance folder.
     # Several hosts: postgresql+psycopg://user@host/dbname
     DATABASE_URL: str | None = None
+    # Upgrade the database schema at start-up (under a lock: one process migrates, the others
+    # wait). false: leave it to `flask --app wsgi db upgrade`, a deliberate deploy step.
+    SCHEMA_AUTO_UPGRADE = True
 
     # Threads that execute runs in each node (process). A node never claims more runs than this.
     WORKER_THREADS = 4
@@ -65,7 +68,30 @@ class Config:
     # Behind a reverse proxy: how many proxies' X-Forwarded-* headers to trust (Werkzeug's
     # ProxyFix). 0 (default) trusts none: the client address is the socket's.
     PROXY_FIX_HOPS = 0
+
+    # The process log, on stderr: "text" (one line per record, run fields appended as
+    # run=12 job=nightly task=demo.sleep node=host:pid:id) or "json" (one object per line).
+    LOG_FORMAT = "text"
+    # Level of the service's own loggers (scheduler_app.*); others keep the root's (WARNING).
     LOG_LEVEL = "INFO"
+
+    # Alerts: a JSON POST to this URL when a run ends in one of ALERT_ON's states (a failed
+    # attempt that will be retried is not an end). None: no alerts. Each POST waits at most
+    # ALERT_TIMEOUT_SECONDS; connection errors and 5xx answers are retried up to
+    # ALERT_MAX_ATTEMPTS times in all, ALERT_BACKOFF_SECONDS apart, doubling.
+    ALERT_WEBHOOK_URL: str | None = None
+    ALERT_ON = ["failed"]  # any of "failed", "succeeded", "cancelled"
+    ALERT_TIMEOUT_SECONDS = 5.0
+    ALERT_MAX_ATTEMPTS = 5
+    ALERT_BACKOFF_SECONDS = 1.0
+
+    # Jobs declared here are created, or updated to match, by id at every start (README,
+    # "Declared jobs"). Flask-APScheduler's shape, with func a registered task:
+    #   {"id": "nightly", "func": "demo.echo", "kwargs": {"value": 1}, "trigger": "cron",
+    #    "hour": 2}
+    # or the API's: {"id": "nightly", "task": "demo.echo", "kwargs": {"value": 1},
+    #                "trigger": {"type": "cron", "expr": "0 2 * * *"}}
+    JOBS: list[dict[str, object]] = []
 
 
 class TestingConfig(Config):

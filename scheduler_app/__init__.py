@@ -16,7 +16,7 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.serving import is_running_from_reloader
 
-from . import security
+from . import alerts, declared_jobs, logs, migrations, security
 from .errors import ConfigError
 from .scheduler.extension import JobScheduler
 from .services import Services, services
@@ -44,9 +44,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if config:
         app.config.update(config)
     os.makedirs(app.instance_path, exist_ok=True)
-    _configure_logging(app)
     settings = load_settings(
         app.config, "sqlite:///" + os.path.join(app.instance_path, "scheduler.sqlite3"))
+    logs.configure(settings.log_format, settings.log_level)
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = _instance_secret_key(app.instance_path)
     if settings.proxy_fix_hops:
@@ -61,16 +61,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             raise ConfigError(f"TASK_MODULES: cannot import {module!r}: {exc}") from exc
 
     db = Database(settings.database_url, pool_size=max(10, settings.worker_threads + 6))
-    db.create_schema()
+    _prepare_schema(app, db)
     store = Store(db)
     scheduler = JobScheduler(app, settings, store)
     Services.build(settings, store, scheduler).install(app)
+    declared_jobs.init_app(app)  # a bad JOBS entry stops start-up here, before any write
+    alerts.init_app(app)
 
-    from . import api, cli, health
+    from . import api, cli, dashboard, health, metrics
     from .api import builtin
 
     api.init_app(app)
     health.init_app(app)
+    metrics.init_app(app)
+    dashboard.init_app(app)
     cli.init_app(app)
     if settings.api_enabled:
         builtin.init_app(app, settings.api_prefix)
@@ -91,6 +95,22 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
                 start_scheduler(app)
 
     return app
+
+
+def _prepare_schema(app: Flask, db: Database) -> None:
+    """Migrate the database to this code's schema (the default), or with
+    ``SCHEMA_AUTO_UPGRADE=false`` leave that to ``flask db upgrade`` and only say if it is due."""
+    auto = app.config.get("SCHEMA_AUTO_UPGRADE", True)
+    if not isinstance(auto, bool):
+        raise ConfigError(f"SCHEMA_AUTO_UPGRADE must be true or false, not {auto!r}")
+    if auto:
+        db.migrate()
+        return
+    current, head = db.schema_revision(), migrations.head()
+    behind = current is None or (current != head and migrations.is_known(current))
+    if behind:
+        log.error("the database schema is at %s and this code needs %s: run "
+                  "'flask --app wsgi db upgrade'", current or "nothing", head)
 
 
 def start_scheduler(app: Flask) -> None:
@@ -115,6 +135,7 @@ def start_scheduler(app: Flask) -> None:
     except RuntimeError:  # the interpreter is already shutting down
         pass
     _install_builtin_jobs(svc.settings, svc)
+    declared_jobs.install(app)
 
 
 def stop_scheduler(app: Flask) -> None:
@@ -159,11 +180,3 @@ def _instance_secret_key(instance_path: str) -> str:
     with os.fdopen(fd, "w") as new:
         new.write(key)
     return key
-
-
-def _configure_logging(app: Flask) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
-    level = app.config.get("LOG_LEVEL", "INFO")
-    logging.getLogger("scheduler_app").setLevel(level)

@@ -1,4 +1,4 @@
-"""Command line: ``flask --app wsgi tasks|jobs|runs|scheduler ...``.
+"""Command line: ``flask --app wsgi tasks|jobs|runs|scheduler|db ...`` (``db``: ``cli_db.py``).
 
 Thin click commands over the same services the HTTP API uses, so a job added here is validated
 exactly like one posted to ``/api/jobs``. Output is JSON for single objects (pipe it to ``jq``)
@@ -19,6 +19,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .cli_db import db_cli
 from .errors import ServiceError
 from .services import services
 from .services.models import JobCreate, JobPatch, RunCreate, parse_model
@@ -33,7 +34,7 @@ scheduler_cli = AppGroup("scheduler", help="Nodes: start a worker-only node, lis
 
 
 def init_app(app: Flask) -> None:
-    for group in (tasks_cli, jobs_cli, runs_cli, scheduler_cli):
+    for group in (tasks_cli, jobs_cli, runs_cli, scheduler_cli, db_cli):
         app.cli.add_command(group)
 
 

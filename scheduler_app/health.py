@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Blueprint, Flask
 
+from .api.openapi import operation
+from .api.schemas import Health, NotReady, Ready
 from .services import services
 
 bp = Blueprint("health", __name__)
@@ -23,14 +25,19 @@ ENDPOINTS = [
     ("GET|PATCH|DELETE", "/api/jobs/<id>", "read, change or delete a job"),
     ("POST", "/api/jobs/<id>/pause|resume|run", "pause, resume, or run a job now"),
     ("GET", "/api/nodes", "the processes running schedulers, with heartbeats"),
+    ("POST", "/api/triggers/preview", "a trigger's next fire times: {\"trigger\", \"count\"}"),
+    ("GET", "/api/openapi.json", "this API as an OpenAPI 3.1 document"),
+    ("GET", "/api/docs", "the API documentation page (Swagger UI, works offline)"),
+    ("GET", "/", "the dashboard in a browser; this list for API clients"),
     ("GET", "/scheduler/jobs", "Flask-APScheduler's API, restricted to registered tasks"),
     ("GET", "/healthz", "liveness"),
     ("GET", "/readyz", "readiness: database reachable and scheduler running"),
 ]
 
 
-@bp.get("/")
 def index() -> dict[str, Any]:
+    """The list of endpoints: what ``GET /`` answers to API clients (the dashboard serves
+    browsers there, and calls this for a client that prefers JSON)."""
     return {
         "service": "scheduler_app",
         "endpoints": [{"method": m, "path": p, "description": d} for m, p, d in ENDPOINTS],
@@ -38,12 +45,16 @@ def index() -> dict[str, Any]:
 
 
 @bp.get("/healthz")
+@operation({200: Health}, public=True)
 def healthz() -> dict[str, str]:
+    """Liveness: 200 while the process is up."""
     return {"status": "ok"}
 
 
 @bp.get("/readyz")
+@operation({200: Ready, 503: NotReady}, public=True)
 def readyz() -> Any:
+    """Readiness: 200 when the database answers and this node's scheduler runs, else 503."""
     svc = services()
     try:
         svc.store.db.ping()

@@ -6,6 +6,7 @@ as an odd failure in a background thread.
 
 from __future__ import annotations
 
+import urllib.parse
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,9 @@ from .scheduler.triggers import TriggerError, build_trigger
 
 ROLES = ("all", "web", "worker")
 TOKEN_ROLES = ("viewer", "admin")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+ALERT_EVENTS = ("failed", "succeeded", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,14 @@ class Settings:
     max_instances: int
     retry_backoff: float
     run_log_max_lines: int
+    log_format: str
+    log_level: str
+    alert_webhook_url: str | None
+    alert_on: tuple[str, ...]
+    alert_timeout: float
+    alert_max_attempts: int
+    alert_backoff: float
+    declared_jobs: tuple[dict[str, Any], ...]
     heartbeat_seconds: float
     lease_seconds: float
     poll_seconds: float
@@ -106,6 +118,14 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
             raise ConfigError(f"PRUNE_RUNS_CRON must be a crontab expression or empty: "
                               f"{exc.message}") from None
 
+    log_format = config.get("LOG_FORMAT", "text")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, "
+                          f"got {log_format!r}")
+    log_level = config.get("LOG_LEVEL", "INFO")
+    if not isinstance(log_level, str) or log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
     hops = config.get("PROXY_FIX_HOPS", 0)
     if isinstance(hops, bool) or not isinstance(hops, int) or not 0 <= hops <= 10:
         raise ConfigError(f"PROXY_FIX_HOPS must be an integer from 0 to 10, got {hops!r}")
@@ -125,6 +145,14 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
         max_instances=number("JOB_MAX_INSTANCES", integer=True),
         retry_backoff=number("RETRY_BACKOFF_SECONDS"),
         run_log_max_lines=number("RUN_LOG_MAX_LINES", integer=True),
+        log_format=log_format,
+        log_level=log_level.upper(),
+        alert_webhook_url=_webhook_url(config.get("ALERT_WEBHOOK_URL")),
+        alert_on=_alert_events(config.get("ALERT_ON", ["failed"])),
+        alert_timeout=number("ALERT_TIMEOUT_SECONDS"),
+        alert_max_attempts=number("ALERT_MAX_ATTEMPTS", integer=True),
+        alert_backoff=number("ALERT_BACKOFF_SECONDS"),
+        declared_jobs=_declared_jobs(config.get("JOBS")),
         heartbeat_seconds=number("NODE_HEARTBEAT_SECONDS"),
         lease_seconds=number("NODE_LEASE_SECONDS"),
         poll_seconds=number("DISPATCH_POLL_SECONDS"),
@@ -137,3 +165,56 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
         max_jobs=number("MAX_JOBS", integer=True),
         proxy_fix_hops=hops,
     )
+
+
+def _webhook_url(url: object) -> str | None:
+    """Alerts go to an http(s) URL only (``urllib`` would also open ``file:`` and ``ftp:``).
+    The error never repeats the URL: webhook URLs often carry a secret."""
+    if url is None or url == "":
+        return None
+    problem = "is not a string"
+    if isinstance(url, str):
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            problem = f"cannot be parsed ({exc})"
+        else:
+            if parts.scheme not in ("http", "https"):
+                problem = f"has scheme {parts.scheme!r}" if parts.scheme else "has no scheme"
+            elif not parts.hostname:
+                problem = "has no host"
+            else:
+                return url
+    raise ConfigError(f"ALERT_WEBHOOK_URL must be an http:// or https:// URL; this one {problem}")
+
+
+def _alert_events(events: object) -> tuple[str, ...]:
+    if isinstance(events, str):
+        events = [e.strip() for e in events.split(",") if e.strip()]
+    if not isinstance(events, list | tuple) or not events or \
+            not all(e in ALERT_EVENTS for e in events):
+        raise ConfigError(f"ALERT_ON must be a non-empty list of {', '.join(ALERT_EVENTS)}, "
+                          f"got {events!r}")
+    return tuple(dict.fromkeys(events))
+
+
+def _declared_jobs(jobs: object) -> tuple[dict[str, Any], ...]:
+    """The shape of ``JOBS``; each declaration is checked against the tasks later, once their
+    modules are imported (``declared_jobs``)."""
+    if jobs is None:
+        return ()
+    if not isinstance(jobs, list | tuple) or not all(isinstance(j, dict) for j in jobs):
+        raise ConfigError("JOBS must be a list of job objects, e.g. "
+                          '[{"id": "nightly", "task": "demo.echo", '
+                          '"trigger": {"type": "cron", "expr": "0 2 * * *"}}]')
+    seen: set[str] = set()
+    for index, job in enumerate(jobs):
+        job_id = job.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise ConfigError(f"JOBS[{index}]: id is required (a string): start-up updates a "
+                              "declared job by its id instead of adding another each time")
+        if job_id in seen:
+            raise ConfigError(f"JOBS[{index}] (id {job_id!r}): id is declared twice")
+        seen.add(job_id)
+    return tuple(dict(j) for j in jobs)

@@ -18,7 +18,7 @@ from scheduler_app import create_app, start_scheduler, stop_scheduler
 
 TASK_MODULES = ["scheduler_app.tasks.demo", "scheduler_app.tasks.maintenance",
                 "tests.tasks_for_tests"]
-SCHEDULER_THREADS = ("run-dispatcher", "node-maintenance", "run_")
+SCHEDULER_THREADS = ("run-dispatcher", "node-maintenance", "node-alerts", "run_")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02,

@@ -97,7 +97,7 @@ def test_exactly_once_with_four_gunicorn_workers_on_sqlite(servers):
 
 
 def test_exactly_once_with_three_hosts_on_postgresql(pg_url, servers):
-    hosts = pg_hosts(pg_url, servers)
+    hosts = pg_hosts(servers, pg_url)
     store = open_store(pg_url)
     executed_on = soak(hosts, store)
     assert len(executed_on) > 1
@@ -143,7 +143,7 @@ def max_overlap(runs: list[Run]) -> int:
 
 # -- 3. max_instances ---------------------------------------------------------------------------
 def test_max_instances_holds_across_nodes(pg_url, servers):
-    hosts = pg_hosts(pg_url, servers)
+    hosts = pg_hosts(servers, pg_url)
     store = open_store(pg_url)
     create_job(hosts[0], id="overlap", task="demo.sleep", kwargs={"seconds": 1.2, "steps": 2},
                trigger={"type": "interval", "seconds": 0.5}, max_instances=1)
@@ -162,7 +162,7 @@ def _still_running(run: Run) -> Run:
 
 # -- 4. no lost update --------------------------------------------------------------------------
 def test_pause_modify_delete_win_against_concurrent_firing(pg_url, servers):
-    hosts = pg_hosts(pg_url, servers)
+    hosts = pg_hosts(servers, pg_url)
     store = open_store(pg_url)
     ids = [f"hammer-{i}" for i in range(4)]
     for job_id in ids:
@@ -215,7 +215,7 @@ def _now() -> datetime:
 
 # -- 5. failover --------------------------------------------------------------------------------
 def test_killed_host_loses_nothing(pg_url, servers):
-    hosts = pg_hosts(pg_url, servers)
+    hosts = pg_hosts(servers, pg_url)
     store = open_store(pg_url)
     create_job(hosts[0], id="heartbeat", task="demo.echo", kwargs={"value": 1},
                trigger={"type": "interval", "seconds": 0.5})
@@ -284,7 +284,7 @@ def test_rolling_restart_loses_no_run(servers):
 def test_jobs_that_cannot_load_are_skipped_and_kept(servers):
     db_url = f"sqlite:///{servers.db_path}"
     setup = Store(Database(db_url))
-    setup.db.create_schema()
+    setup.db.migrate()
     setup.jobs.insert("renamed", "reports.old_name", {
         "name": "renamed", "task": "reports.old_name", "kwargs": {},
         "trigger": {"type": "interval", "seconds": 0.5}}, utcnow())

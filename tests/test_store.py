@@ -14,7 +14,7 @@ from scheduler_app.timeutil import utcnow
 @pytest.fixture
 def store(any_db_url):
     db = Database(any_db_url)
-    db.create_schema()
+    db.migrate()
     yield Store(db)
     db.dispose()
 

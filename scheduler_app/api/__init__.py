@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask
 
-from . import jobs, nodes, runs, session, tasks
+from . import jobs, nodes, openapi, runs, session, tasks, triggers
 from .auth import require_role
 from .errors import register_error_handlers
 
 api = Blueprint("api", __name__, url_prefix="/api")
 api.before_request(require_role)
-for module in (tasks, runs, jobs, nodes):
+for module in (tasks, runs, jobs, nodes, triggers, openapi):
     api.register_blueprint(module.bp)
 
 

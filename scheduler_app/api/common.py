@@ -1,4 +1,5 @@
-"""Request parsing shared by the API blueprints: JSON bodies and list parameters."""
+"""Request parsing shared by the API blueprints: JSON bodies and list parameters, each query
+parameter documented (``QueryParam``) beside the code that reads it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
+from .openapi import QueryParam
 
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -35,6 +37,24 @@ def json_body(*, required: bool = True) -> Any:
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise InvalidRequest.field("body", f"is not valid JSON: {message}") from None
+
+
+LIMIT = QueryParam("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT}, "Page size")
+CURSOR = QueryParam("cursor", {"type": "string"},
+                    "The previous page's next_cursor; absent for the first page",
+                    empty_means_absent=True)
+
+
+def filter_param(name: str, description: str, schema: dict[str, Any] | None = None
+                 ) -> QueryParam:
+    """The documentation of a list filter read as ``request.args.get(name) or None``."""
+    return QueryParam(name, schema or {"type": "string"}, description, empty_means_absent=True)
+
+
+def bool_param(name: str, description: str) -> QueryParam:
+    """The documentation of a ``bool_arg`` parameter."""
+    return QueryParam(name, {"type": "boolean"}, description, empty_means_absent=True)
 
 
 def limit_arg() -> int:

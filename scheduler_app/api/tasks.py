@@ -8,10 +8,14 @@ from flask import Blueprint
 
 from ..services.views import task_view
 from ..tasks import registry
+from .openapi import operation
+from .schemas import TaskList
 
 bp = Blueprint("tasks", __name__)
 
 
 @bp.get("/tasks")
+@operation({200: TaskList})
 def list_tasks() -> dict[str, Any]:
+    """List the registered tasks and the JSON Schema of their arguments."""
     return {"items": [task_view(t) for t in registry.all()]}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from flask import Flask
 from flask_apscheduler import APScheduler
 
 from ..settings import Settings
-from ..store import Store
+from ..store import Run, Store
 from .executor import RunRecorder
 from .jobstore import SpecJobStore
 from .loop import PollingScheduler
@@ -106,6 +107,13 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
         """A job was written: re-read the schedule now rather than at the next wake-up."""
         if self._scheduler.running:
             self._scheduler.wakeup()
+
+    def execute_here(self, create: Callable[[str], Run]) -> Run | None:
+        """Create a run already claimed by this node and start it, if a thread is free here;
+        None otherwise (the caller queues it for whichever node frees up first)."""
+        if self.runner is None or not self._started:
+            return None
+        return self.runner.run_now(create)
 
     def runs_queued(self) -> None:
         if self.runner is not None:

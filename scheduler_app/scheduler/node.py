@@ -14,15 +14,28 @@ import socket
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from apscheduler.job import Job
 
-from ..store import FireSkipped, NewRun, Store
+from ..store import FireSkipped, NewRun, Run, Store
 from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
 from .runner import Runner
 
 log = logging.getLogger(__name__)
+
+
+class Companion(Protocol):
+    """A per-node service (alert delivery): started with the node and stopped after it, so it
+    hears of every run the node settles, including while stopping."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def run_settled(self, run: Run) -> None:
+        """This node settled ``run`` (ended, or re-queued for a retry). Must not block."""
 
 
 class Node:
@@ -42,6 +55,8 @@ class Node:
         self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
         if runner is not None:
             runner.node_id = self.id
+            runner.on_settled = self._settled
+        self._companions: list[Companion] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -49,7 +64,9 @@ class Node:
     def start(self) -> None:
         self.store.nodes.register(self.id, self.host, self.pid, self.role,
                                   self.capacity if self.runner else 0)
-        self.settle_lost_runs()
+        self.settle_lost_runs()  # companions hear of these once they start, just below
+        for companion in self._companions:
+            companion.start()
         if self.runner is not None:
             self.runner.start()
         self._stop.clear()
@@ -69,7 +86,21 @@ class Node:
             self.store.nodes.mark_stopped(self.id)
         except Exception:
             log.exception("could not mark node %s stopped", self.id)
+        for companion in self._companions:
+            companion.stop()
         log.info("node %s stopped", self.id, extra={"node": self.id})
+
+    def attach(self, companion: Companion) -> None:
+        """Run ``companion`` alongside this node (call before ``start``)."""
+        self._companions.append(companion)
+
+    def _settled(self, run: Run) -> None:
+        for companion in self._companions:
+            try:
+                companion.run_settled(run)
+            except Exception:
+                log.exception("after settling run %s", run.id,
+                              extra={"run_id": run.id, "node": self.id})
 
     # -- job fires --------------------------------------------------------------------------
     def record_fires(self, job: Job, run_times: list[datetime],
@@ -100,6 +131,7 @@ class Node:
             if grace is not None and late > grace:
                 log.warning("job %s missed its fire at %s by %.1f s (grace %s s)", job.id,
                             fire_time.isoformat(), late, grace, extra=extra)
+                self._count_misfire(job.id, task.name, fire_time)
                 continue
             new = NewRun(task=task.name, kwargs=dict(job.kwargs),
                          max_attempts=task.max_attempts,
@@ -116,13 +148,23 @@ class Node:
         if self.runner is not None:
             self.runner.wake()
 
+    def _count_misfire(self, job_id: str, task: str, fire_time: datetime) -> None:
+        """For /metrics; a failure to count must not stop the job's other fires."""
+        try:
+            self.store.stats.record_misfire(job_id, task, fire_time)
+        except Exception:
+            log.exception("could not count the missed fire of job %s", job_id,
+                          extra={"job_id": job_id, "node": self.id})
+
     # -- housekeeping -----------------------------------------------------------------------
     def settle_lost_runs(self) -> None:
         stale_before = utcnow() - timedelta(seconds=self.lease_seconds)
         for run in self.store.runs.settle_lost(stale_before, self._dead_local_nodes()):
             log.warning("run %s lost its node; now %s (attempt %s of %s)", run.id,
                         run.state.value, run.attempt, run.max_attempts,
-                        extra={"run_id": run.id, "node": self.id})
+                        extra={"run_id": run.id, "job_id": run.job_id, "task": run.task,
+                               "node": self.id})
+            self._settled(run)
 
     def _dead_local_nodes(self) -> list[str]:
         """Nodes on this host whose process is gone: no need to wait out their lease."""

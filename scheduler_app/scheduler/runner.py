@@ -20,6 +20,7 @@ from typing import Any
 
 from flask import Flask
 
+from ..logs import bind_run
 from ..store import Run, RunState, Store
 from ..tasks import ArgumentError, Cancelled, RunContext, UnknownTask, registry
 from ..tasks.context import current_run, set_current_run
@@ -80,6 +81,7 @@ class Runner:
         self.poll_seconds = poll_seconds
         self.max_log_lines = max_log_lines
         self._active: dict[int, _Active] = {}
+        self._reserved = 0  # threads promised to runs being created by run_now()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._accepting = False
@@ -173,23 +175,50 @@ class Runner:
         while not self._stopped.is_set():
             self._wake.clear()
             timeout = self.poll_seconds
+            # Reserve the free threads before claiming, so a run_now() on another thread
+            # cannot take one of them meanwhile and push this node past its capacity.
+            with self._lock:
+                free = max(0, self.capacity - len(self._active) - self._reserved)
+                if not self._accepting:
+                    free = 0
+                self._reserved += free
+            claimed: list[Run] = []
             try:
-                free = self.capacity - self.running
-                if free > 0 and self._accepting:
+                if free > 0 and self.store.runs.has_due():
                     claimed = self.store.runs.claim(self.node_id, free, _task_limits())
-                    for run in claimed:
-                        self._submit(run)
-                    if len(claimed) < free:
-                        due = self.store.runs.next_due_time()
-                        if due is not None:
-                            timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
-                    elif claimed:
-                        continue
+                for run in claimed:
+                    self._submit(run, reserved=True)
+                if free > 0 and len(claimed) < free:
+                    due = self.store.runs.next_due_time()
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
             except Exception:
                 log.exception("run dispatcher: database error; retrying")
+            finally:
+                with self._lock:
+                    self._reserved -= free - len(claimed)
+            if free > 0 and len(claimed) == free:
+                continue
             self._wake.wait(timeout)
 
-    def _submit(self, run: Run) -> None:
+    def run_now(self, create: Callable[[str], Run]) -> Run | None:
+        """Fast path for a run requested on this node: if a thread is free, ``create`` writes
+        the run already claimed by this node (one write instead of insert-then-claim) and it
+        starts at once, without waiting for the dispatcher. None when no thread is free."""
+        with self._lock:
+            if not self._accepting or len(self._active) + self._reserved >= self.capacity:
+                return None
+            self._reserved += 1
+        try:
+            run = create(self.node_id)
+        except BaseException:
+            with self._lock:
+                self._reserved -= 1
+            raise
+        self._submit(run, reserved=True)
+        return run
+
+    def _submit(self, run: Run, reserved: bool = False) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
         if run.cancel_requested:
             ctx.request_cancel(CANCEL_USER)
@@ -198,13 +227,16 @@ class Runner:
             deadline = run.started_at + timedelta(seconds=run.timeout)
         with self._lock:
             self._active[run.id] = _Active(run, ctx, deadline)
+            if reserved:
+                self._reserved -= 1
         assert self._pool is not None
         self._pool.submit(self._execute, run, ctx)
 
     def _execute(self, run: Run, ctx: RunContext) -> None:
         extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
         log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
-        state, result, error = self._call_task(run, ctx)
+        with bind_run(**extra):  # the task's own log lines name the run too
+            state, result, error = self._call_task(run, ctx)
         with self._lock:
             active = self._active.get(run.id)
         try:
@@ -224,7 +256,11 @@ class Runner:
                 self._active.pop(run.id, None)
             self._wake.set()
         if settled is not None:
-            log.info("run %s %s", run.id, settled.state.value, extra=extra)
+            if settled.state is RunState.FAILED and settled.error:
+                log.warning("run %s failed: %s: %s", run.id, settled.error.get("type"),
+                            settled.error.get("message"), extra=extra)
+            else:
+                log.info("run %s %s", run.id, settled.state.value, extra=extra)
             if self.on_settled is not None:
                 self.on_settled(settled)
 

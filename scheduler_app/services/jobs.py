@@ -27,7 +27,7 @@ from ..store.jobs import JobKey
 from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
 from .models import JobCreate, JobPatch
-from .runs import RunService, resolve_task, validate_kwargs
+from .runs import RunService, resolve_task, unstorable, validate_kwargs
 
 MAX_CAS_ATTEMPTS = 5
 
@@ -143,7 +143,7 @@ class JobService:
         return self._compare_and_set(job_id, change)
 
     def delete(self, job_id: str) -> None:
-        if not self.store.jobs.delete(job_id):
+        if unstorable(job_id) or not self.store.jobs.delete(job_id):
             raise NotFound(f"no job with id {job_id!r}")
         self.scheduler.jobs_changed()
 
@@ -192,6 +192,8 @@ class JobService:
     def find(self, *, task: str | None, paused: bool | None, limit: int,
              cursor: str | None) -> tuple[list[JobRecord], str | None]:
         after = _decode_cursor(cursor) if cursor else None
+        if unstorable(task):
+            return [], None
         items = self.store.jobs.page(task=task, paused=paused, limit=limit, after=after)
         next_cursor = None
         if len(items) == limit:
@@ -212,7 +214,7 @@ class JobService:
 
     # -- helpers ----------------------------------------------------------------------------
     def _get_record(self, job_id: str) -> JobRecord:
-        record = self.store.jobs.get(job_id)
+        record = None if unstorable(job_id) else self.store.jobs.get(job_id)
         if record is None:
             raise NotFound(f"no job with id {job_id!r}")
         return record
@@ -251,7 +253,8 @@ def _decode_cursor(cursor: str) -> JobKey:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         nrt, job_id = json.loads(raw)
-        if (nrt is None or isinstance(nrt, float | int)) and isinstance(job_id, str):
+        if (nrt is None or isinstance(nrt, float | int)) and isinstance(job_id, str) \
+                and not unstorable(job_id):
             return (None if nrt is None else float(nrt)), job_id
     except (ValueError, TypeError, UnicodeDecodeError):
         pass

@@ -1,15 +1,23 @@
 """Request models shared by every entry point (HTTP API, CLI, config jobs, built-in API).
 
 Strict pydantic models with unknown fields forbidden: ``"2"`` is not an integer and a typo in a
-field name is an error, not a silently ignored key. The same models feed the OpenAPI document.
+field name is an error, not a silently ignored key. The same models feed the OpenAPI document
+(``api.openapi``), so what is documented is what is validated.
+
+A trigger is the one field pydantic does not judge: ``scheduler.triggers.build_trigger`` does, so
+that a bad cron expression names ``trigger.expr``. Its documented shape comes from the
+``*TriggerSpec`` models below, attached to the field as its JSON Schema only. They describe what
+``build_trigger`` accepts and must never be stricter than it: the fuzzing test sends data that
+violates them and fails if the API accepts it.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, with_config
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from ..errors import InvalidRequest
 
@@ -17,6 +25,84 @@ M = TypeVar("M", bound=BaseModel)
 
 JobId = Annotated[str, Field(min_length=1, max_length=191,
                              pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
+IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+KWARGS_DESCRIPTION = ("The task's keyword arguments, checked against its parameters' JSON "
+                      "Schema (GET /api/tasks).")
+
+
+# -- the trigger's documented shapes (documentation only: build_trigger validates) ------------
+# TypedDicts, because a trigger stays the plain object the client sent; an optional key may be
+# left out but is never null unless it says so.
+
+_FORBID_EXTRA = ConfigDict(extra="forbid")
+
+
+@with_config(_FORBID_EXTRA)
+class CronTriggerSpec(TypedDict):
+    """A crontab expression: minute hour day month weekday (weekday 0 or 7 = Sunday)."""
+
+    type: Literal["cron"]
+    expr: Annotated[str, Field(examples=["*/5 * * * *", "0 2 * * 1-5"])]
+    timezone: NotRequired[Annotated[str, Field(
+        description="IANA time zone; default the SCHEDULER_TIMEZONE setting",
+        examples=["Europe/Paris"])]]
+
+
+_CronField = Annotated[str | int, Field(description="APScheduler cron field syntax")]
+
+
+@with_config(_FORBID_EXTRA)
+class CronFieldsTriggerSpec(TypedDict):
+    """APScheduler's cron fields, at least one (``day_of_week``: 0 = Monday, or ``mon``)."""
+
+    type: Literal["cron"]
+    year: NotRequired[_CronField]
+    month: NotRequired[_CronField]
+    day: NotRequired[_CronField]
+    week: NotRequired[_CronField]
+    day_of_week: NotRequired[_CronField]
+    hour: NotRequired[_CronField]
+    minute: NotRequired[_CronField]
+    second: NotRequired[_CronField]
+    start_date: NotRequired[AwareDatetime | None]
+    end_date: NotRequired[AwareDatetime | None]
+    timezone: NotRequired[str]
+
+
+_Amount = Annotated[float, Field(ge=0)]
+
+
+@with_config(_FORBID_EXTRA)
+class IntervalTriggerSpec(TypedDict):
+    """Every so long (at least one unit; longer than zero), from ``start_date`` (default: one
+    interval from now)."""
+
+    type: Literal["interval"]
+    weeks: NotRequired[_Amount]
+    days: NotRequired[_Amount]
+    hours: NotRequired[_Amount]
+    minutes: NotRequired[_Amount]
+    seconds: NotRequired[_Amount]
+    start_date: NotRequired[AwareDatetime | None]
+    end_date: NotRequired[AwareDatetime | None]
+    timezone: NotRequired[str]
+
+
+@with_config(_FORBID_EXTRA)
+class DateTriggerSpec(TypedDict):
+    """Once, at ``run_date``."""
+
+    type: Literal["date"]
+    run_date: AwareDatetime
+    timezone: NotRequired[str]
+
+
+# The JSON Schema of a trigger field: pydantic checks only that it is an object (strict), and
+# the request handler passes it on to build_trigger.
+Trigger = Annotated[dict[str, Any], BeforeValidator(
+    lambda value: value,
+    json_schema_input_type=CronTriggerSpec | CronFieldsTriggerSpec | IntervalTriggerSpec
+    | DateTriggerSpec)]
 
 
 class _Strict(BaseModel):
@@ -24,18 +110,34 @@ class _Strict(BaseModel):
 
 
 class RunCreate(_Strict):
+    """Run a task now, or at ``run_at``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"task": "demo.echo", "kwargs": {"value": "hello"}},
+        {"task": "demo.sleep", "kwargs": {"seconds": 1, "steps": 2}},
+    ]})
+
     task: str = Field(description="Registered task name, e.g. demo.sleep")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    run_at: str | None = Field(default=None, description="ISO 8601 time with offset; "
-                                                          "default now")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=KWARGS_DESCRIPTION)
+    run_at: IsoTime | None = Field(default=None, description="ISO 8601 time with offset; "
+                                                             "default now")
 
 
 class JobCreate(_Strict):
-    id: JobId | None = None
+    """Schedule a task on a cron, interval or date trigger."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"id": "hourly-echo", "task": "demo.echo", "kwargs": {"value": "tick"},
+         "trigger": {"type": "cron", "expr": "0 * * * 1-5", "timezone": "Europe/Paris"}},
+        {"task": "demo.sleep", "kwargs": {"seconds": 1},
+         "trigger": {"type": "interval", "minutes": 5}, "paused": True},
+    ]})
+
+    id: JobId | None = Field(default=None, description="Generated when absent")
     name: Annotated[str, Field(max_length=200)] | None = None
-    task: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    trigger: dict[str, Any]
+    task: str = Field(description="Registered task name, e.g. demo.sleep")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=KWARGS_DESCRIPTION)
+    trigger: Trigger
     max_instances: Annotated[int, Field(ge=1, le=1000)] | None = None
     coalesce: bool | None = None
     misfire_grace_time: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
@@ -43,9 +145,16 @@ class JobCreate(_Strict):
 
 
 class JobPatch(_Strict):
+    """Change some of a job's fields (at least one); a new trigger reschedules it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"trigger": {"type": "interval", "hours": 1}},
+        {"name": "renamed", "max_instances": 2, "coalesce": False},
+    ]})
+
     name: Annotated[str, Field(max_length=200)] | None = None
-    kwargs: dict[str, Any] | None = None
-    trigger: dict[str, Any] | None = None
+    kwargs: dict[str, Any] | None = Field(default=None, description=KWARGS_DESCRIPTION)
+    trigger: Trigger | None = None
     max_instances: Annotated[int, Field(ge=1, le=1000)] | None = None
     coalesce: bool | None = None
     misfire_grace_time: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None

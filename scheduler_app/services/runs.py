@@ -57,11 +57,17 @@ class RunService:
 
     def queue(self, task: Task, kwargs: dict, when: datetime,  # type: ignore[type-arg]
               job_id: str | None = None) -> Run:
-        run = self.store.runs.create(NewRun(
+        new = NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
-            timeout=task.timeout, scheduled_for=when, job_id=job_id),
-            max_queued=self.settings.max_queued_runs)
+            timeout=task.timeout, scheduled_for=when, job_id=job_id)
+        if task.max_running is None and when <= utcnow():
+            # Due now and this node has a free thread: skip the queue (one write, no hop).
+            started = self.scheduler.execute_here(
+                lambda node: self.store.runs.create(new, running_on=node))
+            if started is not None:
+                return started
+        run = self.store.runs.create(new, max_queued=self.settings.max_queued_runs)
         self.scheduler.runs_queued()
         return run
 
@@ -81,6 +87,8 @@ class RunService:
                 raise InvalidRequest.field(
                     "state", f"must be one of {', '.join(s.value for s in RunState)}") from None
         before = _int_cursor(cursor)
+        if unstorable(task) or unstorable(job_id):
+            return [], None
         items = self.store.runs.find(state=run_state, task=task, job_id=job_id, limit=limit,
                                      before_id=before)
         next_cursor = str(items[-1].id) if len(items) == limit else None
@@ -102,6 +110,13 @@ class RunService:
         self.get(run_id)
         items = self.store.runs.logs(run_id, limit=limit, after_id=_int_cursor(cursor))
         return items, (str(items[-1].id) if len(items) == limit else None)
+
+
+def unstorable(text: str | None) -> bool:
+    """Whether no row can hold ``text``: PostgreSQL refuses NUL characters in text, so no id,
+    task name or job id contains one. A lookup by such a value is answered here, as finding
+    nothing (what SQLite answers), instead of a query PostgreSQL would fail."""
+    return text is not None and "\x00" in text
 
 
 def _int_cursor(cursor: str | None) -> int | None:

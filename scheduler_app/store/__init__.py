@@ -15,16 +15,18 @@ from .runs import (
     RunState,
     RunStore,
 )
+from .stats import StatsStore
 
 
 class Store:
-    """The three query sets over one database."""
+    """The query sets over one database."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.runs = RunStore(db)
         self.jobs = JobStoreQueries(db)
         self.nodes = NodeStore(db)
+        self.stats = StatsStore(db)
 
 
 __all__ = [
@@ -42,5 +44,6 @@ __all__ = [
     "Run",
     "RunState",
     "RunStore",
+    "StatsStore",
     "Store",
 ]

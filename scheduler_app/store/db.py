@@ -4,10 +4,14 @@ SQLite is used the careful way: WAL so readers never block the writer, a busy ti
 writers queue instead of failing, and write transactions opened with ``BEGIN IMMEDIATE`` so two
 writers never deadlock upgrading a read lock. PostgreSQL gets ordinary transactions plus a
 transaction-level advisory lock where a read-then-write must be atomic across hosts.
+
+The schema is Alembic's (``scheduler_app.migrations``); ``migrate()`` applies it under a lock.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +19,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .schema import metadata
+from .. import migrations
+
+log = logging.getLogger(__name__)
 
 # Keys for pg_advisory_xact_lock; arbitrary, but fixed and distinct.
 LOCK_SCHEMA = 0x5C_0001
@@ -33,8 +39,12 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if self.url.database in (None, "", ":memory:"):
                 raise ValueError("an in-memory SQLite database cannot be shared; give a file path")
-        kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True)
+        # A pre-ping finds connections a server dropped; a SQLite file never drops one, and
+        # the ping cost a millisecond per checkout on the hot path (measured in bench/).
+        kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size,
+                      pool_pre_ping=not self.is_sqlite)
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
+        self._sqlite_writer = threading.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
 
@@ -55,16 +65,89 @@ class Database:
         On SQLite every write transaction is already exclusive (``BEGIN IMMEDIATE``), so the key
         only matters on PostgreSQL, where it becomes ``pg_advisory_xact_lock``.
         """
-        with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
-            with conn.begin():
-                if lock is not None and self.dialect == "postgresql":
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+        if self.is_sqlite:
+            # Threads of one process queue here, not in SQLite's busy handler, which sleeps
+            # 1, 2, 5, 10… ms between retries: under contention that sleep was most of a
+            # write's latency (bench/README.md). Other processes still meet the busy handler.
+            with self._sqlite_writer, self.engine.connect().execution_options(
+                    sqlite_immediate=True) as conn, conn.begin():
                 yield conn
+            return
+        with self.engine.connect() as conn, conn.begin():
+            if lock is not None:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
+            yield conn
 
-    def create_schema(self) -> None:
-        """Create missing tables; safe when several processes start at once."""
-        with self.write(lock=LOCK_SCHEMA) as conn:
-            metadata.create_all(conn, checkfirst=True)
+    def migrate(self) -> tuple[str | None, str | None]:
+        """Upgrade the schema to this code's newest revision; return (before, after).
+
+        Safe when several processes start at once: the first to take the lock migrates, the
+        others wait for it and then find nothing to do. An up-to-date database (every restart
+        but the first after a deploy) is recognised without taking the lock.
+
+        A database at a revision this code does not know was migrated by newer code: during a
+        rolling deploy the old workers still restart (``max_requests``, a crash), so they log a
+        warning and run on it; revisions only ever add to the schema for that reason.
+        """
+        target = migrations.head()
+        before = self.schema_revision()
+        if before == target:
+            return before, target
+        if before is not None and not migrations.is_known(before):
+            log.warning("the database schema is at %s, which this code does not know (its "
+                        "newest is %s): newer code migrated it; running on it as it is",
+                        before, target)
+            return before, before
+        before = self._migrate_sqlite() if self.is_sqlite else self._migrate_locked()
+        if before != target:
+            log.info("upgraded the database schema from %s to %s", before or "nothing", target)
+        return before, target
+
+    def schema_revision(self) -> str | None:
+        """The revision the database is at (None: never migrated)."""
+        with self.engine.connect() as conn:
+            return migrations.current(conn)
+
+    def _migrate_locked(self) -> str | None:
+        """PostgreSQL: a session-level advisory lock, taken on the migrating connection and
+        held across the whole upgrade; the server releases it if this process dies."""
+        with self.engine.connect() as conn:
+            locking = self.dialect == "postgresql"
+            if locking:
+                conn.execute(sa.select(sa.func.pg_advisory_lock(LOCK_SCHEMA)))
+                conn.commit()
+            try:
+                with conn.begin():
+                    return migrations.upgrade(conn)
+            finally:
+                if locking and not conn.invalidated:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(LOCK_SCHEMA)))
+                    conn.commit()
+
+    def _migrate_sqlite(self) -> str | None:
+        """SQLite: the whole upgrade is one ``BEGIN IMMEDIATE`` transaction, which is the
+        database-wide write lock; the other processes wait in the busy timeout.
+
+        Foreign keys are off while it runs, as SQLite's documentation prescribes for schema
+        changes: rebuilding a table (Alembic's batch mode) drops the old copy, which with
+        ``ON DELETE CASCADE`` enforced would delete every run's log lines. They are checked
+        before commit instead.
+        """
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            # Outside any transaction: inside one, SQLite ignores this pragma.
+            raw.cursor().execute("PRAGMA foreign_keys=OFF")
+            try:
+                with conn.begin():
+                    before = migrations.upgrade(conn)
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise migrations.MigrationError(
+                            f"the migration left a dangling foreign key: {tuple(broken)}")
+                    return before
+            finally:
+                raw.cursor().execute("PRAGMA foreign_keys=ON")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

@@ -20,6 +20,7 @@ from ..errors import QueueFull
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
 from .schema import jobs, nodes, run_logs, runs
+from .stats import Tally, forget_misfire_marks
 
 MAX_BACKOFF_SECONDS = 3600.0
 
@@ -104,43 +105,52 @@ def backoff_delay(base: float, attempt: int) -> float:
     return float(min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1))))
 
 
+# Built once: constructing an INSERT with .values() on every run was a measurable share of the
+# run-now request's CPU (bench/README.md); parameters are bound at execution instead.
+_INSERT_RUN = runs.insert().returning(*runs.c)
+
+
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, new: NewRun, conn: Connection | None = None,
-               max_queued: int | None = None) -> Run:
+               max_queued: int | None = None, running_on: str | None = None) -> Run:
         """Queue a run. With ``max_queued``, refuse (QueueFull, nothing written) when that many
-        runs are already queued, counted in the same transaction."""
+        runs are already queued, counted in the same transaction. With ``running_on``, the run
+        is written already claimed by that node (the node has a thread waiting for it)."""
         if conn is None:
             with self.db.write(lock=LOCK_CLAIM if max_queued else None) as conn:
-                return self.create(new, conn, max_queued)
+                return self.create(new, conn, max_queued, running_on)
         if max_queued is not None:
             queued = conn.execute(
                 sa.select(sa.func.count()).select_from(runs)
                 .where(runs.c.state == RunState.QUEUED.value)).scalar_one()
             if queued >= max_queued:
                 raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
-        row = conn.execute(
-            runs.insert()
-            .values(
-                task=new.task,
-                kwargs=new.kwargs,
-                job_id=new.job_id,
-                fire_time=new.fire_time,
-                state=RunState.QUEUED.value,
-                attempt=1,
-                max_attempts=new.max_attempts,
-                retry_backoff=new.retry_backoff,
-                timeout=new.timeout,
-                cancel_requested=False,
-                errors=[],
-                created_at=utcnow(),
-                scheduled_for=new.scheduled_for,
-            )
-            .returning(*runs.c)
-        ).mappings().one()
+        now = utcnow()
+        row = conn.execute(_INSERT_RUN, {
+            "task": new.task,
+            "kwargs": new.kwargs,
+            "job_id": new.job_id,
+            "fire_time": new.fire_time,
+            "state": (RunState.QUEUED if running_on is None else RunState.RUNNING).value,
+            "node": running_on,
+            "started_at": None if running_on is None else now,
+            "attempt": 1,
+            "max_attempts": new.max_attempts,
+            "retry_backoff": new.retry_backoff,
+            "timeout": new.timeout,
+            "cancel_requested": False,
+            "errors": [],
+            "created_at": now,
+            "scheduled_for": new.scheduled_for,
+        }).mappings().one()
+        if running_on is not None:
+            tally = Tally()
+            tally.waited(new.task, new.scheduled_for, now)
+            tally.flush(conn)
         return Run.from_row(row)
 
     def record_fire(self, new: NewRun, max_instances: int,
@@ -227,6 +237,14 @@ class RunStore:
                 )
             ).scalar()
 
+    def has_due(self) -> bool:
+        """Is any queued run due? A read, so an idle dispatcher never takes the write lock."""
+        with self.db.read() as conn:
+            return conn.execute(
+                sa.select(runs.c.id).where(runs.c.state == RunState.QUEUED.value,
+                                           runs.c.scheduled_for <= utcnow()).limit(1)
+            ).first() is not None
+
     def count_queued(self) -> int:
         with self.db.read() as conn:
             return int(conn.execute(
@@ -281,6 +299,10 @@ class RunStore:
                         finished_at=None)
                 .returning(*runs.c)
             ).mappings().all()
+            tally = Tally()
+            for claimed in rows:
+                tally.waited(claimed["task"], claimed["scheduled_for"], now)
+            tally.flush(conn)
         return sorted((Run.from_row(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
 
     def save_progress(self, run_id: int, done: float, total: float | None,
@@ -337,7 +359,15 @@ class RunStore:
                 .values(**values)
                 .returning(*runs.c)
             ).mappings().first()
-        return None if row is None else Run.from_row(row)
+            if row is None:
+                return None
+            settled = Run.from_row(row)
+            tally = Tally()
+            tally.attempt(settled.task, current["started_at"], settled.finished_at or utcnow())
+            if settled.is_final:
+                tally.finished(settled.task, settled.state.value)
+            tally.flush(conn)
+        return settled
 
     def hand_back(self, run_id: int, node: str) -> bool:
         """Return an unfinished run to the queue (graceful stop); the attempt is not spent."""
@@ -359,13 +389,20 @@ class RunStore:
         """
         now = utcnow()
         with self.db.write() as conn:
-            before = conn.execute(
-                sa.select(runs.c.state).where(runs.c.id == run_id)).scalar()
-            if before is None:
+            # FOR UPDATE: on PostgreSQL a node claiming this run meanwhile waits, so a run
+            # cancelled as queued is never also started.
+            found = conn.execute(
+                sa.select(runs.c.state, runs.c.task).where(runs.c.id == run_id)
+                .with_for_update()).first()
+            if found is None:
                 return None
+            before, task = found
             if before == RunState.QUEUED.value:
                 conn.execute(runs.update().where(runs.c.id == run_id).values(
                     state=RunState.CANCELLED.value, cancel_requested=True, finished_at=now))
+                tally = Tally()
+                tally.finished(task, RunState.CANCELLED.value)
+                tally.flush(conn)
             elif before == RunState.RUNNING.value:
                 conn.execute(runs.update().where(runs.c.id == run_id).values(
                     cancel_requested=True))
@@ -384,6 +421,7 @@ class RunStore:
         if dead_nodes:
             condition = sa.or_(condition, runs.c.node.in_(list(dead_nodes)))
         settled: list[Run] = []
+        tally = Tally()
         with self.db.write(lock=LOCK_CLAIM) as conn:
             lost = conn.execute(
                 sa.select(runs).where(runs.c.state == RunState.RUNNING.value, condition)
@@ -401,6 +439,10 @@ class RunStore:
                 ).mappings().first()
                 if updated is not None:
                     settled.append(Run.from_row(updated))
+                    tally.node_lost(run.task)
+                    if settled[-1].is_final:
+                        tally.finished(run.task, RunState.FAILED.value)
+            tally.flush(conn)
         return settled
 
     # -- logs and retention -----------------------------------------------------------------
@@ -425,6 +467,7 @@ class RunStore:
                     ).limit(batch)
                 ).scalars())
                 if not ids:
+                    forget_misfire_marks(conn)
                     return total
                 conn.execute(run_logs.delete().where(run_logs.c.run_id.in_(ids)))
                 conn.execute(runs.delete().where(runs.c.id.in_(ids)))

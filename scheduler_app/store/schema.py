@@ -3,6 +3,9 @@
 Times are stored as aware UTC datetimes (``UTCDateTime`` makes SQLite give them back aware).
 The ``jobs`` table replaces APScheduler's pickled job store with a JSON job spec, so no row is
 ever unpickled and a row written by other code can always be read and reported.
+
+This module is the schema the code expects now; ``scheduler_app/migrations`` is how a database
+gets there. A change here needs a new revision there (a test compares the two).
 """
 
 from __future__ import annotations
@@ -115,4 +118,27 @@ nodes = sa.Table(
     sa.Column("stopped_at", UTCDateTime, nullable=True),
     sa.Column("running", sa.Integer, nullable=False, default=0),
     sa.Column("capacity", sa.Integer, nullable=False, default=0),
+)
+
+
+# Cumulative totals behind /metrics' counters and histograms, one row per (metric, task, label):
+# ``label`` is a run's final state for ``runs_finished``, a bucket's upper bound (or ``sum``)
+# for a histogram, empty for plain counters. Rows are only ever incremented, in the same
+# transaction as the change they count, so pruning runs never makes a counter go back.
+stats = sa.Table(
+    "stats",
+    metadata,
+    sa.Column("metric", sa.String(64), primary_key=True),
+    sa.Column("task", sa.String(200), primary_key=True),
+    sa.Column("label", sa.String(32), primary_key=True),
+    sa.Column("value", sa.Float, nullable=False),
+)
+
+# The latest missed fire counted per job (epoch seconds): every node may see the same missed
+# fire, and only the one that moves this mark forward counts it.
+misfire_marks = sa.Table(
+    "misfire_marks",
+    metadata,
+    sa.Column("job_id", sa.String(191), primary_key=True),
+    sa.Column("fire_time", sa.Float, nullable=False),
 )

@@ -1,0 +1,220 @@
+"""Schema migrations on real SQLite files and real PostgreSQL databases: empty to head, an old
+create_all database, an upgrade with data in it, and four processes starting at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from scheduler_app import migrations
+from scheduler_app.migrations import VERSION_TABLE, MigrationError
+from scheduler_app.store import Database, NewRun, RunState, Store
+from scheduler_app.store.schema import jobs, metadata, nodes, run_logs, runs
+from scheduler_app.timeutil import utcnow
+from tests.servers import BIN, REPO, TASK_MODULES
+
+BASELINE_TABLES = (runs, run_logs, jobs, nodes)
+
+
+def schema_diff(db: Database, target: sa.MetaData = metadata) -> list[Any]:
+    """What Alembic's autogenerate would change to make the database match ``target``."""
+    with db.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "version_table": VERSION_TABLE})
+        return list(compare_metadata(context, target))
+
+
+def version_rows(db: Database) -> list[str]:
+    with db.engine.connect() as conn:
+        return list(conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+
+
+def upgrade_to(db: Database, revision: str) -> None:
+    with db.engine.begin() as conn:
+        migrations.upgrade(conn, revision)
+
+
+@pytest.fixture
+def db(any_db_url: str) -> Any:
+    database = Database(any_db_url)
+    yield database
+    database.dispose()
+
+
+def test_empty_database_upgrades_to_exactly_the_schema(db: Database) -> None:
+    assert db.migrate() == (None, migrations.head())
+    assert schema_diff(db) == []
+    assert version_rows(db) == [migrations.head()]
+    assert db.migrate() == (migrations.head(), migrations.head())  # a second start: nothing
+    assert version_rows(db) == [migrations.head()]
+
+
+def test_baseline_revision_is_what_create_all_made(db: Database) -> None:
+    """The baseline revision builds the four tables exactly as the schema module defines them,
+    so stamping a create_all database at the baseline is truthful."""
+    upgrade_to(db, migrations.BASELINE)
+    baseline = sa.MetaData()
+    for table in BASELINE_TABLES:
+        table.to_metadata(baseline)
+    assert schema_diff(db, baseline) == []
+
+
+def test_database_made_by_create_all_is_stamped_and_upgraded(db: Database) -> None:
+    metadata.create_all(db.engine, tables=list(BASELINE_TABLES))  # what the old code did
+    store = Store(db)
+    run = store.runs.create(NewRun(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
+                                   retry_backoff=1.0, timeout=None, scheduled_for=utcnow()))
+    assert db.migrate() == (None, migrations.head())
+    assert version_rows(db) == [migrations.head()]
+    assert schema_diff(db) == []
+    assert store.runs.get(run.id) == run
+
+
+def test_upgrade_from_previous_revision_keeps_every_row(db: Database) -> None:
+    upgrade_to(db, migrations.BASELINE)
+    now = utcnow()
+    with db.engine.begin() as conn:
+        conn.execute(runs.insert(), [
+            {"id": 1, "task": "demo.echo", "kwargs": {"value": [1, "ü"]}, "job_id": "nightly",
+             "fire_time": now, "state": "succeeded", "attempt": 1, "max_attempts": 1,
+             "retry_backoff": 2.0, "timeout": None, "cancel_requested": False,
+             "progress_done": 1.0, "progress_total": 1.0, "progress_message": "done",
+             "result": {"ok": True}, "error": None, "errors": [], "node": "h:1:a",
+             "created_at": now, "scheduled_for": now, "started_at": now, "finished_at": now},
+            {"id": 2, "task": "demo.fail", "kwargs": {}, "job_id": None, "fire_time": None,
+             "state": "queued", "attempt": 2, "max_attempts": 3, "retry_backoff": 2.0,
+             "timeout": 5.0, "cancel_requested": False, "progress_done": None,
+             "progress_total": None, "progress_message": None, "result": None,
+             "error": {"type": "RuntimeError", "message": "boom", "traceback": "tb"},
+             "errors": [{"type": "RuntimeError", "attempt": 1}], "node": None,
+             "created_at": now, "scheduled_for": now + timedelta(hours=1), "started_at": None,
+             "finished_at": None},
+        ])
+        conn.execute(run_logs.insert(), [
+            {"run_id": 1, "at": now, "level": "INFO", "message": f"line {i}"} for i in range(3)])
+        conn.execute(jobs.insert(), [{
+            "id": "nightly", "task": "demo.echo", "spec": {"task": "demo.echo", "kwargs": {}},
+            "next_run_time": now.timestamp() + 60, "version": 7, "created_at": now,
+            "updated_at": now}])
+        conn.execute(nodes.insert(), [{
+            "id": "h:1:a", "host": "h", "pid": 1, "role": "all", "started_at": now,
+            "heartbeat_at": now, "stopped_at": None, "running": 0, "capacity": 4}])
+
+    def everything() -> dict[str, list[Any]]:
+        with db.engine.connect() as conn:
+            return {t.name: [tuple(r) for r in conn.execute(
+                sa.select(t).order_by(*t.primary_key.columns))] for t in BASELINE_TABLES}
+
+    before = everything()
+    assert sum(len(rows) for rows in before.values()) == 7
+    assert db.migrate() == (migrations.BASELINE, migrations.head())
+    assert everything() == before
+    assert schema_diff(db) == []
+
+    # The upgraded database works: the queued run is claimed, settled and counted.
+    store = Store(db)
+    with db.engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == 2).values(scheduled_for=now))
+    assert [r.id for r in store.runs.claim("h:1:a", 5, {})] == [2]
+    store.runs.finish(2, "h:1:a", RunState.SUCCEEDED)
+    assert store.stats.snapshot(30).runs_finished == {("demo.fail", "succeeded"): 1}
+
+    # And the newest revision can be taken back without touching the older tables' rows.
+    with db.engine.begin() as conn:
+        command.downgrade(migrations.alembic_config(conn), migrations.BASELINE)
+    assert not {"stats", "misfire_marks"} & set(sa.inspect(db.engine).get_table_names())
+    assert db.migrate() == (migrations.BASELINE, migrations.head())
+
+
+def test_half_a_schema_is_refused(db: Database) -> None:
+    metadata.create_all(db.engine, tables=[runs])
+    with pytest.raises(MigrationError, match="some of this service's tables"):
+        db.migrate()
+
+
+def test_a_revision_from_newer_code_is_left_alone(db: Database,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    db.migrate()
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    with caplog.at_level(logging.WARNING, "scheduler_app.store.db"):
+        assert db.migrate() == ("9999", "9999")
+    assert "newer code migrated it" in caplog.text
+    assert version_rows(db) == ["9999"]
+
+
+START_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from scheduler_app import create_app          # every import done before the race starts
+url, go, task_modules = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+while not go.exists():
+    time.sleep(0.002)
+create_app({"DATABASE_URL": url, "SCHEDULER_AUTOSTART": False, "TESTING": True,
+            "PRUNE_RUNS_CRON": "", "TASK_MODULES": __import__("json").loads(task_modules)})
+print("started")
+"""
+
+
+def test_four_processes_starting_at_once_migrate_once(db: Database, any_db_url: str,
+                                                      tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", START_AT_ONCE, any_db_url, str(go), json.dumps(TASK_MODULES)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}) for _ in range(4)]
+    try:
+        go.touch()  # the processes poll for it, so they all start migrating within ms
+        outputs = [proc.communicate(timeout=60) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0 and out.strip() == "started", err
+    upgraded = [err for _, err in outputs if "upgraded the database schema" in err]
+    assert len(upgraded) == 1, [err for _, err in outputs]
+    assert version_rows(db) == [migrations.head()]
+    assert schema_diff(db) == []
+
+
+def test_db_commands(make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """With SCHEMA_AUTO_UPGRADE off, start-up leaves the schema alone and says so; `db upgrade`
+    is the deploy step."""
+    with caplog.at_level(logging.ERROR, "scheduler_app"):
+        app = make_app(start=False, SCHEMA_AUTO_UPGRADE=False)
+    assert "run 'flask --app wsgi db upgrade'" in caplog.text
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["db", "current"])
+    assert result.exit_code == 0 and result.output.startswith("none: "), result.output
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{migrations.head()} (head): upgraded from an empty database"
+    assert runner.invoke(args=["db", "current"]).output.strip() == f"{migrations.head()} (head)"
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.output.strip() == f"{migrations.head()} (head): already up to date"
+
+
+def test_flask_db_upgrade_command_in_a_real_process(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "FLASK_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+           "FLASK_SCHEMA_AUTO_UPGRADE": "false", "FLASK_PRUNE_RUNS_CRON": ""}
+    result = subprocess.run([str(BIN / "flask"), "--app", "wsgi", "db", "upgrade"], cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{migrations.head()} (head): upgraded from an empty database"
+    db = Database(env["FLASK_DATABASE_URL"])
+    try:
+        assert version_rows(db) == [migrations.head()]
+    finally:
+        db.dispose()

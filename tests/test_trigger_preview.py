@@ -1,0 +1,91 @@
+"""POST /api/triggers/preview: the next fire times of a trigger, judged as job creation judges
+it, with nothing stored."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from scheduler_app.services import services
+
+PREVIEW = "/api/triggers/preview"
+
+
+@pytest.fixture
+def client(make_app):
+    return make_app(start=False, PRUNE_RUNS_CRON="").test_client()
+
+
+def test_cron_preview_lists_the_next_five_fires_in_its_time_zone(client):
+    answer = client.post(PREVIEW, json={"trigger": {
+        "type": "cron", "expr": "0 2 * * 1-5", "timezone": "Europe/Paris"}})
+    assert answer.status_code == 200, answer.json
+    body = answer.json
+    assert body["description"] == "At 02:00, Monday through Friday (Europe/Paris)"
+    assert body["trigger"] == {"type": "cron", "expr": "0 2 * * 1-5", "timezone": "Europe/Paris"}
+    fires = [datetime.fromisoformat(t) for t in body["fire_times"]]
+    assert len(fires) == 5
+    assert fires == sorted(fires) and fires[0] > datetime.now(fires[0].tzinfo)
+    for fire in fires:
+        assert fire.utcoffset() == timedelta(0)  # given in UTC; the browser localises
+        paris = fire.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Paris"))
+        assert (paris.hour, paris.minute) == (2, 0) and paris.isoweekday() <= 5
+    assert services(client.application).store.jobs.all() == []
+
+
+def test_count_and_the_other_trigger_types(client):
+    interval = client.post(PREVIEW, json={"trigger": {"type": "interval", "minutes": 5},
+                                          "count": 3}).json
+    steps = [datetime.fromisoformat(t) for t in interval["fire_times"]]
+    assert interval["description"] == "every 5 minutes"
+    assert [b - a for a, b in zip(steps, steps[1:], strict=False)] == [timedelta(minutes=5)] * 2
+
+    soon = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()
+    once = client.post(PREVIEW, json={"trigger": {"type": "date", "run_date": soon}}).json
+    assert len(once["fire_times"]) == 1  # a date fires once, however many are asked for
+    past = client.post(PREVIEW, json={"trigger": {"type": "date",
+                                                  "run_date": "2020-01-01T00:00:00Z"}}).json
+    assert past["fire_times"] == []
+
+    many = client.post(PREVIEW, json={"trigger": {"type": "cron", "expr": "* * * * *"},
+                                      "count": 50}).json
+    assert len(many["fire_times"]) == 50
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"trigger": {"type": "cron", "expr": "61 * * * *"}}, "trigger.expr"),
+    ({"trigger": {"type": "cron", "expr": "* * *"}}, "trigger.expr"),
+    ({"trigger": {"type": "cron", "expr": "0 2 * * *", "timezone": "Mars/Base"}},
+     "trigger.timezone"),
+    ({"trigger": {"type": "weekly"}}, "trigger.type"),
+    ({"trigger": {"type": "interval", "minutes": -1}}, "trigger.minutes"),
+    ({"trigger": {"type": "cron", "expr": "* * * * *"}, "count": 0}, "count"),
+    ({"trigger": {"type": "cron", "expr": "* * * * *"}, "count": 51}, "count"),
+    ({"trigger": {"type": "cron", "expr": "* * * * *"}, "count": "5"}, "count"),
+    ({"trigger": {"type": "cron", "expr": "* * * * *"}, "extra": 1}, "extra"),
+    ({"count": 5}, "trigger"),
+    ([1, 2], "body"),
+])
+def test_a_bad_request_is_a_400_naming_the_field(client, body, field):
+    answer = client.post(PREVIEW, json=body)
+    assert answer.status_code == 400, answer.json
+    assert answer.json["error"]["code"] == "invalid_request"
+    assert answer.json["error"]["details"][0]["field"] == field
+
+
+def test_not_json_is_a_400(client):
+    answer = client.post(PREVIEW, data="nope", content_type="application/json")
+    assert answer.status_code == 400
+    assert answer.json["error"]["details"][0]["field"] == "body"
+
+
+def test_it_takes_an_admin(make_app):
+    client = make_app(start=False, PRUNE_RUNS_CRON="",
+                      API_TOKENS={"v-token": "viewer", "a-token": "admin"}).test_client()
+    body = {"trigger": {"type": "cron", "expr": "* * * * *"}}
+    assert client.post(PREVIEW, json=body).status_code == 401
+    viewer = client.post(PREVIEW, json=body, headers={"Authorization": "Bearer v-token"})
+    assert viewer.status_code == 403
+    admin = client.post(PREVIEW, json=body, headers={"Authorization": "Bearer a-token"})
+    assert admin.status_code == 200
