@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from flask import Flask
 
+from tests.api_helpers import all_pages, parse_time
 from tests.conftest import wait_for
 
 JOB_FIELDS = {"id", "name", "task", "kwargs", "trigger", "next_run_time", "paused",
@@ -22,13 +23,6 @@ LAST_RUN_FIELDS = {"id", "state", "started_at", "finished_at"}
 def api(make_app: Callable[..., Flask]) -> Any:
     """A started app without the built-in prune job, so lists hold only this test's jobs."""
     return make_app(PRUNE_RUNS_CRON="").test_client()
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time from the API; it must carry an offset."""
-    value = datetime.fromisoformat(text)
-    assert value.utcoffset() is not None, f"{text!r} has no UTC offset"
-    return value
 
 
 def iso_in(delta: timedelta) -> str:
@@ -47,25 +41,6 @@ def get_job(api: Any, job_id: str) -> dict[str, Any]:
     response = api.get(f"/api/jobs/{job_id}")
     assert response.status_code == 200, response.json
     return response.json  # type: ignore[no-any-return]
-
-
-def all_pages(api: Any, path: str, limit: int, **params: Any) -> list[list[dict[str, Any]]]:
-    """Every page of a list, following next_cursor; fails on a cursor loop."""
-    pages: list[list[dict[str, Any]]] = []
-    cursor = None
-    while True:
-        query = {"limit": limit, **params}
-        if cursor is not None:
-            query["cursor"] = cursor
-        response = api.get(path, query_string=query)
-        assert response.status_code == 200, response.json
-        assert set(response.json) == {"items", "next_cursor"}
-        assert len(response.json["items"]) <= limit
-        pages.append(response.json["items"])
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return pages
-        assert len(pages) < 50, "next_cursor never ends"
 
 
 # -- creating -------------------------------------------------------------------------------------

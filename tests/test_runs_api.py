@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from tests.api_helpers import all_pages, parse_time
 from tests.conftest import wait_for
 from tests.tasks_for_tests import gates
 
@@ -25,12 +26,6 @@ LATER = "2999-01-01T00:00:00+00:00"  # a run_at that keeps a run queued for the 
 def api(make_app: Callable[..., Flask]) -> Any:
     """A started app without the built-in prune job."""
     return make_app(PRUNE_RUNS_CRON="").test_client()
-
-
-def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    assert value.utcoffset() is not None, f"{text!r} has no UTC offset"
-    return value
 
 
 def submit(api: Any, task: str = "demo.echo", kwargs: dict[str, Any] | None = None,
@@ -54,24 +49,6 @@ def wait_state(api: Any, run_id: int, *states: str, timeout: float = 10.0) -> di
         return run if run["state"] in states else None
     return wait_for(reached, timeout=timeout,  # type: ignore[no-any-return]
                     message=f"run {run_id} to reach {'/'.join(states)}")
-
-
-def all_pages(api: Any, path: str, limit: int, **params: Any) -> list[list[dict[str, Any]]]:
-    pages: list[list[dict[str, Any]]] = []
-    cursor = None
-    while True:
-        query = {"limit": limit, **params}
-        if cursor is not None:
-            query["cursor"] = cursor
-        response = api.get(path, query_string=query)
-        assert response.status_code == 200, response.json
-        assert set(response.json) == {"items", "next_cursor"}
-        assert len(response.json["items"]) <= limit
-        pages.append(response.json["items"])
-        cursor = response.json["next_cursor"]
-        if cursor is None:
-            return pages
-        assert len(pages) < 50, "next_cursor never ends"
 
 
 # -- tasks ----------------------------------------------------------------------------------------
