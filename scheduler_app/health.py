@@ -3,6 +3,7 @@ plus the index page. No auth: load balancers call these."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -10,6 +11,8 @@ from flask import Blueprint, Flask
 from .api.openapi import operation
 from .api.schemas import Health, NotReady, Ready
 from .services import services
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
@@ -59,7 +62,10 @@ def readyz() -> Any:
     try:
         svc.store.db.ping()
     except Exception as exc:
-        return {"status": "unavailable", "reason": f"database unreachable: {exc}"}, 503
+        # The error's class only: its text may name hosts and databases, and /readyz is public.
+        log.warning("readiness: database unreachable: %s", exc)
+        return {"status": "unavailable",
+                "reason": f"database unreachable ({type(exc).__name__})"}, 503
     if not svc.scheduler.started or not svc.scheduler.loop_running:
         return {"status": "unavailable", "reason": "the scheduler is not running"}, 503
     return {"status": "ok", "node": svc.scheduler.node.id}
