@@ -157,3 +157,24 @@ def test_prune_keeps_active_and_recent_runs(store):
     assert store.runs.prune(utcnow() + timedelta(seconds=1)) == 1
     assert store.runs.get(old.id) is None and store.runs.logs(old.id) == []
     assert store.runs.get(queued.id) is not None
+
+
+def test_a_new_connection_waits_for_another_process_to_finish_before_wal(tmp_path):
+    """Workers starting together: one holds the file mid-transaction while another connects.
+    The newcomer must wait and switch the file to WAL, not fail with 'database is locked'."""
+    import sqlite3
+
+    path = tmp_path / "fresh.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE held (x INTEGER)")
+    released = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+    released.start()
+    db = Database(f"sqlite:///{path}")
+    try:
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        released.join()
+        holder.close()
+        db.dispose()

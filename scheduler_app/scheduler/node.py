@@ -159,7 +159,10 @@ class Node:
     # -- housekeeping -----------------------------------------------------------------------
     def settle_lost_runs(self) -> None:
         stale_before = utcnow() - timedelta(seconds=self.lease_seconds)
-        for run in self.store.runs.settle_lost(stale_before, self._dead_local_nodes()):
+        dead = self._dead_local_nodes()
+        for node_id in dead:  # its process is gone: show it dead now, not after the lease
+            self.store.nodes.mark_stopped(node_id)
+        for run in self.store.runs.settle_lost(stale_before, dead):
             log.warning("run %s lost its node; now %s (attempt %s of %s)", run.id,
                         run.state.value, run.attempt, run.max_attempts,
                         extra={"run_id": run.id, "job_id": run.job_id, "task": run.task,

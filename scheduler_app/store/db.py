@@ -11,7 +11,9 @@ The schema is Alembic's (``scheduler_app.migrations``); ``migrate()`` applies it
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -164,9 +166,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # implicit BEGIN would defeat BEGIN IMMEDIATE).
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
+        _enable_wal(cursor)
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -174,3 +176,24 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _enable_wal(cursor: Any, patience: float = 30.0) -> None:
+    """Put the file in WAL mode (it stays so; later connections find it set).
+
+    Switching modes needs the file to itself and SQLite answers "database is locked" at once,
+    without its busy handler, when another process is mid-transaction (four gunicorn workers
+    starting together, one of them migrating). Such a worker would fail to boot and take the
+    gunicorn master down with it, so wait and retry instead.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
