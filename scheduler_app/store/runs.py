@@ -108,6 +108,14 @@ def backoff_delay(base: float, attempt: int) -> float:
 # Built once: constructing an INSERT with .values() on every run was a measurable share of the
 # run-now request's CPU (bench/README.md); parameters are bound at execution instead.
 _INSERT_RUN = runs.insert().returning(*runs.c)
+_FINISH_CLEANLY = (
+    runs.update()
+    .where(runs.c.id == sa.bindparam("run_id"), runs.c.node == sa.bindparam("on_node"),
+           runs.c.state == RunState.RUNNING.value)
+    .values(state=sa.bindparam("new_state"), finished_at=sa.bindparam("ended_at"),
+            result=sa.bindparam("outcome", type_=sa.JSON()), error=None)
+    .returning(*runs.c)
+)
 
 
 class RunStore:
@@ -345,6 +353,21 @@ class RunStore:
         this node's to settle (a reaper settled it meanwhile)."""
         assert state in FINAL_STATES
         with self.db.write() as conn:
+            if error is None:
+                # Success or cancel: no retry to decide, so one UPDATE instead of read-then-write
+                # (the common path of every run; see bench/README.md).
+                row = conn.execute(_FINISH_CLEANLY, {
+                    "run_id": run_id, "on_node": node, "new_state": state.value,
+                    "ended_at": utcnow(), "outcome": result}).mappings().first()
+                if row is None:
+                    return None
+                settled = Run.from_row(row)
+                tally = Tally()
+                assert settled.started_at is not None and settled.finished_at is not None
+                tally.attempt(settled.task, settled.started_at, settled.finished_at)
+                tally.finished(settled.task, settled.state.value)
+                tally.flush(conn)
+                return settled
             current = conn.execute(
                 sa.select(runs).where(runs.c.id == run_id, runs.c.node == node,
                                       runs.c.state == RunState.RUNNING.value)
