@@ -117,7 +117,7 @@ def systems(tmp: Path) -> list[System]:
         System("scheduler_app", "this service (2 workers, SQLite WAL)", "wsgi:app",
                "/api/runs", lambda key, port: {"task": "bench.noop",
                                                "kwargs": {"key": key, "port": port}},
-               env=ours_env, conf=True, workers=2),
+               env=ours_env, conf=True, workers=int(os.environ.get("BENCH_WORKERS", "2"))),
     ]
 
 
