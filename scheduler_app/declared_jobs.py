@@ -35,6 +35,7 @@ from flask import Flask
 
 from .errors import ConfigError, InvalidRequest, ServiceError
 from .services import services
+from .services.compat import client_fields, create_request
 from .services.jobs import JobService
 from .services.models import JobCreate, parse_model
 from .tasks import registry
@@ -108,10 +109,7 @@ def _request(declaration: dict[str, Any]
                                            "task (the API's), not both")
     if "func" not in declaration:
         return parse_model(JobCreate, declaration), nullcontext
-    # The /scheduler API's translation, so both readers of Flask-APScheduler's shape agree.
-    # Imported here: api.builtin imports the package this module is loaded by.
-    from .api.builtin import _client_fields, _create_request
-
+    # The /scheduler API's reader (services.compat), so both agree on Flask-APScheduler's shape.
     if declaration.get("trigger") is None:
         raise InvalidRequest.field("trigger", "is required: 'cron', 'interval' or 'date' "
                                               "with its fields (a declared job without one "
@@ -120,8 +118,8 @@ def _request(declaration: dict[str, Any]
     body["func"] = _func_name(body["func"])
     if isinstance(body.get("args"), tuple):
         body["args"] = list(body["args"])
-    request, _, renames = _create_request(body)
-    return request, lambda: _client_fields(renames)
+    request, _, renames = create_request(body)
+    return request, lambda: client_fields(renames)
 
 
 def _func_name(func: object) -> object:
