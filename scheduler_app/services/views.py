@@ -10,7 +10,7 @@ from typing import Any
 from ..scheduler.triggers import describe
 from ..store import NodeRecord, Run
 from ..store.jobs import JobRecord
-from ..store.runs import LogEntry
+from ..store.lifecycle import LogEntry
 from ..tasks import Task
 from ..tasks.context import Progress
 from ..timeutil import iso, utcnow

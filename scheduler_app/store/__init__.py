@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from .db import Database
 from .jobs import JobExists, JobRecord, JobStoreQueries
-from .nodes import NodeRecord, NodeStore
-from .runs import (
+from .lifecycle import (
     ACTIVE_STATES,
     FINAL_STATES,
     FireSkipped,
@@ -13,8 +12,9 @@ from .runs import (
     NewRun,
     Run,
     RunState,
-    RunStore,
 )
+from .nodes import NodeRecord, NodeStore
+from .runs import RunStore
 from .stats import StatsStore
 
 

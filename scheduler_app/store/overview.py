@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .db import Database
-from .runs import ACTIVE_STATES, FINAL_STATES, Run, RunState
+from .lifecycle import ACTIVE_STATES, FINAL_STATES, Run, RunState
 from .schema import runs
 
 

@@ -1,4 +1,5 @@
-"""Runs and their log lines: every state change of a run is one statement here.
+"""Runs and their log lines: every state change of a run is one statement here (the states,
+records and settling rule are in ``lifecycle``).
 
 The lifecycle (``queued`` → ``running`` → a final state, with retries going back to ``queued``)
 is written once, in this module, as conditional updates: a transition names the state it
@@ -7,103 +8,28 @@ expects, so two nodes can never both move the same run.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.engine import Connection
 
 from ..errors import QueueFull
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
+from .lifecycle import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    FireSkipped,
+    LogEntry,
+    NewRun,
+    Run,
+    RunState,
+    settle_values,
+)
 from .schema import jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
-
-MAX_BACKOFF_SECONDS = 3600.0
-
-
-class RunState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})
-ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
-
-
-@dataclass(frozen=True)
-class Run:
-    id: int
-    task: str
-    kwargs: dict[str, Any]
-    job_id: str | None
-    fire_time: datetime | None
-    state: RunState
-    attempt: int
-    max_attempts: int
-    retry_backoff: float
-    timeout: float | None
-    cancel_requested: bool
-    progress_done: float | None
-    progress_total: float | None
-    progress_message: str | None
-    result: Any
-    error: dict[str, Any] | None
-    errors: list[dict[str, Any]]
-    node: str | None
-    created_at: datetime
-    scheduled_for: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: RowMapping) -> Run:
-        values = dict(row)
-        values["state"] = RunState(values["state"])
-        values["errors"] = values.get("errors") or []
-        return cls(**values)
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
-
-
-@dataclass(frozen=True)
-class NewRun:
-    """What it takes to queue a run; built by the services after validation."""
-
-    task: str
-    kwargs: dict[str, Any]
-    max_attempts: int
-    retry_backoff: float
-    timeout: float | None
-    scheduled_for: datetime
-    job_id: str | None = None
-    fire_time: datetime | None = None
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    id: int
-    at: datetime
-    level: str
-    message: str
-
-
-class FireSkipped(Exception):
-    """A job fire was not turned into a run (already recorded, or max_instances reached)."""
-
-
-def backoff_delay(base: float, attempt: int) -> float:
-    """Exponential backoff before attempt ``attempt + 1``: base, 2×base, 4×base… capped."""
-    return float(min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1))))
-
 
 # Built once: constructing an INSERT with .values() on every run was a measurable share of the
 # run-now request's CPU (bench/README.md); parameters are bound at execution instead.
@@ -374,7 +300,7 @@ class RunStore:
             ).mappings().first()
             if current is None:
                 return None
-            values = _settle_values(Run.from_row(current), state, result, error)
+            values = settle_values(Run.from_row(current), state, result, error)
             row = conn.execute(
                 runs.update()
                 .where(runs.c.id == run_id, runs.c.node == node,
@@ -454,7 +380,7 @@ class RunStore:
                 error = {"type": "NodeLost",
                          "message": f"node {run.node} stopped while running this attempt",
                          "traceback": None}
-                values = _settle_values(run, RunState.FAILED, None, error)
+                values = settle_values(run, RunState.FAILED, None, error)
                 updated = conn.execute(
                     runs.update()
                     .where(runs.c.id == run.id, runs.c.state == RunState.RUNNING.value)
@@ -495,31 +421,6 @@ class RunStore:
                 conn.execute(run_logs.delete().where(run_logs.c.run_id.in_(ids)))
                 conn.execute(runs.delete().where(runs.c.id.in_(ids)))
                 total += len(ids)
-
-
-def _settle_values(run: Run, state: RunState, result: Any,
-                   error: dict[str, Any] | None) -> dict[str, Any]:
-    now = utcnow()
-    if state is RunState.FAILED and run.attempt < run.max_attempts and not run.cancel_requested:
-        delay = backoff_delay(run.retry_backoff, run.attempt)
-        return {
-            "state": RunState.QUEUED.value,
-            "attempt": run.attempt + 1,
-            "scheduled_for": now + timedelta(seconds=delay),
-            "error": error,
-            "errors": [*run.errors, {**(error or {}), "attempt": run.attempt,
-                                     "at": now.isoformat()}],
-            "node": None,
-            "started_at": None,
-            "progress_done": None,
-            "progress_total": None,
-            "progress_message": None,
-        }
-    values: dict[str, Any] = {"state": state.value, "finished_at": now, "result": result,
-                              "error": error}
-    if error is not None:
-        values["errors"] = [*run.errors, {**error, "attempt": run.attempt, "at": now.isoformat()}]
-    return values
 
 
 def _values(states: Iterable[RunState]) -> list[str]:
