@@ -23,7 +23,7 @@ from .cli_db import db_cli
 from .errors import ServiceError
 from .services import services
 from .services.models import JobCreate, JobPatch, RunCreate, parse_model
-from .services.views import job_view, log_view, node_view, run_view, task_view
+from .services.views import log_view, node_view, run_view, task_view
 from .store import Run
 from .tasks import registry
 
@@ -165,10 +165,8 @@ def jobs_list(task: str | None, paused: bool | None, limit: int) -> None:
     """List jobs by next run time."""
     svc = services()
     items, _ = _call(svc.jobs.find, task=task, paused=paused, limit=limit, cursor=None)
-    last = svc.jobs.last_runs(items)
     rows = []
-    for record in items:
-        view = job_view(record, last.get(record.id), svc.jobs.problem(record))
+    for view in svc.jobs.views(items):
         rows.append([view["id"], view["task"], view["trigger"]["description"],
                      view["next_run_time"] or "paused",
                      (view["last_run"] or {}).get("state", "-"), view["problem"] or ""])
@@ -181,7 +179,7 @@ def jobs_show(job_id: str) -> None:
     """Show one job as JSON."""
     svc = services()
     record = _call(svc.jobs.get, job_id)
-    _json(job_view(record, svc.jobs.last_runs([record]).get(job_id), svc.jobs.problem(record)))
+    _json(svc.jobs.views([record])[0])
 
 
 @jobs_cli.command("add")
@@ -221,7 +219,7 @@ def jobs_add(task: str, job_id: str | None, name: str | None, kwargs_text: str,
             body[key] = value
     svc = services()
     record = _call(svc.jobs.create, _call(parse_model, JobCreate, body))
-    _json(job_view(record, None, svc.jobs.problem(record)))
+    _json(svc.jobs.views([record])[0])
 
 
 @jobs_cli.command("update")
@@ -233,7 +231,7 @@ def jobs_update(job_id: str, patch_text: str) -> None:
     _call(svc.jobs.get, job_id)
     record = _call(svc.jobs.update, job_id,
                    _call(parse_model, JobPatch, _json_arg(patch_text, "--patch")))
-    _json(job_view(record, None, svc.jobs.problem(record)))
+    _json(svc.jobs.views([record])[0])
 
 
 @jobs_cli.command("pause")

@@ -8,7 +8,7 @@ from flask import Blueprint, request, url_for
 
 from ..services import services
 from ..services.models import JobCreate, JobPatch, parse_model
-from ..services.views import job_view, run_view
+from ..services.views import run_view
 from ..store import JobRecord
 from .common import CURSOR, LIMIT, bool_arg, bool_param, filter_param, json_body, limit_arg, page
 from .openapi import operation
@@ -18,9 +18,7 @@ bp = Blueprint("jobs", __name__)
 
 
 def _views(records: list[JobRecord]) -> list[dict[str, Any]]:
-    jobs = services().jobs
-    last = jobs.last_runs(records)
-    return [job_view(r, last.get(r.id), jobs.problem(r)) for r in records]
+    return services().jobs.views(records)
 
 
 def _view(record: JobRecord) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .. import health, security
 from ..errors import InvalidRequest, NotFound, Unauthorized
 from ..services import services
 from ..services.overview import OverviewService
-from ..services.views import job_view, log_view, run_view
+from ..services.views import log_view, run_view
 from ..store import RunState
 from ..tasks import registry
 from .chart import minute_chart
@@ -203,8 +203,7 @@ def jobs() -> Any:
                                              cursor=cursor)
     except InvalidRequest as exc:
         records, next_cursor, error = [], None, exc.message
-    last = svc.jobs.last_runs(records)
-    views = [job_view(r, last.get(r.id), svc.jobs.problem(r)) for r in records]
+    views = svc.jobs.views(records)
     return render_template("dashboard/jobs.html", active="jobs", jobs=views, cursor=cursor,
                            next_cursor=next_cursor, error=error, created=_arg("created"),
                            limit=JOBS_PER_PAGE), 400 if error else 200

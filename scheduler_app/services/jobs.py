@@ -28,6 +28,7 @@ from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
 from .models import JobCreate, JobPatch
 from .runs import RunService, resolve_task, unstorable, validate_kwargs
+from .views import job_view
 
 MAX_CAS_ATTEMPTS = 5
 
@@ -200,8 +201,11 @@ class JobService:
             next_cursor = _encode_cursor(self.store.jobs.key(items[-1]))
         return items, next_cursor
 
-    def last_runs(self, records: list[JobRecord]) -> dict[str, Run]:
-        return self.store.runs.last_runs([r.id for r in records])
+    def views(self, records: list[JobRecord]) -> list[dict[str, Any]]:
+        """The jobs as every entry point shows them: with their last run (one query for all)
+        and why this process would not fire them, if it would not."""
+        last = self.store.runs.last_runs([r.id for r in records])
+        return [job_view(r, last.get(r.id), self.problem(r)) for r in records]
 
     def problem(self, record: JobRecord) -> str | None:
         """Why this process would not fire the job, if it would not."""
