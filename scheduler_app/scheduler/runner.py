@@ -184,14 +184,20 @@ class Runner:
                 self._reserved += free
             claimed: list[Run] = []
             try:
-                if free > 0 and self.store.runs.has_due():
+                # One read decides both whether to claim (only then take the write lock) and
+                # how long to sleep until the next queued run is due.
+                due = self.store.runs.next_due_time() if free > 0 else None
+                claiming = due is not None and due <= utcnow()
+                if claiming:
                     claimed = self.store.runs.claim(self.node_id, free, _task_limits())
                 for run in claimed:
                     self._submit(run, reserved=True)
-                if free > 0 and len(claimed) < free:
-                    due = self.store.runs.next_due_time()
-                    if due is not None:
-                        timeout = min(timeout, max(0.0, (due - utcnow()).total_seconds()))
+                if claiming and len(claimed) < free:
+                    due = self.store.runs.next_due_time()  # what is left after this claim
+                # Sleep until the next run is due; a due run held back (max_running, taken by
+                # another node) waits for a wake-up or the poll, never a busy loop.
+                if due is not None and due > utcnow():
+                    timeout = min(timeout, (due - utcnow()).total_seconds())
             except Exception:
                 log.exception("run dispatcher: database error; retrying")
             finally:

@@ -6,7 +6,6 @@ APScheduler job; ``scheduler.jobstore`` does that translation. Here are only the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -159,8 +158,3 @@ class JobStoreQueries:
     @staticmethod
     def key(record: JobRecord) -> JobKey:
         return to_epoch(record.next_run_time), record.id
-
-    def ids(self, job_ids: Sequence[str]) -> set[str]:
-        with self.db.read() as conn:
-            return set(conn.execute(sa.select(jobs.c.id).where(jobs.c.id.in_(list(job_ids))))
-                       .scalars())

@@ -171,21 +171,6 @@ class RunStore:
                 )
             ).scalar()
 
-    def has_due(self) -> bool:
-        """Is any queued run due? A read, so an idle dispatcher never takes the write lock."""
-        with self.db.read() as conn:
-            return conn.execute(
-                sa.select(runs.c.id).where(runs.c.state == RunState.QUEUED.value,
-                                           runs.c.scheduled_for <= utcnow()).limit(1)
-            ).first() is not None
-
-    def count_queued(self) -> int:
-        with self.db.read() as conn:
-            return int(conn.execute(
-                sa.select(sa.func.count()).select_from(runs)
-                .where(runs.c.state == RunState.QUEUED.value)
-            ).scalar_one())
-
     # -- executing --------------------------------------------------------------------------
     def claim(self, node: str, limit: int, task_limits: dict[str, int]) -> list[Run]:
         """Move up to ``limit`` due queued runs to ``running`` on ``node``, oldest due first.
