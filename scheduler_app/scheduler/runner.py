@@ -84,6 +84,11 @@ class Runner:
         self._reserved = 0  # threads promised to runs being created by run_now()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Whether queued runs may be waiting: the last queue read found some, or a run was
+        # queued here since. A finished run wakes the dispatcher only then; otherwise every
+        # run-now would cost a queue read when its thread frees up (bench/README.md). Runs
+        # queued by other processes are found by the poll, as before.
+        self._backlog = True
         self._accepting = False
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -127,6 +132,7 @@ class Runner:
                             extra={"run_id": active.run.id})
 
     def wake(self) -> None:
+        self._backlog = True
         self._wake.set()
 
     # -- what the node's maintenance loop calls ---------------------------------------------
@@ -194,6 +200,8 @@ class Runner:
                     self._submit(run, reserved=True)
                 if claiming and len(claimed) < free:
                     due = self.store.runs.next_due_time()  # what is left after this claim
+                if free > 0 and due is None:
+                    self._backlog = False
                 # Sleep until the next run is due; a due run held back (max_running, taken by
                 # another node) waits for a wake-up or the poll, never a busy loop.
                 if due is not None and due > utcnow():
@@ -260,7 +268,8 @@ class Runner:
         finally:
             with self._lock:
                 self._active.pop(run.id, None)
-            self._wake.set()
+            if self._backlog:
+                self._wake.set()
         if settled is not None:
             if settled.state is RunState.FAILED and settled.error:
                 log.warning("run %s failed: %s: %s", run.id, settled.error.get("type"),

@@ -10,7 +10,9 @@ The schema is Alembic's (``scheduler_app.migrations``); ``migrate()`` applies it
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -22,6 +24,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .. import migrations
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's busy handler alone queues the processes
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +54,11 @@ class Database:
                       pool_pre_ping=not self.is_sqlite)
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         self._sqlite_writer = threading.Lock()
+        self._across_processes: _FileLock | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            if fcntl is not None:
+                self._across_processes = _FileLock(f"{self.url.database}.writer-lock")
 
     @property
     def dialect(self) -> str:
@@ -68,17 +78,22 @@ class Database:
         only matters on PostgreSQL, where it becomes ``pg_advisory_xact_lock``.
         """
         if self.is_sqlite:
-            # Threads of one process queue here, not in SQLite's busy handler, which sleeps
-            # 1, 2, 5, 10… ms between retries: under contention that sleep was most of a
-            # write's latency (bench/README.md). Other processes still meet the busy handler.
-            with self._sqlite_writer, self.engine.connect().execution_options(
-                    sqlite_immediate=True) as conn, conn.begin():
+            # Writers queue here, not in SQLite's busy handler, which sleeps 1, 2, 5, 10… ms
+            # between retries: under contention those sleeps were most of a write's latency
+            # and its p99 (bench/README.md). Threads of this process queue on a thread lock,
+            # then the processes sharing the file on a lock file, which the kernel hands to
+            # the next waiter the moment it is released.
+            with self._sqlite_writer, self._process_lock(), self.engine.connect(
+                    ).execution_options(sqlite_immediate=True) as conn, conn.begin():
                 yield conn
             return
         with self.engine.connect() as conn, conn.begin():
             if lock is not None:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
             yield conn
+
+    def _process_lock(self) -> _FileLock | contextlib.nullcontext[None]:
+        return self._across_processes or contextlib.nullcontext()
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Upgrade the schema to this code's newest revision; return (before, after).
@@ -157,6 +172,29 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a file beside the database, held by one process at a time.
+
+    Opened lazily in each process (a descriptor inherited over ``fork`` would share its lock
+    with the parent). Only this code takes it; SQLite's own locking is untouched, so another
+    program writing the file still meets the busy timeout as before.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from ..errors import QueueFull
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
+from .group import GroupCommit
 from .lifecycle import (
     ACTIVE_STATES,
     FINAL_STATES,
@@ -47,16 +48,29 @@ _FINISH_CLEANLY = (
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.group = GroupCommit(db)
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, new: NewRun, conn: Connection | None = None,
                max_queued: int | None = None, running_on: str | None = None) -> Run:
         """Queue a run. With ``max_queued``, refuse (QueueFull, nothing written) when that many
         runs are already queued, counted in the same transaction. With ``running_on``, the run
-        is written already claimed by that node (the node has a thread waiting for it)."""
-        if conn is None:
-            with self.db.write(lock=LOCK_CLAIM if max_queued else None) as conn:
-                return self.create(new, conn, max_queued, running_on)
+        is written already claimed by that node (the node has a thread waiting for it).
+
+        Without ``conn``, the write joins the group commit: concurrent creates and finishes
+        of this process share a transaction, and this returns once it committed."""
+        if conn is not None:
+            tally = Tally()
+            run = self._insert(conn, tally, new, max_queued, running_on)
+            tally.flush(conn)
+            return run
+        return self.group.run(
+            lambda conn, tally: self._insert(conn, tally, new, max_queued, running_on),
+            serialised=max_queued is not None)
+
+    @staticmethod
+    def _insert(conn: Connection, tally: Tally, new: NewRun, max_queued: int | None,
+                running_on: str | None) -> Run:
         if max_queued is not None:
             queued = conn.execute(
                 sa.select(sa.func.count()).select_from(runs)
@@ -82,9 +96,7 @@ class RunStore:
             "scheduled_for": new.scheduled_for,
         }).mappings().one()
         if running_on is not None:
-            tally = Tally()
             tally.waited(new.task, new.scheduled_for, now)
-            tally.flush(conn)
         return Run.from_row(row)
 
     def record_fire(self, new: NewRun, max_instances: int,
@@ -151,17 +163,20 @@ class RunStore:
             return [Run.from_row(r) for r in conn.execute(query).mappings()]
 
     def last_runs(self, job_ids: Sequence[str]) -> dict[str, Run]:
-        """The newest run of each given job."""
+        """The newest run of each given job (of those still in the job table).
+
+        One index seek per job (``max(id)`` of its ``ix_runs_job`` entries, correlated to the
+        job's row), so a page of jobs costs the same with 80 runs a job as with 80,000; a
+        ``GROUP BY job_id`` over the runs of every job on the page read all their entries."""
         if not job_ids:
             return {}
-        newest = (
-            sa.select(sa.func.max(runs.c.id))
-            .where(runs.c.job_id.in_(list(job_ids)))
-            .group_by(runs.c.job_id)
-        )
+        older = runs.alias("older")
+        newest = (sa.select(sa.func.max(older.c.id)).where(older.c.job_id == jobs.c.id)
+                  .correlate(jobs).scalar_subquery())
+        query = (sa.select(runs).select_from(jobs.join(runs, runs.c.id == newest))
+                 .where(jobs.c.id.in_(list(job_ids))))
         with self.db.read() as conn:
-            rows = conn.execute(sa.select(runs).where(runs.c.id.in_(newest))).mappings()
-            return {r["job_id"]: Run.from_row(r) for r in rows}
+            return {r["job_id"]: Run.from_row(r) for r in conn.execute(query).mappings()}
 
     def next_due_time(self) -> datetime | None:
         with self.db.read() as conn:
@@ -261,46 +276,47 @@ class RunStore:
     ) -> Run | None:
         """Settle the attempt running on ``node``. A failure with attempts left is re-queued
         after a backoff, keeping the error in ``errors``. Returns None if the run was no longer
-        this node's to settle (a reaper settled it meanwhile)."""
+        this node's to settle (a reaper settled it meanwhile). Joins the group commit."""
         assert state in FINAL_STATES
-        with self.db.write() as conn:
-            if error is None:
-                # Success or cancel: no retry to decide, so one UPDATE instead of read-then-write
-                # (the common path of every run; see bench/README.md).
-                row = conn.execute(_FINISH_CLEANLY, {
-                    "run_id": run_id, "on_node": node, "new_state": state.value,
-                    "ended_at": utcnow(), "outcome": result}).mappings().first()
-                if row is None:
-                    return None
-                settled = Run.from_row(row)
-                tally = Tally()
-                assert settled.started_at is not None and settled.finished_at is not None
-                tally.attempt(settled.task, settled.started_at, settled.finished_at)
-                tally.finished(settled.task, settled.state.value)
-                tally.flush(conn)
-                return settled
-            current = conn.execute(
-                sa.select(runs).where(runs.c.id == run_id, runs.c.node == node,
-                                      runs.c.state == RunState.RUNNING.value)
-            ).mappings().first()
-            if current is None:
-                return None
-            values = settle_values(Run.from_row(current), state, result, error)
-            row = conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.node == node,
-                       runs.c.state == RunState.RUNNING.value)
-                .values(**values)
-                .returning(*runs.c)
-            ).mappings().first()
+        return self.group.run(
+            lambda conn, tally: self._settle(conn, tally, run_id, node, state, result, error))
+
+    @staticmethod
+    def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
+                result: Any, error: dict[str, Any] | None) -> Run | None:
+        if error is None:
+            # Success or cancel: no retry to decide, so one UPDATE instead of read-then-write
+            # (the common path of every run; see bench/README.md).
+            row = conn.execute(_FINISH_CLEANLY, {
+                "run_id": run_id, "on_node": node, "new_state": state.value,
+                "ended_at": utcnow(), "outcome": result}).mappings().first()
             if row is None:
                 return None
             settled = Run.from_row(row)
-            tally = Tally()
-            tally.attempt(settled.task, current["started_at"], settled.finished_at or utcnow())
-            if settled.is_final:
-                tally.finished(settled.task, settled.state.value)
-            tally.flush(conn)
+            assert settled.started_at is not None and settled.finished_at is not None
+            tally.attempt(settled.task, settled.started_at, settled.finished_at)
+            tally.finished(settled.task, settled.state.value)
+            return settled
+        current = conn.execute(
+            sa.select(runs).where(runs.c.id == run_id, runs.c.node == node,
+                                  runs.c.state == RunState.RUNNING.value)
+        ).mappings().first()
+        if current is None:
+            return None
+        values = settle_values(Run.from_row(current), state, result, error)
+        row = conn.execute(
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.node == node,
+                   runs.c.state == RunState.RUNNING.value)
+            .values(**values)
+            .returning(*runs.c)
+        ).mappings().first()
+        if row is None:
+            return None
+        settled = Run.from_row(row)
+        tally.attempt(settled.task, current["started_at"], settled.finished_at or utcnow())
+        if settled.is_final:
+            tally.finished(settled.task, settled.state.value)
         return settled
 
     def hand_back(self, run_id: int, node: str) -> bool:

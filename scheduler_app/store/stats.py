@@ -18,6 +18,7 @@ Gauges (runs queued and running now, nodes alive, jobs) are counted from their o
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,19 +107,29 @@ class Tally:
         rows = [{"metric": m, "task": t, "label": label, "value": v}
                 for (m, t, label), v in sorted(self._values.items())]
         self._values = {}
-        upsert = _upsert(conn)
+        upsert = _upsert(conn.dialect.name)
         if upsert is None:
             _update_or_insert(conn, rows)
             return
-        stmt = upsert(stats)
-        conn.execute(stmt.on_conflict_do_update(
-            index_elements=[stats.c.metric, stats.c.task, stats.c.label],
-            set_={"value": stats.c.value + stmt.excluded.value}), rows)
+        conn.execute(upsert, rows)
 
 
-def _upsert(conn: Connection) -> Any:
-    """The dialect's ``INSERT … ON CONFLICT`` construct; None where there is none."""
-    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(conn.dialect.name)
+# The dialects with ``INSERT … ON CONFLICT``.
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    """The dialect's ``INSERT … ON CONFLICT DO UPDATE`` adding to the value; None where there
+    is none. Built once: constructing it (its ``excluded`` columns) on every flush was a tenth
+    of a run-now request's CPU (bench/README.md)."""
+    insert = _INSERTS.get(dialect)
+    if insert is None:
+        return None
+    stmt = insert(stats)
+    return stmt.on_conflict_do_update(
+        index_elements=[stats.c.metric, stats.c.task, stats.c.label],
+        set_={"value": stats.c.value + stmt.excluded.value})
 
 
 def _update_or_insert(conn: Connection, rows: list[dict[str, Any]]) -> None:
@@ -174,7 +185,7 @@ class StatsStore:
         counts it. Returns whether this call counted it."""
         mark = fire_time.timestamp()
         with self.db.write() as conn:
-            upsert = _upsert(conn)
+            upsert = _INSERTS.get(conn.dialect.name)
             if upsert is None:
                 moved = conn.execute(misfire_marks.update().where(
                     misfire_marks.c.job_id == job_id, misfire_marks.c.fire_time < mark)

@@ -1,0 +1,131 @@
+"""Group commit: the small writes of many threads share one transaction and one commit.
+
+Every run is two short write transactions (created, finished), and on SQLite there is one
+writer at a time: under load the threads of a node queued for the write lock and each paid for
+its own ``BEGIN IMMEDIATE``, statistics upsert and ``COMMIT`` (bench/README.md). Here a thread
+that finds no commit in progress becomes the *leader*: it writes its own operation and those
+of every thread that queued meanwhile in one transaction, flushes their statistics in one
+upsert, commits, and hands each its result. Threads that arrive while it commits wait and
+form the next batch. Alone, a thread leads a batch of one at once, so an idle node pays
+nothing for this; under load the cost of a commit is shared by the batch.
+
+Durability is unchanged: ``run`` returns only after the transaction holding the operation
+committed, so a run-now request still answers after its run is stored.
+
+An operation must only read and write through the connection it is given, raise before it
+writes when it refuses (``QueueFull``), and never call ``run`` itself. If any operation of a
+batch raises, the whole transaction is rolled back and each operation is retried alone in its
+own, so one failure reaches only its own caller and never leaves another's writes half-done.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.engine import Connection
+
+from .db import LOCK_CLAIM, Database
+from .stats import Tally
+
+T = TypeVar("T")
+_UNSET: Any = object()
+Operation = Callable[[Connection, Tally], T]
+
+
+class _Pending(Generic[T]):
+    __slots__ = ("operation", "serialised", "done", "value", "error")
+
+    def __init__(self, operation: Operation[T], serialised: bool) -> None:
+        self.operation = operation
+        self.serialised = serialised
+        self.done = False
+        self.value: Any = _UNSET
+        self.error: BaseException | None = None
+
+
+class GroupCommit:
+    def __init__(self, db: Database, max_batch: int = 64) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.db = db
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[_Pending[Any]] = []
+        self._committing = False
+        self.batches = 0  # how many transactions were committed (for tests and the bench)
+        self.operations = 0
+
+    def run(self, operation: Operation[T], *, serialised: bool = False) -> T:
+        """Run ``operation(conn, tally)`` in a committed write transaction; return its value.
+
+        ``serialised``: the operation reads then writes and must be atomic with other such
+        writers across hosts (PostgreSQL's ``LOCK_CLAIM`` advisory lock; on SQLite every write
+        transaction is already exclusive).
+        """
+        pending: _Pending[T] = _Pending(operation, serialised)
+        with self._cond:
+            self._queue.append(pending)
+            while not pending.done:
+                if self._committing:
+                    self._cond.wait()
+                    continue
+                self._committing = True
+                batch = self._queue[:self.max_batch]
+                del self._queue[:self.max_batch]
+                self._cond.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self._cond.acquire()
+                    self._committing = False
+                    self._cond.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        return pending.value  # type: ignore[no-any-return]
+
+    def _commit(self, batch: list[_Pending[Any]]) -> None:
+        try:
+            if len(batch) == 1:
+                self._alone(batch[0])
+                return
+            try:
+                values = self._together(batch)
+            except Exception:
+                for pending in batch:  # one failed: each again alone, so it fails alone
+                    self._alone(pending)
+                return
+            for pending, value in zip(batch, values, strict=True):
+                pending.value = value
+        finally:
+            for pending in batch:
+                if pending.value is _UNSET and pending.error is None:
+                    # Only when something beyond Exception (an interrupt) stopped the leader:
+                    # its followers must not wait for ever.
+                    pending.error = RuntimeError("the group commit was interrupted")
+                pending.done = True
+
+    def _together(self, batch: list[_Pending[Any]]) -> list[Any]:
+        lock = LOCK_CLAIM if any(p.serialised for p in batch) else None
+        with self.db.write(lock=lock) as conn:
+            tally = Tally()
+            values = [pending.operation(conn, tally) for pending in batch]
+            tally.flush(conn)
+        self._count(len(batch))
+        return values
+
+    def _alone(self, pending: _Pending[Any]) -> None:
+        try:
+            with self.db.write(lock=LOCK_CLAIM if pending.serialised else None) as conn:
+                tally = Tally()
+                pending.value = pending.operation(conn, tally)
+                tally.flush(conn)
+            self._count(1)
+        except Exception as exc:
+            pending.value = _UNSET
+            pending.error = exc
+
+    def _count(self, operations: int) -> None:
+        self.batches += 1
+        self.operations += operations

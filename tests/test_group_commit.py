@@ -1,0 +1,210 @@
+"""Group commit and the SQLite writer lock: shared transactions that still fail one by one."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_app.errors import QueueFull
+from scheduler_app.store import Database, NewRun, RunState, Store
+from scheduler_app.store.group import GroupCommit
+from scheduler_app.store.schema import runs, stats
+from scheduler_app.timeutil import utcnow
+
+from .conftest import wait_for
+
+
+@pytest.fixture
+def store(any_db_url):
+    db = Database(any_db_url)
+    db.migrate()
+    yield Store(db)
+    db.dispose()
+
+
+def new_run(**overrides):
+    values = dict(task="demo.echo", kwargs={"value": 1}, max_attempts=1, retry_backoff=0.01,
+                  timeout=None, scheduled_for=utcnow())
+    values.update(overrides)
+    return NewRun(**values)
+
+
+def insert(key, then=None):
+    """An operation writing one run tagged ``key``; ``then`` runs after the write."""
+    def operation(conn, tally):
+        run_id = conn.execute(runs.insert().values(
+            task="demo.echo", kwargs={"key": key}, state="queued", attempt=1, max_attempts=1,
+            retry_backoff=1.0, cancel_requested=False, errors=[], created_at=utcnow(),
+            scheduled_for=utcnow())).inserted_primary_key[0]
+        tally.finished("demo.echo", "grouped")
+        if then is not None:
+            then()
+        return run_id
+    return operation
+
+
+def keys(db):
+    with db.read() as conn:
+        return sorted(r.kwargs["key"] for r in conn.execute(sa.select(runs.c.kwargs)))
+
+
+def start_behind_leader(group, operations):
+    """Hold a leader inside its transaction until every operation has queued behind it; return
+    the threads and a dict of what each caller got (value or exception)."""
+    release = threading.Event()
+    outcomes = {}
+
+    def call(name, operation):
+        try:
+            outcomes[name] = group.run(operation)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    leader = threading.Thread(target=call, args=("leader", insert("leader", release.wait)))
+    leader.start()
+    wait_for(lambda: group._committing, message="the leader to start committing")
+    threads = [threading.Thread(target=call, args=(name, op)) for name, op in operations]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(group._queue) == len(operations), message="followers to queue")
+    release.set()
+    for t in [leader, *threads]:
+        t.join(10)
+    return outcomes
+
+
+def test_writes_queued_behind_a_commit_share_the_next_transaction(store):
+    group = GroupCommit(store.db)
+    outcomes = start_behind_leader(group, [(f"f{i}", insert(f"f{i}")) for i in range(5)])
+    assert all(isinstance(v, int) for v in outcomes.values()), outcomes
+    assert len(set(outcomes.values())) == 6
+    assert keys(store.db) == ["f0", "f1", "f2", "f3", "f4", "leader"]
+    # The leader's own transaction, then one for the five that waited behind it.
+    assert (group.batches, group.operations) == (2, 6)
+    with store.db.read() as conn:
+        counted = conn.execute(sa.select(stats.c.value).where(
+            stats.c.label == "grouped")).scalar_one()
+    assert counted == 6  # the batch's statistics are flushed in its transaction
+
+
+def test_a_failing_write_fails_alone_and_leaves_nothing_behind(store):
+    group = GroupCommit(store.db)
+
+    def broken():
+        raise ValueError("task bug after its write")
+
+    outcomes = start_behind_leader(group, [
+        ("good1", insert("good1")), ("bad", insert("bad", broken)), ("good2", insert("good2"))])
+    assert isinstance(outcomes["bad"], ValueError)
+    assert isinstance(outcomes["good1"], int) and isinstance(outcomes["good2"], int)
+    assert keys(store.db) == ["good1", "good2", "leader"]  # "bad" was rolled back
+
+
+def test_a_full_queue_refuses_only_the_run_past_the_limit(store):
+    """Queued creates joining one batch count each other: a limit of 2 admits two of three."""
+    group = store.runs.group
+
+    def create(name):
+        return lambda conn, tally: store.runs._insert(
+            conn, tally, new_run(kwargs={"key": name}), 2, None)
+
+    outcomes = start_behind_leader(group, [("a", create("a")), ("b", create("b")),
+                                           ("c", create("c"))])
+    # The leader's run and "a" fill the limit; "b" and "c" are refused.
+    assert sum(isinstance(v, QueueFull) for v in outcomes.values()) == 2
+    with store.db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs).where(
+            runs.c.state == "queued")).scalar_one() == 2
+    assert "leader" in keys(store.db)
+
+
+def test_run_store_writes_join_the_group_and_return_committed_rows(store):
+    run = store.runs.create(new_run(), running_on="node-a")
+    assert run.state is RunState.RUNNING and run.node == "node-a"
+    done = store.runs.finish(run.id, "node-a", RunState.SUCCEEDED, result={"ok": True})
+    assert done is not None and done.result == {"ok": True}
+    # Committed: another connection (a fresh store on the same database) reads it back.
+    other = Database(str(store.db.url.render_as_string(hide_password=False)))
+    try:
+        assert Store(other).runs.get(run.id).state is RunState.SUCCEEDED
+    finally:
+        other.dispose()
+    assert store.runs.finish(run.id, "node-a", RunState.SUCCEEDED) is None  # settled already
+
+
+def test_concurrent_creates_and_finishes_lose_nothing(store):
+    errors = []
+
+    def work(worker):
+        try:
+            for i in range(25):
+                run = store.runs.create(new_run(kwargs={"key": f"{worker}-{i}"}),
+                                        running_on=f"n{worker}")
+                assert store.runs.finish(run.id, f"n{worker}", RunState.SUCCEEDED) is not None
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    with store.db.read() as conn:
+        states = dict(conn.execute(sa.select(runs.c.state, sa.func.count())
+                                   .group_by(runs.c.state)).all())
+    assert states == {"succeeded": 200}
+    assert store.runs.group.operations == 400
+
+
+def _hammer(url: str, worker: int, count: int, failures, ready, go) -> None:
+    db = Database(url)
+
+    @sa.event.listens_for(db.engine, "connect")
+    def no_patience(dbapi_conn, _record):  # after the app's own listener: never wait
+        dbapi_conn.execute("PRAGMA busy_timeout=0")
+
+    try:
+        db.ping()
+        ready.release()
+        go.wait(30)  # all processes write at once
+        for i in range(count):
+            with db.write() as conn:
+                conn.execute(runs.insert().values(
+                    task="demo.echo", kwargs={"key": f"{worker}-{i}"}, state="queued",
+                    attempt=1, max_attempts=1, retry_backoff=1.0, cancel_requested=False,
+                    errors=[], created_at=utcnow(), scheduled_for=utcnow()))
+    except Exception as exc:
+        failures.put(f"{worker}: {exc}")
+    finally:
+        db.dispose()
+
+
+def test_processes_writing_one_sqlite_file_queue_on_the_lock_file(tmp_path):
+    """With SQLite's busy timeout at zero, any writer meeting another's lock would fail at
+    once ("database is locked"): the lock file makes them wait their turn instead."""
+    url = f"sqlite:///{tmp_path / 'shared.sqlite3'}"
+    db = Database(url)
+    db.migrate()
+    ctx = multiprocessing.get_context("spawn")
+    failures, ready, go = ctx.Queue(), ctx.Semaphore(0), ctx.Event()
+    procs = [ctx.Process(target=_hammer, args=(url, w, 300, failures, ready, go))
+             for w in range(3)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        assert ready.acquire(timeout=60)
+    go.set()
+    for p in procs:
+        p.join(60)
+    problems = []
+    while not failures.empty():
+        problems.append(failures.get())
+    assert problems == []
+    assert all(p.exitcode == 0 for p in procs)
+    with db.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one() == 900
+    db.dispose()
