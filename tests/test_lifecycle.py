@@ -364,3 +364,60 @@ def test_dispatcher_does_not_spin_while_due_runs_are_held_back(make_app):
     # Poll is 0.2 s in tests: a handful of reads, not thousands.
     assert len(reads) < 30, f"dispatcher read the queue {len(reads)} times in 1 s"
     wait_for(lambda: all(get(client, i)["state"] == "succeeded" for i in [first, *waiting]))
+
+
+def test_run_now_is_not_turned_away_while_the_dispatcher_reads_the_queue(make_app):
+    """The dispatcher reserves free threads only to claim, not while it looks at the queue:
+    a run-now arriving meanwhile still starts on this node's free thread, at once."""
+    import threading
+
+    app = make_app(WORKER_THREADS=1)
+    client = app.test_client()
+    runs = services(app).store.runs
+    reading, release = threading.Event(), threading.Event()
+    real_next_due = runs.next_due_time
+
+    def slow_next_due():
+        reading.set()
+        release.wait(5)
+        return real_next_due()
+
+    runs.next_due_time = slow_next_due
+    try:
+        services(app).scheduler.runs_queued()  # wake the dispatcher into its read
+        assert reading.wait(5)
+        run = client.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": 1}}).json
+        assert run["state"] == "running"  # written claimed: it skipped the queue
+    finally:
+        release.set()
+        runs.next_due_time = real_next_due
+    assert until_state(client, run["id"], "succeeded")["result"] == 1
+
+
+def test_a_run_stops_counting_against_capacity_when_its_task_returns(make_app):
+    """Writing a finished run's outcome does not hold its thread's slot: with one thread, a
+    run-now that arrives while the previous outcome is being written still starts at once."""
+    import threading
+
+    app = make_app(WORKER_THREADS=1)
+    client = app.test_client()
+    runs = services(app).store.runs
+    finishing, release = threading.Event(), threading.Event()
+    real_finish = runs.finish
+
+    def slow_finish(*args, **kwargs):
+        finishing.set()
+        release.wait(5)
+        return real_finish(*args, **kwargs)
+
+    runs.finish = slow_finish
+    try:
+        first = start(client, "demo.echo", value=1)
+        assert finishing.wait(5)
+        second = client.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": 2}})
+        assert second.json["state"] == "running"
+    finally:
+        release.set()
+    assert until_state(client, first, "succeeded")["result"] == 1
+    assert until_state(client, second.json["id"], "succeeded")["result"] == 2
+    runs.finish = real_finish

@@ -181,26 +181,16 @@ class Runner:
         while not self._stopped.is_set():
             self._wake.clear()
             timeout = self.poll_seconds
-            # Reserve the free threads before claiming, so a run_now() on another thread
-            # cannot take one of them meanwhile and push this node past its capacity.
-            with self._lock:
-                free = max(0, self.capacity - len(self._active) - self._reserved)
-                if not self._accepting:
-                    free = 0
-                self._reserved += free
-            claimed: list[Run] = []
+            free = claimed = 0
             try:
                 # One read decides both whether to claim (only then take the write lock) and
                 # how long to sleep until the next queued run is due.
-                due = self.store.runs.next_due_time() if free > 0 else None
-                claiming = due is not None and due <= utcnow()
-                if claiming:
-                    claimed = self.store.runs.claim(self.node_id, free, _task_limits())
-                for run in claimed:
-                    self._submit(run, reserved=True)
-                if claiming and len(claimed) < free:
-                    due = self.store.runs.next_due_time()  # what is left after this claim
-                if free > 0 and due is None:
+                due = self.store.runs.next_due_time() if self._free() > 0 else None
+                if due is not None and due <= utcnow():
+                    free, claimed = self._claim()
+                    if claimed < free:
+                        due = self.store.runs.next_due_time()  # what is left after this claim
+                if due is None and self._free() > 0:
                     self._backlog = False
                 # Sleep until the next run is due; a due run held back (max_running, taken by
                 # another node) waits for a wake-up or the poll, never a busy loop.
@@ -208,12 +198,37 @@ class Runner:
                     timeout = min(timeout, (due - utcnow()).total_seconds())
             except Exception:
                 log.exception("run dispatcher: database error; retrying")
-            finally:
-                with self._lock:
-                    self._reserved -= free - len(claimed)
-            if free > 0 and len(claimed) == free:
+            if free > 0 and claimed == free:
                 continue
             self._wake.wait(timeout)
+
+    def _free(self) -> int:
+        with self._lock:
+            if not self._accepting:
+                return 0
+            return max(0, self.capacity - len(self._active) - self._reserved)
+
+    def _claim(self) -> tuple[int, int]:
+        """Claim as many due runs as there are free threads; return (free, claimed).
+
+        The free threads are reserved for the claim only (not for the read before it), so a
+        run_now() on another thread cannot take one of them meanwhile and push this node past
+        its capacity, yet is not turned away while the dispatcher merely looks at the queue:
+        it was, and every run it queued instead woke the dispatcher to look again."""
+        with self._lock:
+            free = self.capacity - len(self._active) - self._reserved if self._accepting else 0
+            free = max(0, free)
+            self._reserved += free
+        runs: list[Run] = []
+        try:
+            if free > 0:
+                runs = self.store.runs.claim(self.node_id, free, _task_limits())
+            for run in runs:
+                self._submit(run, reserved=True)
+        finally:
+            with self._lock:
+                self._reserved -= free - len(runs)
+        return free, len(runs)
 
     def run_now(self, create: Callable[[str], Run]) -> Run | None:
         """Fast path for a run requested on this node: if a thread is free, ``create`` writes
@@ -251,8 +266,13 @@ class Runner:
         log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
         with bind_run(**extra):  # the task's own log lines name the run too
             state, result, error = self._call_task(run, ctx)
+        # The task is done: its thread now only writes the outcome, so the run stops counting
+        # against capacity. A run accepted meanwhile waits in the pool for this write (a
+        # millisecond), where before it went through the queue and the dispatcher.
         with self._lock:
-            active = self._active.get(run.id)
+            active = self._active.pop(run.id, None)
+        if self._backlog:
+            self._wake.set()
         try:
             if active is not None:
                 self.flush(active)
@@ -265,11 +285,6 @@ class Runner:
         except Exception:
             log.exception("could not record the outcome of run %s", run.id, extra=extra)
             settled = None
-        finally:
-            with self._lock:
-                self._active.pop(run.id, None)
-            if self._backlog:
-                self._wake.set()
         if settled is not None:
             if settled.state is RunState.FAILED and settled.error:
                 log.warning("run %s failed: %s: %s", run.id, settled.error.get("type"),
