@@ -35,7 +35,7 @@ Operation = Callable[[Connection, Tally], T]
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("operation", "serialised", "done", "value", "error")
+    __slots__ = ("operation", "serialised", "done", "value", "error", "_wakeup")
 
     def __init__(self, operation: Operation[T], serialised: bool) -> None:
         self.operation = operation
@@ -43,6 +43,15 @@ class _Pending(Generic[T]):
         self.done = False
         self.value: Any = _UNSET
         self.error: BaseException | None = None
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()
+
+    def wait(self) -> None:
+        """Block until this operation is done, or its thread is asked to lead the next batch."""
+        self._wakeup.acquire()
+
+    def wake(self) -> None:
+        self._wakeup.release()
 
 
 class GroupCommit:
@@ -51,7 +60,7 @@ class GroupCommit:
             raise ValueError("max_batch must be at least 1")
         self.db = db
         self.max_batch = max_batch
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Pending[Any]] = []
         self._committing = False
         self.batches = 0  # how many transactions were committed (for tests and the bench)
@@ -63,27 +72,40 @@ class GroupCommit:
         ``serialised``: the operation reads then writes and must be atomic with other such
         writers across hosts (PostgreSQL's ``LOCK_CLAIM`` advisory lock; on SQLite every write
         transaction is already exclusive).
+
+        Each waiting thread is woken exactly once: when its operation is done, or, if it is
+        first in line when a batch ends, to lead the next batch itself (the leadership is
+        handed over, so no thread ever polls or races for it).
         """
         pending: _Pending[T] = _Pending(operation, serialised)
-        with self._cond:
-            self._queue.append(pending)
-            while not pending.done:
-                if self._committing:
-                    self._cond.wait()
-                    continue
+        with self._mutex:
+            leading = not self._committing
+            if leading:
                 self._committing = True
-                batch = self._queue[:self.max_batch]
-                del self._queue[:self.max_batch]
-                self._cond.release()
-                try:
-                    self._commit(batch)
-                finally:
-                    self._cond.acquire()
-                    self._committing = False
-                    self._cond.notify_all()
+            else:
+                self._queue.append(pending)
+        if not leading:
+            pending.wait()
+        if not pending.done:
+            self._lead(pending)
         if pending.error is not None:
             raise pending.error
         return pending.value  # type: ignore[no-any-return]
+
+    def _lead(self, pending: _Pending[Any]) -> None:
+        with self._mutex:
+            batch = [pending, *self._queue[:self.max_batch - 1]]
+            del self._queue[:self.max_batch - 1]
+        try:
+            self._commit(batch)
+        finally:
+            for follower in batch[1:]:
+                follower.wake()
+            with self._mutex:
+                if self._queue:
+                    self._queue.pop(0).wake()  # it leads the next batch
+                else:
+                    self._committing = False
 
     def _commit(self, batch: list[_Pending[Any]]) -> None:
         try:
