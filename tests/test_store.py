@@ -178,3 +178,17 @@ def test_a_new_connection_waits_for_another_process_to_finish_before_wal(tmp_pat
         released.join()
         holder.close()
         db.dispose()
+
+
+@pytest.mark.parametrize("running_on", [None, "node-a"])
+def test_a_created_run_is_exactly_what_reading_it_back_gives(store, running_on):
+    """create() builds the Run from what it wrote (only the id is read back): it must be
+    the same value a later read gives, time zones and JSON included."""
+    from datetime import timezone
+
+    east = timezone(timedelta(hours=5, minutes=30))
+    new = new_run(kwargs={"nested": {"list": [1, 2.5, None, "é"]}, "flag": True},
+                  scheduled_for=utcnow().astimezone(east), timeout=12.5,
+                  job_id="j1", fire_time=utcnow().astimezone(east))
+    created = store.runs.create(new, running_on=running_on)
+    assert created == store.runs.get(created.id)
