@@ -208,3 +208,23 @@ def test_processes_writing_one_sqlite_file_queue_on_the_lock_file(tmp_path):
     with db.read() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one() == 900
     db.dispose()
+
+
+def test_the_write_ahead_log_is_copied_back_in_the_background(tmp_path):
+    """No commit pays for the checkpoint: a background thread copies the log into the
+    database file (below SQLite's own threshold, nothing else would) and stops on dispose."""
+    path = tmp_path / "checkpointed.sqlite3"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    before = path.stat().st_size
+    for i in range(200):
+        with db.write() as conn:
+            conn.execute(runs.insert().values(
+                task="demo.echo", kwargs={"key": i, "pad": "x" * 2000}, state="queued",
+                attempt=1, max_attempts=1, retry_backoff=1.0, cancel_requested=False,
+                errors=[], created_at=utcnow(), scheduled_for=utcnow()))
+    wait_for(lambda: path.stat().st_size > before + 200 * 2000,
+             message="the log to be copied into the database file")
+    checkpointer = db._checkpointer
+    db.dispose()
+    assert checkpointer is not None and not checkpointer._thread.is_alive()

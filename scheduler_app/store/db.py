@@ -16,8 +16,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,10 +55,12 @@ class Database:
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         self._sqlite_writer = threading.Lock()
         self._across_processes: _FileLock | None = None
+        self._checkpointer: _Checkpointer | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             if fcntl is not None:
                 self._across_processes = _FileLock(f"{self.url.database}.writer-lock")
+            self._checkpointer = _Checkpointer(str(self.url.database), self._hold_writers)
 
     @property
     def dialect(self) -> str:
@@ -86,6 +88,8 @@ class Database:
             with self._sqlite_writer, self._process_lock(), self.engine.connect(
                     ).execution_options(sqlite_immediate=True) as conn, conn.begin():
                 yield conn
+            assert self._checkpointer is not None
+            self._checkpointer.wrote()
             return
         with self.engine.connect() as conn, conn.begin():
             if lock is not None:
@@ -94,6 +98,12 @@ class Database:
 
     def _process_lock(self) -> _FileLock | contextlib.nullcontext[None]:
         return self._across_processes or contextlib.nullcontext()
+
+    @contextmanager
+    def _hold_writers(self) -> Iterator[None]:
+        """Keep this process's and the other processes' writers out (SQLite only)."""
+        with self._sqlite_writer, self._process_lock():
+            yield
 
     def migrate(self) -> tuple[str | None, str | None]:
         """Upgrade the schema to this code's newest revision; return (before, after).
@@ -171,6 +181,8 @@ class Database:
             conn.execute(sa.text("SELECT 1"))
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
 
 
@@ -197,6 +209,78 @@ class _FileLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)  # type: ignore[arg-type]
 
 
+class _Checkpointer:
+    """Copies the write-ahead log back into the database file from a background thread.
+
+    SQLite does this by itself in whichever commit finds the log past 1,000 pages, and that
+    commit waits for the copy and its fsyncs: measured here, it put a create-and-finish's p99
+    at 10 ms and its p99.9 at 44 ms, against 1.7 ms and 5 ms with no checkpoints at all
+    (bench/README.md). So every ``interval`` seconds after a write, this thread copies what
+    it can with a ``PASSIVE`` checkpoint, which never blocks a writer. While writers keep
+    appending, such a checkpoint never quite catches up, and the log can only start over once
+    one has: so when the log is past ``RESTART_PAGES``, the thread holds the writers back for
+    a last checkpoint of the little that is left. SQLite's own checkpoint stays as a backstop
+    at ``BACKSTOP_PAGES``, should this thread fall behind.
+
+    Started by the first write of each process (a thread does not survive ``fork``).
+    """
+
+    RESTART_PAGES = 1_000
+    BACKSTOP_PAGES = 10_000  # ~40 MB of log
+
+    def __init__(self, path: str, hold_writers: Callable[[], AbstractContextManager[None]],
+                 interval: float = 0.2) -> None:
+        self.path = path
+        self.interval = interval
+        self._hold_writers = hold_writers
+        self._dirty = False
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wrote(self) -> None:
+        self._dirty = True
+        if self._pid != os.getpid():
+            self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid() or self._stopping.is_set():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=5, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            while not self._stopping.wait(self.interval):
+                if not self._dirty:
+                    continue
+                self._dirty = False
+                try:
+                    self._checkpoint(conn)
+                except sqlite3.Error as exc:  # busy or gone: the next round or the backstop
+                    log.debug("background checkpoint skipped: %s", exc)
+        finally:
+            conn.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        _busy, log_pages, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if log_pages >= self.RESTART_PAGES:
+            with self._hold_writers():
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid():
+            thread.join(5)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -207,6 +291,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={_Checkpointer.BACKSTOP_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
