@@ -41,6 +41,15 @@ def logs(ctx: RunContext, lines: int = 3) -> int:
     return lines
 
 
+@task(name="testing.report")
+def report(ctx: RunContext, steps: int = 3) -> int:
+    """Reports progress and logs a line per step, then returns at once."""
+    for i in range(steps):
+        ctx.log(f"line {i}")
+        ctx.progress(i + 1, steps, f"step {i + 1}")
+    return steps
+
+
 @task(name="testing.not_json")
 def not_json(ctx: RunContext) -> Any:
     """Returns a value JSON cannot carry."""

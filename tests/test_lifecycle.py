@@ -126,7 +126,10 @@ def test_max_running_is_respected(client):
     ids = [start(client, "testing.single", seconds=0.15) for _ in range(4)]
     seen_running = []
     def all_done():
-        runs = [get(client, i) for i in ids]
+        # One read, so one snapshot: reading the runs one by one could see a run still
+        # running and, a moment later, the next one just started.
+        runs = client.get("/api/runs", query_string={"task": "testing.single"}).json["items"]
+        assert sorted(r["id"] for r in runs) == sorted(ids)
         seen_running.append(sum(r["state"] == "running" for r in runs))
         return all(r["state"] == "succeeded" for r in runs)
     wait_for(all_done, timeout=10)
@@ -421,3 +424,13 @@ def test_a_run_stops_counting_against_capacity_when_its_task_returns(make_app):
     assert until_state(client, first, "succeeded")["result"] == 1
     assert until_state(client, second.json["id"], "succeeded")["result"] == 2
     runs.finish = real_finish
+
+
+def test_a_quick_runs_last_progress_and_log_lines_are_written_with_its_outcome(client):
+    """A run that reports and logs, then returns at once (before any node tick): its last
+    progress and its lines are in the same write as its success."""
+    run_id = start(client, "testing.report", steps=3)
+    run = until_state(client, run_id, "succeeded")
+    assert run["progress"]["done"] == 3 and run["progress"]["total"] == 3
+    lines = client.get(f"/api/runs/{run_id}/logs").json["items"]
+    assert [line["message"] for line in lines] == ["line 0", "line 1", "line 2"]

@@ -274,14 +274,18 @@ class Runner:
         if self._backlog:
             self._wake.set()
         try:
-            if active is not None:
-                self.flush(active)
             if state is None:  # stopped by shutdown: not this attempt's fault
+                if active is not None:
+                    self.flush(active)
                 self.store.runs.hand_back(run.id, self.node_id)
                 settled = None
             else:
-                settled = self.store.runs.finish(run.id, self.node_id, state, result=result,
-                                                 error=error)
+                progress = ctx.take_progress()
+                settled = self.store.runs.finish(
+                    run.id, self.node_id, state, result=result, error=error,
+                    progress=None if progress is None else (
+                        progress.done, progress.total, progress.message),
+                    logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()])
         except Exception:
             log.exception("could not record the outcome of run %s", run.id, extra=extra)
             settled = None

@@ -249,19 +249,14 @@ class RunStore:
 
     def save_progress(self, run_id: int, done: float, total: float | None,
                       message: str | None) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                runs.update()
-                .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
-                .values(progress_done=done, progress_total=total, progress_message=message)
-            )
+        self.group.run(lambda conn, _tally: _write_progress(conn, run_id, done, total, message))
 
     def add_logs(self, run_id: int, lines: Iterable[tuple[datetime, str, str]]) -> None:
-        values = [{"run_id": run_id, "at": at, "level": level, "message": message}
-                  for at, level, message in lines]
+        """Append log lines; joins the group commit (the node flushes every running run's
+        lines on its tick, and a finishing run's with its outcome)."""
+        values = _log_rows(run_id, lines)
         if values:
-            with self.db.write() as conn:
-                conn.execute(run_logs.insert(), values)
+            self.group.run(lambda conn, _tally: conn.execute(run_logs.insert(), values))
 
     def cancel_requested_ids(self, node: str) -> set[int]:
         with self.db.read() as conn:
@@ -281,13 +276,27 @@ class RunStore:
         *,
         result: Any = None,
         error: dict[str, Any] | None = None,
+        progress: tuple[float, float | None, str | None] | None = None,
+        logs: Iterable[tuple[datetime, str, str]] = (),
     ) -> Run | None:
         """Settle the attempt running on ``node``. A failure with attempts left is re-queued
         after a backoff, keeping the error in ``errors``. Returns None if the run was no longer
-        this node's to settle (a reaper settled it meanwhile). Joins the group commit."""
+        this node's to settle (a reaper settled it meanwhile).
+
+        The attempt's last ``progress`` (done, total, message) and log lines not yet written
+        go in the same transaction, which joins the group commit: one write per finished run,
+        where there were up to three."""
         assert state in FINAL_STATES
-        return self.group.run(
-            lambda conn, tally: self._settle(conn, tally, run_id, node, state, result, error))
+        log_rows = _log_rows(run_id, logs)
+
+        def settle(conn: Connection, tally: Tally) -> Run | None:
+            if progress is not None:
+                _write_progress(conn, run_id, *progress)
+            if log_rows:
+                conn.execute(run_logs.insert(), log_rows)
+            return self._settle(conn, tally, run_id, node, state, result, error)
+
+        return self.group.run(settle)
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
@@ -430,6 +439,19 @@ class RunStore:
                 conn.execute(run_logs.delete().where(run_logs.c.run_id.in_(ids)))
                 conn.execute(runs.delete().where(runs.c.id.in_(ids)))
                 total += len(ids)
+
+
+def _write_progress(conn: Connection, run_id: int, done: float, total: float | None,
+                    message: str | None) -> None:
+    conn.execute(
+        runs.update()
+        .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
+        .values(progress_done=done, progress_total=total, progress_message=message))
+
+
+def _log_rows(run_id: int, lines: Iterable[tuple[datetime, str, str]]) -> list[dict[str, Any]]:
+    return [{"run_id": run_id, "at": at, "level": level, "message": message}
+            for at, level, message in lines]
 
 
 def _values(states: Iterable[RunState]) -> list[str]:
