@@ -73,6 +73,9 @@ runs = sa.Table(
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.UniqueConstraint("job_id", "fire_time", name="uq_runs_job_fire"),
     sa.Index("ix_runs_state_due", "state", "scheduled_for"),
+    # Runs in one state, newest first (GET /api/runs?state=failed): a seek, not a sort of
+    # every run in that state.
+    sa.Index("ix_runs_state_id", "state", "id"),
     sa.Index("ix_runs_task", "task", "id"),
     sa.Index("ix_runs_job", "job_id", "id"),
     sa.Index("ix_runs_node_state", "node", "state"),
@@ -102,7 +105,8 @@ jobs = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, default=1),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
-    sa.Index("ix_jobs_next_run_time", "next_run_time"),
+    # Due jobs, the next fire time, and the job list's order (next run time, then id).
+    sa.Index("ix_jobs_next_run", "next_run_time", "id"),
     sa.Index("ix_jobs_task", "task"),
 )
 
