@@ -1,8 +1,9 @@
 """``JobScheduler``: Flask-APScheduler's ``APScheduler`` wired to this service's store and runner.
 
 What it changes in Flask-APScheduler, and why (see DESIGN.md, "Seams and traps"):
-- jobs live in the JSON ``SpecJobStore`` and fires go to the ``RunRecorder`` executor, so the
-  database, not process memory, is the truth about jobs and runs;
+- jobs live in the JSON ``SpecJobStore``, and each pass of the loop records its due fires as
+  runs in one transaction (``PollingScheduler`` → ``Node.fire_due``), so the database, not
+  process memory, is the truth about jobs and runs;
 - its REST API is never registered as shipped (it imports any ``module:function`` it is sent);
   ``api.builtin`` serves the same routes behind auth and the task registry;
 - ``JOBS`` from the config are not fed to APScheduler's ``add_job`` but validated and upserted
@@ -20,16 +21,15 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from flask import Flask
 from flask_apscheduler import APScheduler
 
 from ..settings import Settings
 from ..store import Run, Store
-from .executor import RunRecorder
+from .executor import RecordOnly
 from .jobstore import SpecJobStore
-from .loop import PollingScheduler
+from .loop import FirePass, PollingScheduler
 from .node import Node
 from .runner import Runner
 
@@ -56,7 +56,7 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
         self._started = False
         app.config.update(
             SCHEDULER_JOBSTORES={"default": self.jobstore},
-            SCHEDULER_EXECUTORS={"default": RunRecorder(self._record_fires)},
+            SCHEDULER_EXECUTORS={"default": RecordOnly()},
             SCHEDULER_JOB_DEFAULTS={
                 "coalesce": settings.coalesce,
                 "misfire_grace_time": settings.misfire_grace_time,
@@ -64,10 +64,11 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
             },
             SCHEDULER_TIMEZONE=settings.timezone,
         )
-        super().__init__(scheduler=PollingScheduler(settings.poll_seconds), app=app)
+        super().__init__(scheduler=PollingScheduler(settings.poll_seconds, self._fire_due),
+                         app=app)
 
-    def _record_fires(self, job: Any, run_times: list[datetime]) -> None:
-        self.node.record_fires(job, run_times, self.jobstore.version_read(job.id))
+    def _fire_due(self, now: datetime) -> FirePass:
+        return self.node.fire_due(now, self.jobstore.load, set(self.jobstore.broken))
 
     # Flask-APScheduler hooks we replace ------------------------------------------------------
     def _load_jobs(self) -> None:

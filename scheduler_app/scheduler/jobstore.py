@@ -3,9 +3,11 @@
 What differs from ``SQLAlchemyJobStore`` and why:
 - a row that cannot be turned into a job is skipped and remembered (``broken``), never deleted:
   in a shared table during a rolling deploy, deleting would lose another version's job;
-- the scheduler's own ``update_job`` after a fire only moves ``next_run_time`` forward if the
-  row still has the version it was read at, so a pause, edit or delete made meanwhile by an API
-  call wins instead of being overwritten;
+- the scheduler loop does not go through this store's read-then-write methods: its pass loads
+  the due rows it has locked with ``load`` and writes them back in the same transaction
+  (``store.fires``), so a pause, edit or delete made meanwhile by an API call wins instead of
+  being overwritten; ``update_job``/``remove_job`` (APScheduler's own write-back) keep the
+  same promise with a compare-and-set on the version that was read;
 - conflicts on the scheduler's path are logged and absorbed (an exception there would kill
   APScheduler's loop thread), while API-style callers still get ``JobLookupError``.
 """
@@ -37,7 +39,9 @@ class SpecJobStore(BaseJobStore):  # type: ignore[misc]
         self._lock = threading.Lock()
 
     # -- reading ----------------------------------------------------------------------------
-    def _load(self, record: JobRecord) -> Job | None:
+    def load(self, record: JobRecord) -> Job | None:
+        """The APScheduler job of ``record``; None (and the job in ``broken``) if it cannot be
+        built, e.g. a trigger this version of the code does not know."""
         try:
             spec = JobSpec.from_json(record.spec)
             trigger = spec.build_trigger(self.timezone)
@@ -48,22 +52,24 @@ class SpecJobStore(BaseJobStore):  # type: ignore[misc]
             self.broken[record.id] = reason
             return None
         self.broken.pop(record.id, None)
-        with self._lock:
-            self._versions[record.id] = record.version
         return to_apscheduler_job(record.id, spec, record.next_run_time, trigger,
                                   self._scheduler, self._alias)
 
-    def version_read(self, job_id: str) -> int | None:
-        """The row version this store handed to the scheduler loop for ``job_id``."""
-        with self._lock:
-            return self._versions.get(job_id)
+    def _load_for_update(self, record: JobRecord) -> Job | None:
+        """``load``, remembering the version read for ``update_job``/``remove_job``."""
+        job = self.load(record)
+        if job is not None:
+            with self._lock:
+                self._versions[record.id] = record.version
+        return job
 
     def lookup_job(self, job_id: str) -> Job | None:
         record = self.queries.get(job_id)
-        return None if record is None else self._load(record)
+        return None if record is None else self._load_for_update(record)
 
     def get_due_jobs(self, now: datetime) -> list[Job]:
-        jobs = (self._load(r) for r in self.queries.due(now) if r.id not in self.broken)
+        jobs = (self._load_for_update(r) for r in self.queries.due(now)
+                if r.id not in self.broken)
         return [j for j in jobs if j is not None]
 
     def get_next_run_time(self) -> datetime | None:
@@ -81,7 +87,7 @@ class SpecJobStore(BaseJobStore):  # type: ignore[misc]
         return min(times, default=None)
 
     def get_all_jobs(self) -> list[Job]:
-        jobs = (self._load(r) for r in self.queries.all())
+        jobs = (self._load_for_update(r) for r in self.queries.all())
         return [j for j in jobs if j is not None]
 
     # -- writing ----------------------------------------------------------------------------

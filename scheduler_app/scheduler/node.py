@@ -12,15 +12,19 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.job import Job
 
-from ..store import FireSkipped, NewRun, Run, Store
+from ..store import JobRecord, NewRun, Run, Store
+from ..store.fires import FireStore, JobFires, PassOutcome, Plan
 from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
+from .loop import DueJob, FirePass, due_fires
 from .runner import Runner
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class Node:
                  heartbeat_seconds: float, lease_seconds: float, tick_seconds: float,
                  retry_backoff: float) -> None:
         self.store = store
+        self.fires = FireStore(store.runs)
         self.runner = runner
         self.role = role
         self.capacity = capacity
@@ -56,8 +61,10 @@ class Node:
         if runner is not None:
             runner.node_id = self.id
             runner.on_settled = self._settled
+            runner.on_started = self._wake_maintenance
         self._companions: list[Companion] = []
         self._stop = threading.Event()
+        self._nudge = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -80,6 +87,7 @@ class Node:
         if self.runner is not None:
             self.runner.stop(grace)
         self._stop.set()
+        self._nudge.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
@@ -103,12 +111,74 @@ class Node:
                               extra={"run_id": run.id, "node": self.id})
 
     # -- job fires --------------------------------------------------------------------------
-    def record_fires(self, job: Job, run_times: list[datetime],
-                     job_version: int | None = None) -> None:
-        """APScheduler's executor hook: each due fire of ``job`` becomes one queued run.
+    def fire_due(self, now: datetime, load: Callable[[JobRecord], Job | None],
+                 broken: Collection[str] = ()) -> FirePass:
+        """The scheduler loop's pass, in one transaction (``FireStore.fire_due``): every due
+        fire becomes a run and every due job moves to its next fire time. With a thread free
+        here, the first fire is written already claimed by this node and starts at once, as a
+        run-now request does (``Runner.run_now``); the others are queued for whichever node
+        has a thread first.
 
-        ``job_version`` is the job row's version when the loop read it: if the job was paused,
-        changed or deleted since, the fire is dropped (the change wins)."""
+        ``load`` turns a job row into its APScheduler job (None: it cannot be loaded, and it is
+        left alone, as are the ids in ``broken``). A fire later than the job's misfire grace
+        time is counted as missed instead; a job whose task is not registered in this process
+        still moves on, without a run."""
+        fired: list[DueJob] = []
+        missed: list[tuple[str, str, datetime]] = []
+
+        def plan(records: list[JobRecord]) -> list[JobFires]:
+            fired.clear()
+            missed.clear()
+            decided = []
+            for record in records:
+                job = load(record)
+                due = None if job is None else due_fires(job, now)
+                if due is None:
+                    continue
+                fired.append(due)
+                decided.append(JobFires(record.id, due.next_run_time,
+                                        tuple(self._new_runs(due, missed)),
+                                        due.job.max_instances))
+            return decided
+
+        outcome = self._record_pass(now, plan, broken)
+        for job_id, fire_time, reason in outcome.skipped:
+            log.info("job %s fire at %s skipped: %s", job_id, fire_time.isoformat(), reason,
+                     extra={"job_id": job_id, "node": self.id})
+        for job_id, task_name, fire_time in missed:
+            self._count_misfire(job_id, task_name, fire_time)
+        for job_id, fire_time in outcome.recorded:
+            log.debug("job %s fired at %s", job_id, fire_time.isoformat(),
+                      extra={"job_id": job_id, "node": self.id})
+        queued = len(outcome.recorded) - (outcome.started is not None)
+        if queued and self.runner is not None:
+            self.runner.wake()
+        return FirePass(fired, outcome.next_run_time)
+
+    def _record_pass(self, now: datetime, plan: Plan, broken: Collection[str]) -> PassOutcome:
+        upcoming = self.fires.next_fire_time(broken)
+        if upcoming is None or upcoming > now:  # nothing due: no write transaction, no thread
+            return PassOutcome(next_run_time=upcoming)
+        if self.runner is None:
+            return self.fires.fire_due(now, plan, broken)
+        done: list[PassOutcome] = []
+
+        def create(node_id: str) -> Run:
+            outcome = self.fires.fire_due(now, plan, broken, start_on=node_id)
+            done.append(outcome)
+            if outcome.started is None:
+                raise _NoRunToStart  # run_now releases the thread it reserved
+            return outcome.started
+
+        try:
+            if self.runner.run_now(create) is None:  # no thread free here
+                return self.fires.fire_due(now, plan, broken)
+        except _NoRunToStart:
+            pass
+        return done[0]
+
+    def _new_runs(self, due: DueJob, missed: list[tuple[str, str, datetime]]) -> list[NewRun]:
+        job = due.job
         extra = {"job_id": job.id, "node": self.id}
         task_name = job.args[0] if job.args else None
         try:
@@ -116,37 +186,24 @@ class Node:
         except UnknownTask:
             log.warning("job %s fires task %r, which is not registered in this process; "
                         "fire skipped", job.id, task_name, extra=extra)
-            return
-        if job_version is not None and self.store.jobs.version(job.id) != job_version:
-            # Another node fired it first (or it was changed): skip without taking the write
-            # lock. record_fire re-checks under the lock, so this is only a shortcut.
-            log.debug("job %s changed since it was read; fire left to its new state", job.id,
-                      extra=extra)
-            return
+            return []
         now = utcnow()
-        for fire_time in run_times:
+        new_runs = []
+        for fire_time in due.run_times:
             fire_time = fire_time.astimezone(UTC)
             late = (now - fire_time).total_seconds()
             grace = job.misfire_grace_time
             if grace is not None and late > grace:
                 log.warning("job %s missed its fire at %s by %.1f s (grace %s s)", job.id,
                             fire_time.isoformat(), late, grace, extra=extra)
-                self._count_misfire(job.id, task.name, fire_time)
+                missed.append((job.id, task.name, fire_time))
                 continue
-            new = NewRun(task=task.name, kwargs=dict(job.kwargs),
-                         max_attempts=task.max_attempts,
-                         retry_backoff=task.retry_backoff or self.retry_backoff,
-                         timeout=task.timeout, scheduled_for=fire_time, job_id=job.id,
-                         fire_time=fire_time)
-            try:
-                run = self.store.runs.record_fire(new, job.max_instances, job_version)
-            except FireSkipped as skipped:
-                log.info("job %s fire at %s skipped: %s", job.id, fire_time.isoformat(),
-                         skipped, extra=extra)
-                continue
-            log.debug("job %s fired run %s", job.id, run.id, extra={**extra, "run_id": run.id})
-        if self.runner is not None:
-            self.runner.wake()
+            new_runs.append(NewRun(task=task.name, kwargs=dict(job.kwargs),
+                                   max_attempts=task.max_attempts,
+                                   retry_backoff=task.retry_backoff or self.retry_backoff,
+                                   timeout=task.timeout, scheduled_for=fire_time,
+                                   job_id=job.id, fire_time=fire_time))
+        return new_runs
 
     def _count_misfire(self, job_id: str, task: str, fire_time: datetime) -> None:
         """For /metrics; a failure to count must not stop the job's other fires."""
@@ -179,15 +236,28 @@ class Node:
                 dead.append(node.id)
         return dead
 
+    def _wake_maintenance(self) -> None:
+        """A run started here: tick again now (an idle node only wakes to heartbeat)."""
+        if not self._nudge.is_set():
+            self._nudge.set()
+
     def _maintenance_loop(self) -> None:
-        next_beat = 0.0
-        clock = 0.0
-        while not self._stop.wait(self.tick_seconds):
-            clock += self.tick_seconds
+        """Every ``tick_seconds`` while runs execute here (progress, log lines, cancels,
+        timeouts), and every ``heartbeat_seconds`` for the heartbeat and the lost-run check.
+        An idle node sleeps from one heartbeat to the next: a worker woken four times a second
+        for nothing was a third of an idle node's CPU (bench/README.md, "Scale")."""
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            busy = self.runner is not None and self.runner.running > 0
+            wait = self.tick_seconds if busy else next_beat - time.monotonic()
+            if wait > 0 and self._nudge.wait(min(wait, self.heartbeat_seconds)):
+                self._nudge.clear()
+            if self._stop.is_set():
+                return
             try:
                 self._tick()
-                if clock >= next_beat:
-                    next_beat = clock + self.heartbeat_seconds
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.heartbeat_seconds
                     running = self.runner.running if self.runner else 0
                     if not self.store.nodes.heartbeat(self.id, running):
                         self.store.nodes.register(self.id, self.host, self.pid, self.role,
@@ -197,6 +267,7 @@ class Node:
                     self.store.nodes.forget_stopped(utcnow() - timedelta(days=1))
             except Exception:
                 log.exception("node maintenance failed; retrying", extra={"node": self.id})
+                self._stop.wait(self.tick_seconds)
 
     def _tick(self) -> None:
         if self.runner is None:
@@ -216,3 +287,7 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+class _NoRunToStart(Exception):
+    """A pass given a thread recorded no run to start on it (nothing due, all skipped)."""

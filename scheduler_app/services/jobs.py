@@ -96,8 +96,9 @@ class JobService:
                                    max_jobs=self.settings.max_jobs)
         except JobExists:
             raise Conflict(f"a job with id {job_id!r} already exists") from None
+        record = self.get(job_id)  # before the wake-up: a job due now may fire and leave at once
         self.scheduler.jobs_changed()
-        return self.get(job_id)
+        return record
 
     def update(self, job_id: str, patch: JobPatch) -> JobRecord:
         changes = patch.model_dump(exclude_unset=True)
@@ -236,8 +237,9 @@ class JobService:
             new_spec, next_run = change(record, spec)
             if self.store.jobs.update(job_id, new_spec.task, new_spec.to_json(), next_run,
                                       expected_version=record.version):
+                updated = self._get_record(job_id)  # before the wake-up, as in create()
                 self.scheduler.jobs_changed()
-                return self._get_record(job_id)
+                return updated
         raise Conflict(f"job {job_id} is being changed by others; try again")
 
 
