@@ -94,6 +94,7 @@ class Runner:
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self.on_settled: Callable[[Run], None] | None = None
+        self.on_started: Callable[[], None] | None = None  # a run was handed to a thread
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,13 +186,16 @@ class Runner:
             try:
                 # One read decides both whether to claim (only then take the write lock) and
                 # how long to sleep until the next queued run is due.
-                due = self.store.runs.next_due_time() if self._free() > 0 else None
+                looked = self._free() > 0
+                due = self.store.runs.next_due_time() if looked else None
                 if due is not None and due <= utcnow():
                     free, claimed = self._claim()
                     if claimed < free:
                         due = self.store.runs.next_due_time()  # what is left after this claim
-                if due is None and self._free() > 0:
-                    self._backlog = False
+                if looked:
+                    # Queued runs left (found here, maybe queued by another node): a thread
+                    # freeing up comes back for them at once, not at the next poll.
+                    self._backlog = due is not None
                 # Sleep until the next run is due; a due run held back (max_running, taken by
                 # another node) waits for a wake-up or the poll, never a busy loop.
                 if due is not None and due > utcnow():
@@ -260,19 +264,16 @@ class Runner:
                 self._reserved -= 1
         assert self._pool is not None
         self._pool.submit(self._execute, run, ctx)
+        if self.on_started is not None:
+            self.on_started()
 
     def _execute(self, run: Run, ctx: RunContext) -> None:
         extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
         log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
         with bind_run(**extra):  # the task's own log lines name the run too
             state, result, error = self._call_task(run, ctx)
-        # The task is done: its thread now only writes the outcome, so the run stops counting
-        # against capacity. A run accepted meanwhile waits in the pool for this write (a
-        # millisecond), where before it went through the queue and the dispatcher.
         with self._lock:
-            active = self._active.pop(run.id, None)
-        if self._backlog:
-            self._wake.set()
+            active = self._active.get(run.id)
         try:
             if state is None:  # stopped by shutdown: not this attempt's fault
                 if active is not None:
@@ -289,6 +290,14 @@ class Runner:
         except Exception:
             log.exception("could not record the outcome of run %s", run.id, extra=extra)
             settled = None
+        finally:
+            # The run holds its place until its outcome is written: while the database says
+            # "running", it counts against this node's capacity (a run accepted the moment
+            # the task returned would make the node look over capacity in the runs' times).
+            with self._lock:
+                self._active.pop(run.id, None)
+            if self._backlog:
+                self._wake.set()
         if settled is not None:
             if settled.state is RunState.FAILED and settled.error:
                 log.warning("run %s failed: %s: %s", run.id, settled.error.get("type"),
