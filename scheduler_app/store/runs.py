@@ -37,6 +37,8 @@ from .stats import Tally, forget_misfire_marks
 # id comes back: the rest of the row is what was written (reading all 24 columns back through
 # their type processors cost a quarter of the insert).
 _INSERT_RUN = runs.insert().returning(runs.c.id)
+_NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(
+    runs.c.state == RunState.QUEUED.value)
 _FINISH_CLEANLY = (
     runs.update()
     .where(runs.c.id == sa.bindparam("run_id"), runs.c.node == sa.bindparam("on_node"),
@@ -187,12 +189,10 @@ class RunStore:
             return {r["job_id"]: Run.from_row(r) for r in rows}
 
     def next_due_time(self) -> datetime | None:
+        """When the earliest queued run is due (None: nothing queued). Every node's
+        dispatcher asks this at each poll, idle or not, so the statement is built once."""
         with self.db.read() as conn:
-            return conn.execute(  # type: ignore[no-any-return]
-                sa.select(sa.func.min(runs.c.scheduled_for)).where(
-                    runs.c.state == RunState.QUEUED.value
-                )
-            ).scalar()
+            return conn.execute(_NEXT_DUE).scalar()  # type: ignore[no-any-return]
 
     # -- executing --------------------------------------------------------------------------
     def claim(self, node: str, limit: int, task_limits: dict[str, int]) -> list[Run]:
@@ -387,6 +387,12 @@ class RunStore:
         condition = sa.or_(runs.c.node.is_(None), runs.c.node.not_in(alive))
         if dead_nodes:
             condition = sa.or_(condition, runs.c.node.in_(list(dead_nodes)))
+        lost_filter = (runs.c.state == RunState.RUNNING.value, condition)
+        with self.db.read() as conn:
+            # Every node asks at every heartbeat, and the answer is nearly always none: ask
+            # with a read, and take the write lock only when there is something to settle.
+            if conn.execute(sa.select(runs.c.id).where(*lost_filter).limit(1)).first() is None:
+                return []
         settled: list[Run] = []
         tally = Tally()
         with self.db.write(lock=LOCK_CLAIM) as conn:
