@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint clean bench bench-quick
+.PHONY: run test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,24 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check scheduler_app config tests bench wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
-# Benchmarks (not tests): start every system under test on loopback and compare.
-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.run
+# Benchmarks (not tests): each starts what it measures on loopback and writes its section of
+# bench/README.md and its key of bench/results.json. `make bench` runs them all (~30 min);
+# BENCH_ARGS=--quick makes any one of them short.
+bench: bench-dispatch bench-scale bench-accuracy bench-cluster
 
+bench-dispatch: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-scale: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.scale $(BENCH_ARGS)
+
+bench-accuracy: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.accuracy $(BENCH_ARGS)
+
+bench-cluster: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.cluster $(BENCH_ARGS)
+
+# Under two minutes: dispatch latency, throughput and ctx.progress against the baselines.
 bench-quick: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run --quick
 

@@ -181,6 +181,25 @@ def dispatch(system: System, server: Server, probe: Probe, count: int, tag: str
     return {"p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99)}
 
 
+def server_cpu_seconds(server: Server) -> float:
+    """CPU time (user + system) used so far by a server's gunicorn master and its workers."""
+    pids, total = {server.proc.pid}, 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == server.proc.pid:  # ppid
+            pids.add(int(stat.parent.name))
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def throughput(system: System, server: Server, probe: Probe, count: int, tag: str
                ) -> dict[str, float]:
     keys = [f"{tag}-t{i}" for i in range(count)]
@@ -195,6 +214,7 @@ def throughput(system: System, server: Server, probe: Probe, count: int, tag: st
             raise RuntimeError(f"{system.name}: {response.status_code} {response.text[:200]}")
         return time.time()
 
+    cpu_before, client_before = server_cpu_seconds(server), _own_cpu_seconds()
     began = time.time()
     with ThreadPoolExecutor(8) as pool:
         answered = list(pool.map(send, keys))
@@ -206,7 +226,17 @@ def throughput(system: System, server: Server, probe: Probe, count: int, tag: st
     else:
         ended = max(answered)
     duplicates = sum(len(probe.seen.get(k, [])) > 1 for k in keys)
-    return {"runs_per_s": count / (ended - began), "duplicates": duplicates}
+    # Where the ceiling goes: the client and the server share this machine's cores, so every
+    # millisecond of server CPU a run costs is taken from the requests per second.
+    cpu_ms = (server_cpu_seconds(server) - cpu_before) * 1000 / count
+    client_ms = (_own_cpu_seconds() - client_before) * 1000 / count
+    return {"runs_per_s": count / (ended - began), "duplicates": duplicates,
+            "server_cpu_ms_per_run": cpu_ms, "client_cpu_ms_per_run": client_ms}
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def check_recorded(tmp: Path, tag: str, count: int) -> dict[str, int]:
@@ -298,7 +328,9 @@ def main() -> None:
     results["settings"] = {"repeats": repeats, "dispatch_requests": n_dispatch,
                            "throughput_runs": n_tput, "client_threads": 8}
     if not args.only:
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        # Other scripts (bench.accuracy, bench.scale…) keep their results under their own keys.
+        kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        RESULTS.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
         write_table(results)
     print(json.dumps(results["ratios"], indent=2))
 
@@ -330,12 +362,15 @@ def machine() -> dict[str, Any]:
 
 
 def write_table(results: dict[str, Any]) -> None:
-    lines = ["| system | dispatch p50 | dispatch p99 | end-to-end runs/s |",
-             "| --- | --- | --- | --- |"]
+    lines = ["| system | dispatch p50 | dispatch p99 | end-to-end runs/s | server CPU per run |",
+             "| --- | --- | --- | --- | --- |"]
     for data in results["systems"].values():
         p50 = f"{data['p50_ms']:.2f} ms" if "p50_ms" in data else "—"
         p99 = f"{data['p99_ms']:.2f} ms" if "p99_ms" in data else "—"
-        lines.append(f"| {data['label']} | {p50} | {p99} | {data['runs_per_s']:.0f} |")
+        cpu = data.get("server_cpu_ms_per_run")
+        cpu_text = "—" if cpu is None else f"{cpu:.2f} ms"
+        lines.append(f"| {data['label']} | {p50} | {p99} | {data['runs_per_s']:.0f} | "
+                     f"{cpu_text} |")
     table = "\n".join(lines)
     m = results["machine"]
     r = results["ratios"]
