@@ -424,3 +424,14 @@ def test_runs_queued_by_another_node_are_claimed_as_threads_free_not_at_each_pol
     from datetime import datetime
     span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     assert span < 1.0, f"the backlog took {span:.2f} s: one run per 2 s poll"
+
+
+def test_a_run_started_on_an_idle_node_has_its_timeout_enforced_between_heartbeats(make_app):
+    """An idle node's maintenance thread sleeps until its next heartbeat; a run starting wakes
+    it, so the run's timeout is enforced at the next tick, not seconds later at a heartbeat
+    (when this task would already have finished by itself)."""
+    app = make_app(NODE_HEARTBEAT_SECONDS=30.0)
+    client = app.test_client()
+    run = until_state(client, start(client, "testing.stubborn", seconds=3.0), "failed",
+                      timeout=2.5)
+    assert run["error"]["type"] == "Timeout"

@@ -65,6 +65,7 @@ class Node:
         self._companions: list[Companion] = []
         self._stop = threading.Event()
         self._nudge = threading.Event()
+        self._sleeping = False  # the maintenance thread waits for the next heartbeat
         self._thread: threading.Thread | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -237,8 +238,9 @@ class Node:
         return dead
 
     def _wake_maintenance(self) -> None:
-        """A run started here: tick again now (an idle node only wakes to heartbeat)."""
-        if not self._nudge.is_set():
+        """A run started here: if the maintenance thread sleeps until the next heartbeat (an
+        idle node), it should tick again. While it ticks anyway, nothing to do."""
+        if self._sleeping and not self._nudge.is_set():
             self._nudge.set()
 
     def _maintenance_loop(self) -> None:
@@ -248,10 +250,19 @@ class Node:
         for nothing was a third of an idle node's CPU (bench/README.md, "Scale")."""
         next_beat = time.monotonic()
         while not self._stop.is_set():
+            self._sleeping = True  # before looking: a run starting from here on nudges
             busy = self.runner is not None and self.runner.running > 0
+            if busy:
+                self._sleeping = False
             wait = self.tick_seconds if busy else next_beat - time.monotonic()
-            if wait > 0 and self._nudge.wait(min(wait, self.heartbeat_seconds)):
+            nudged = wait > 0 and self._nudge.wait(min(wait, self.heartbeat_seconds))
+            self._sleeping = False
+            if nudged:
+                # A run started: tick from now on, the first tick a tick from now (ticking at
+                # once would compete with the run's own start for the GIL and the database).
                 self._nudge.clear()
+                if not self._stop.is_set() and time.monotonic() < next_beat:
+                    continue
             if self._stop.is_set():
                 return
             try:
