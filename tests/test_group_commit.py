@@ -228,3 +228,22 @@ def test_the_write_ahead_log_is_copied_back_in_the_background(tmp_path):
     checkpointer = db._checkpointer
     db.dispose()
     assert checkpointer is not None and not checkpointer._thread.is_alive()
+
+
+def test_a_poll_reads_what_an_ordinary_read_reads(store):
+    """Database.poll (a driver connection per thread on SQLite) gives the same typed value as
+    a read through SQLAlchemy: aware UTC times, None when there is nothing."""
+    from scheduler_app.store.runs import _NEXT_DUE
+
+    assert store.db.poll(_NEXT_DUE) is None
+    due = utcnow().replace(microsecond=123456)
+    store.runs.create(new_run(scheduled_for=due))
+    with store.db.read() as conn:
+        expected = conn.execute(_NEXT_DUE).scalar()
+    assert store.db.poll(_NEXT_DUE) == expected == due
+    assert store.db.poll(_NEXT_DUE).utcoffset() is not None
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(store.db.poll(_NEXT_DUE)))
+    thread.start()
+    thread.join(10)
+    assert seen == [due]  # another thread, its own connection, the same answer

@@ -248,7 +248,7 @@ class Node:
         timeouts), and every ``heartbeat_seconds`` for the heartbeat and the lost-run check.
         An idle node sleeps from one heartbeat to the next: a worker woken four times a second
         for nothing was a third of an idle node's CPU (bench/README.md, "Scale")."""
-        next_beat = time.monotonic()
+        next_beat = next_forget = time.monotonic()
         while not self._stop.is_set():
             self._sleeping = True  # before looking: a run starting from here on nudges
             busy = self.runner is not None and self.runner.running > 0
@@ -275,7 +275,9 @@ class Node:
                                                   self.capacity if self.runner else 0)
                     if self.runner is not None:
                         self.settle_lost_runs()
-                    self.store.nodes.forget_stopped(utcnow() - timedelta(days=1))
+                    if time.monotonic() >= next_forget:  # rows of nodes gone a day: hourly
+                        next_forget = time.monotonic() + 3600
+                        self.store.nodes.forget_stopped(utcnow() - timedelta(days=1))
             except Exception:
                 log.exception("node maintenance failed; retrying", extra={"node": self.id})
                 self._stop.wait(self.tick_seconds)

@@ -56,6 +56,10 @@ class Database:
         self._sqlite_writer = threading.Lock()
         self._across_processes: _FileLock | None = None
         self._checkpointer: _Checkpointer | None = None
+        self._polls: dict[sa.Select[Any], tuple[str, Any]] = {}
+        self._poll_conns = threading.local()  # each polling thread's own driver connection
+        self._poll_open: list[sqlite3.Connection] = []
+        self._poll_lock = threading.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
             if fcntl is not None:
@@ -180,9 +184,45 @@ class Database:
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
+    def poll(self, statement: sa.Select[Any]) -> Any:
+        """The single value of a constant ``statement`` that a loop asks again and again.
+
+        Every node's scheduler loop and run dispatcher ask once a second, busy or idle; through
+        a pooled SQLAlchemy connection each such read cost 1.5-2.5 ms of CPU when the thread
+        woke with cold caches, most of an idle node's CPU (bench/README.md, "Scale"). On SQLite
+        the statement is compiled once and run on the thread's own driver connection, a read
+        needing no transaction of its own in WAL mode; its column type still converts the
+        value. Elsewhere it is an ordinary read.
+        """
+        if not self.is_sqlite:
+            with self.read() as conn:
+                return conn.execute(statement).scalar()
+        compiled = self._polls.get(statement)
+        if compiled is None:
+            sql = str(statement.compile(dialect=self.engine.dialect,
+                                        compile_kwargs={"literal_binds": True}))
+            column_type = statement.selected_columns[0].type.dialect_impl(self.engine.dialect)
+            convert = column_type.result_processor(self.engine.dialect, None)
+            compiled = self._polls[statement] = (sql, convert)
+        sql, convert = compiled
+        raw = getattr(self._poll_conns, "conn", None)
+        if raw is None:
+            raw = sqlite3.connect(str(self.url.database), timeout=30, isolation_level=None,
+                                  check_same_thread=False)
+            self._poll_conns.conn = raw
+            with self._poll_lock:
+                self._poll_open.append(raw)
+        value = raw.execute(sql).fetchone()[0]
+        return value if convert is None or value is None else convert(value)
+
     def dispose(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        with self._poll_lock:
+            for raw in self._poll_open:
+                raw.close()
+            self._poll_open.clear()
+        self._poll_conns = threading.local()
         self.engine.dispose()
 
 

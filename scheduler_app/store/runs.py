@@ -191,8 +191,7 @@ class RunStore:
     def next_due_time(self) -> datetime | None:
         """When the earliest queued run is due (None: nothing queued). Every node's
         dispatcher asks this at each poll, idle or not, so the statement is built once."""
-        with self.db.read() as conn:
-            return conn.execute(_NEXT_DUE).scalar()  # type: ignore[no-any-return]
+        return self.db.poll(_NEXT_DUE)  # type: ignore[no-any-return]
 
     # -- executing --------------------------------------------------------------------------
     def claim(self, node: str, limit: int, task_limits: dict[str, int]) -> list[Run]:
