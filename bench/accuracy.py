@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from bench.run import README, RESULTS, Probe, Server, machine, percentile, systems
+from bench.run import RESULTS, Probe, Server, machine, percentile, replace_readme_section, systems
 
 JOBS = 100
 TARGET_P99_MS = 50.0
@@ -200,10 +200,7 @@ def write_section(acc: dict[str, Any]) -> None:
         f"{acc['target_p99_ms']:.0f} ms on 2 workers (judged on the spread schedule, jobs "
         f"created through the API): {'met' if met else 'MISSED'}, p99 "
         f"{target['p99_ms']:.1f} ms.\n\n" + "\n".join(lines))
-    readme = README.read_text()
-    start, end = "<!-- accuracy:start -->", "<!-- accuracy:end -->"
-    head, rest = readme.split(start, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    replace_readme_section("accuracy", text)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from bench.run import README, RESULTS, Server, System, machine
+from bench.run import RESULTS, Server, System, machine, replace_readme_section
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SECONDS = 0.2
@@ -197,10 +197,7 @@ def write_section(result: dict[str, Any]) -> None:
         f"to one host {verdict(result['ratio_one_entry'])}. Every run succeeded once, on its "
         f"first attempt: "
         f"{'yes' if result['every_run_once'] else 'NO'}.\n\n" + "\n".join(rows))
-    readme = README.read_text()
-    start, end = "<!-- cluster:start -->", "<!-- cluster:end -->"
-    head, rest = readme.split(start, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    replace_readme_section("cluster", text)
 
 
 if __name__ == "__main__":

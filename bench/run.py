@@ -398,14 +398,19 @@ def write_table(results: dict[str, Any]) -> None:
         f"{p['working_loop_ms']:.1f} ms "
         f"({p['working_loop_with_progress_ms'] / p['working_loop_ms']:.1f}×)."
     )
+    replace_readme_section("results", summary)
+
+
+def replace_readme_section(name: str, body: str) -> None:
+    """Replace bench/README.md's text between ``<!-- name:start -->`` and ``<!-- name:end -->``
+    (each benchmark owns one such section), or add the section at the end."""
     text = README.read_text() if README.exists() else "# Benchmarks\n"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start in text:
         head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        text = f"{head}{start}\n{summary}\n{end}{tail}"
+        text = f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
     else:
-        text += f"\n{start}\n{summary}\n{end}\n"
+        text += f"\n{start}\n{body}\n{end}\n"
     README.write_text(text)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import requests
 
-from bench.run import README, RESULTS, Server, machine, percentile, systems
+from bench.run import RESULTS, Server, machine, percentile, replace_readme_section, systems
 
 TARGET_P99_MS = 20.0
 TARGET_IDLE_CPU_PERCENT = 1.0
@@ -491,22 +491,7 @@ def write_section(results: dict[str, Any]) -> None:
         f"{soaked['succeeded']:,} succeeded, {soaked['distinct']:,} distinct, "
         f"{soaked['refused']} refused."
     )
-    readme = README.read_text()
-    start, end = "<!-- scale:start -->", "<!-- scale:end -->"
-    if start not in readme:
-        section = (
-            "## Scale (target 3)\n\n"
-            "`.venv/bin/python -m bench.scale` (`--quick`: 100,000 runs, 20 s idle window, 60 s "
-            "soak) seeds a SQLite file through the app's migrations and `JobService.create` "
-            "(jobs) and one bulk insert (runs, with their `stats` totals), starts the default "
-            "deployment on it and measures list latency, idle CPU and RSS over a soak of "
-            "run-now traffic.\n\n"
-            f"{start}\n{end}\n\n")
-        anchor = "## Where the time goes"
-        readme = readme.replace(anchor, section + anchor, 1) if anchor in readme \
-            else readme + "\n" + section
-    head, rest = readme.split(start, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{rest.split(end, 1)[1]}")
+    replace_readme_section("scale", text)
 
 
 if __name__ == "__main__":

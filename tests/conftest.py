@@ -71,6 +71,28 @@ def any_db_url(request: Any, tmp_path: Any) -> str:
 
 
 @pytest.fixture
+def store(any_db_url: str) -> Iterator[Any]:
+    """A migrated store on a SQLite file or a PostgreSQL database (see ``any_db_url``)."""
+    from scheduler_app.store import Database, Store
+
+    db = Database(any_db_url)
+    db.migrate()
+    yield Store(db)
+    db.dispose()
+
+
+def new_run(**overrides: Any) -> Any:
+    """A ``NewRun`` of ``demo.echo``, due now, with ``overrides``."""
+    from scheduler_app.store import NewRun
+    from scheduler_app.timeutil import utcnow
+
+    values: dict[str, Any] = dict(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
+                                  retry_backoff=0.01, timeout=None, scheduled_for=utcnow())
+    values.update(overrides)
+    return NewRun(**values)
+
+
+@pytest.fixture
 def db_url(tmp_path: Any) -> str:
     return f"sqlite:///{tmp_path / 'scheduler.sqlite3'}"
 

@@ -12,7 +12,6 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.scheduler.loop import due_fires
@@ -22,14 +21,6 @@ from scheduler_app.store.fires import FireStore, JobFires
 from scheduler_app.store.schema import jobs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import wait_for
-
-
-@pytest.fixture
-def store(any_db_url):
-    db = Database(any_db_url)
-    db.migrate()
-    yield Store(db)
-    db.dispose()
 
 
 def add_jobs(store: Store, count: int, due_at, prefix: str = "j") -> list[str]:

@@ -5,31 +5,15 @@ from __future__ import annotations
 import multiprocessing
 import threading
 
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.errors import QueueFull
-from scheduler_app.store import Database, NewRun, RunState, Store
+from scheduler_app.store import Database, RunState, Store
 from scheduler_app.store.group import GroupCommit
 from scheduler_app.store.schema import runs, stats
 from scheduler_app.timeutil import utcnow
 
-from .conftest import wait_for
-
-
-@pytest.fixture
-def store(any_db_url):
-    db = Database(any_db_url)
-    db.migrate()
-    yield Store(db)
-    db.dispose()
-
-
-def new_run(**overrides):
-    values = dict(task="demo.echo", kwargs={"value": 1}, max_attempts=1, retry_backoff=0.01,
-                  timeout=None, scheduled_for=utcnow())
-    values.update(overrides)
-    return NewRun(**values)
+from .conftest import new_run, wait_for
 
 
 def insert(key, then=None):

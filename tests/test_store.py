@@ -7,23 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from scheduler_app.store import Database, FireSkipped, NewRun, RunState, Store
+from scheduler_app.store import Database, FireSkipped, RunState
 from scheduler_app.timeutil import utcnow
-
-
-@pytest.fixture
-def store(any_db_url):
-    db = Database(any_db_url)
-    db.migrate()
-    yield Store(db)
-    db.dispose()
-
-
-def new_run(**overrides):
-    values = dict(task="demo.echo", kwargs={"value": 1}, max_attempts=1, retry_backoff=0.01,
-                  timeout=None, scheduled_for=utcnow())
-    values.update(overrides)
-    return NewRun(**values)
+from tests.conftest import new_run
 
 
 def test_times_come_back_aware_utc(store):
