@@ -34,7 +34,16 @@ from typing import Any
 
 import requests
 
-from bench.run import RESULTS, Probe, Server, machine, percentile, replace_readme_section, systems
+from bench.run import (
+    RESULTS,
+    Probe,
+    Server,
+    machine,
+    measured_on,
+    percentile,
+    replace_readme_section,
+    systems,
+)
 
 JOBS = 100
 TARGET_P99_MS = 50.0
@@ -192,7 +201,7 @@ def write_section(acc: dict[str, Any]) -> None:
     met = (target["p99_ms"] < acc["target_p99_ms"] and not target["missing"]
            and not target["duplicates"])
     text = (
-        f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, Python {m['python']}"
+        measured_on(m, versions=False) +
         f"{' (--quick)' if s['quick'] else ''}. {s['jobs']} interval jobs of one second "
         f"(`bench.stamp`), gunicorn with gunicorn.conf.py, SQLite WAL; every fire in a "
         f"{s['window_s']} s window after {s['warmup_s']} s of warm-up. Delay = the task's first "

@@ -31,7 +31,7 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from bench.run import RESULTS, Server, System, machine, replace_readme_section
+from bench.run import RESULTS, Server, System, machine, measured_on, replace_readme_section
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SECONDS = 0.2
@@ -188,7 +188,7 @@ def write_section(result: dict[str, Any]) -> None:
             f"| 3 | all to one host | {result['three_hosts_one_entry_runs_per_s']:.1f} | "
             f"{12 / s['task_seconds']:.0f} | {result['ratio_one_entry']:.2f}× |"]
     text = (
-        f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, Python {m['python']}"
+        measured_on(m, versions=False) +
         f"{' (--quick)' if s['quick'] else ''}. {s['runs']} runs of `demo.sleep` "
         f"({s['task_seconds']} s, one step) from {s['client_threads']} client threads, "
         f"{s['repeats']} repeat(s); each host one gunicorn worker with "

@@ -361,6 +361,14 @@ def machine() -> dict[str, Any]:
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions}
 
 
+def measured_on(m: dict[str, Any], versions: bool = True) -> str:
+    """The opening of each section: when, on what machine and (optionally) which versions."""
+    text = f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, Python {m['python']}"
+    if versions:
+        text += "; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return text
+
+
 def write_table(results: dict[str, Any]) -> None:
     lines = ["| system | dispatch p50 | dispatch p99 | end-to-end runs/s | server CPU per run |",
              "| --- | --- | --- | --- | --- |"]
@@ -377,8 +385,7 @@ def write_table(results: dict[str, Any]) -> None:
     p = results["progress"]
     ours = results["systems"].get("scheduler_app", {})
     summary = (
-        f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+        measured_on(m) + ". "
         f"Medians of {results['settings']['repeats']} runs; dispatch over "
         f"{results['settings']['dispatch_requests']} sequential requests, throughput over "
         f"{results['settings']['throughput_runs']} runs from 8 client threads.\n\n"

@@ -37,7 +37,15 @@ from typing import Any
 
 import requests
 
-from bench.run import RESULTS, Server, machine, percentile, replace_readme_section, systems
+from bench.run import (
+    RESULTS,
+    Server,
+    machine,
+    measured_on,
+    percentile,
+    replace_readme_section,
+    systems,
+)
 
 TARGET_P99_MS = 20.0
 TARGET_IDLE_CPU_PERCENT = 1.0
@@ -470,8 +478,7 @@ def write_section(results: dict[str, Any]) -> None:
                     f"({soaked['rss_growth_percent'][p]:+.1f} %)" for p in soaked["rss_warm_mib"])
     mark = {True: "met", False: "**missed**"}
     text = (
-        f"Measured {m['date']} on {m['cpus']} × {m['cpu']}, Python {m['python']}; "
-        + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ". "
+        measured_on(m) + ". "
         f"{s['jobs']:,} jobs (half cron, half interval, next fires an hour away), "
         f"{s['runs']:,} finished runs ({seed['runs_by_state']['failed']:,} failed) over 30 days "
         f"in a {seed['db_mib']:,.0f} MiB SQLite file; {s['workers']} workers. "

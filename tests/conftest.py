@@ -70,15 +70,20 @@ def any_db_url(request: Any, tmp_path: Any) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-@pytest.fixture
-def store(any_db_url: str) -> Iterator[Any]:
-    """A migrated store on a SQLite file or a PostgreSQL database (see ``any_db_url``)."""
+def migrated_store(url: str) -> Iterator[Any]:
+    """A store on ``url``, migrated; disposed of when the generator is closed."""
     from scheduler_app.store import Database, Store
 
-    db = Database(any_db_url)
+    db = Database(url)
     db.migrate()
     yield Store(db)
     db.dispose()
+
+
+@pytest.fixture
+def store(any_db_url: str) -> Iterator[Any]:
+    """A migrated store on a SQLite file or a PostgreSQL database (see ``any_db_url``)."""
+    yield from migrated_store(any_db_url)
 
 
 def new_run(**overrides: Any) -> Any:

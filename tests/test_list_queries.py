@@ -12,27 +12,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from scheduler_app.store import Database, RunState, Store
+from scheduler_app.store import RunState, Store
 from scheduler_app.store.schema import jobs, runs
 from scheduler_app.timeutil import utcnow
+from tests.conftest import migrated_store
 
 STATES = [RunState.SUCCEEDED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED]
 
 
 @pytest.fixture
-def store(any_db_url: str) -> Iterator[Store]:
-    db = Database(any_db_url)
-    db.migrate()
-    yield Store(db)
-    db.dispose()
-
-
-@pytest.fixture
 def sqlite_store(db_url: str) -> Iterator[Store]:
-    db = Database(db_url)
-    db.migrate()
-    yield Store(db)
-    db.dispose()
+    yield from migrated_store(db_url)
 
 
 def add_jobs(store: Store, specs: list[tuple[str, float | None]], task: str = "demo.echo"

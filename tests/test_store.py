@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from scheduler_app.store import Database, FireSkipped, RunState
+from scheduler_app.store import Database, RunState
 from scheduler_app.timeutil import utcnow
 from tests.conftest import new_run
 
@@ -17,44 +17,6 @@ def test_times_come_back_aware_utc(store):
     again = store.runs.get(run.id)
     assert again.created_at.utcoffset() == timedelta(0)
     assert again.scheduled_for == run.scheduled_for
-
-
-def test_a_fire_is_recorded_at_most_once(store):
-    fire = utcnow().replace(microsecond=0)
-    store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
-    with pytest.raises(FireSkipped):
-        store.runs.record_fire(new_run(job_id="j", fire_time=fire), max_instances=10)
-    assert len(store.runs.find(job_id="j")) == 1
-
-
-def test_concurrent_fires_of_the_same_time_make_one_run(store):
-    fire = utcnow().replace(microsecond=0)
-    barrier = threading.Barrier(8)
-    outcomes = []
-
-    def fire_once():
-        barrier.wait()
-        try:
-            store.runs.record_fire(new_run(job_id="race", fire_time=fire), max_instances=10)
-            outcomes.append("recorded")
-        except FireSkipped:
-            outcomes.append("skipped")
-
-    threads = [threading.Thread(target=fire_once) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes.count("recorded") == 1
-    assert len(store.runs.find(job_id="race")) == 1
-
-
-def test_max_instances_counts_active_runs_in_the_database(store):
-    now = utcnow()
-    store.runs.record_fire(new_run(job_id="m", fire_time=now), max_instances=1)
-    with pytest.raises(FireSkipped, match="max_instances"):
-        store.runs.record_fire(new_run(job_id="m", fire_time=now + timedelta(seconds=1)),
-                               max_instances=1)
 
 
 def test_concurrent_claims_never_share_a_run(store):

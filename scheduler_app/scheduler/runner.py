@@ -208,9 +208,12 @@ class Runner:
 
     def _free(self) -> int:
         with self._lock:
-            if not self._accepting:
-                return 0
-            return max(0, self.capacity - len(self._active) - self._reserved)
+            return self._free_locked()
+
+    def _free_locked(self) -> int:
+        if not self._accepting:
+            return 0
+        return max(0, self.capacity - len(self._active) - self._reserved)
 
     def _claim(self) -> tuple[int, int]:
         """Claim as many due runs as there are free threads; return (free, claimed).
@@ -220,8 +223,7 @@ class Runner:
         its capacity, yet is not turned away while the dispatcher merely looks at the queue:
         it was, and every run it queued instead woke the dispatcher to look again."""
         with self._lock:
-            free = self.capacity - len(self._active) - self._reserved if self._accepting else 0
-            free = max(0, free)
+            free = self._free_locked()
             self._reserved += free
         runs: list[Run] = []
         try:

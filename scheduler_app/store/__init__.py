@@ -7,7 +7,6 @@ from .jobs import JobExists, JobRecord, JobStoreQueries
 from .lifecycle import (
     ACTIVE_STATES,
     FINAL_STATES,
-    FireSkipped,
     LogEntry,
     NewRun,
     Run,
@@ -33,7 +32,6 @@ __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
     "Database",
-    "FireSkipped",
     "JobExists",
     "JobRecord",
     "JobStoreQueries",

@@ -89,8 +89,8 @@ class Database:
             # and its p99 (bench/README.md). Threads of this process queue on a thread lock,
             # then the processes sharing the file on a lock file, which the kernel hands to
             # the next waiter the moment it is released.
-            with self._sqlite_writer, self._process_lock(), self.engine.connect(
-                    ).execution_options(sqlite_immediate=True) as conn, conn.begin():
+            with self._hold_writers(), self.engine.connect().execution_options(
+                    sqlite_immediate=True) as conn, conn.begin():
                 yield conn
             assert self._checkpointer is not None
             self._checkpointer.wrote()
@@ -100,13 +100,11 @@ class Database:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
             yield conn
 
-    def _process_lock(self) -> _FileLock | contextlib.nullcontext[None]:
-        return self._across_processes or contextlib.nullcontext()
-
     @contextmanager
     def _hold_writers(self) -> Iterator[None]:
-        """Keep this process's and the other processes' writers out (SQLite only)."""
-        with self._sqlite_writer, self._process_lock():
+        """Be this file's one writer: first among this process's threads, then among the
+        processes (SQLite only; the lock file where the platform has ``flock``)."""
+        with self._sqlite_writer, self._across_processes or contextlib.nullcontext():
             yield
 
     def migrate(self) -> tuple[str | None, str | None]:

@@ -13,8 +13,8 @@ finds them already moved on, or skips them, instead of repeating the work; a pau
 delete either commits before the pass reads the row (and wins) or waits until the pass
 committed.
 
-The rules of ``RunStore.record_fire`` hold: a fire already recorded (the unique key on job id
-and fire time) or one past ``max_instances`` runs queued or running is skipped.
+A fire already recorded (the unique key on job id and fire time) or one past
+``max_instances`` runs queued or running is skipped.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class FireStore:
             planned = {item.job_id for item in batch}
             skipped.update(r.id for r in due if r.id not in planned)
             self._record(conn, batch, outcome, start_on)
-            query = sa.select(sa.func.min(jobs.c.next_run_time))
+            query = _NEXT_FIRE
             if skipped:
                 query = query.where(jobs.c.id.not_in(skipped))
             outcome.next_run_time = from_epoch(conn.execute(query).scalar())

@@ -88,10 +88,6 @@ class LogEntry:
     message: str
 
 
-class FireSkipped(Exception):
-    """A job fire was not turned into a run (already recorded, or max_instances reached)."""
-
-
 def backoff_delay(base: float, attempt: int) -> float:
     """Exponential backoff before attempt ``attempt + 1``: base, 2×base, 4×base… capped."""
     return float(min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1))))

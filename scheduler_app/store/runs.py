@@ -20,9 +20,7 @@ from ..timeutil import utcnow
 from .db import LOCK_CLAIM, Database
 from .group import GroupCommit
 from .lifecycle import (
-    ACTIVE_STATES,
     FINAL_STATES,
-    FireSkipped,
     LogEntry,
     NewRun,
     Run,
@@ -112,41 +110,6 @@ class RunStore:
             progress_done=None, progress_total=None, progress_message=None, result=None,
             error=None, errors=[], node=running_on, created_at=now,
             scheduled_for=scheduled_for, started_at=started_at, finished_at=None)
-
-    def record_fire(self, new: NewRun, max_instances: int,
-                    job_version: int | None = None) -> Run:
-        """Turn one scheduled fire of a job into one queued run, at most once, ever.
-
-        Raises FireSkipped when the job already has ``max_instances`` runs queued or running
-        (counted in the database, so it holds across processes), or when this fire was already
-        recorded (the unique key on job id and fire time), or when ``job_version`` is given and
-        the job row no longer has it (paused, changed or deleted after the loop read it).
-        """
-        assert new.job_id is not None and new.fire_time is not None
-        with self.db.write(lock=LOCK_CLAIM) as conn:
-            if job_version is not None:
-                # FOR UPDATE: a pause or edit committing meanwhile either lands before this
-                # read (the fire is dropped) or waits until this run is recorded.
-                current = conn.execute(
-                    sa.select(jobs.c.version).where(jobs.c.id == new.job_id)
-                    .with_for_update()).scalar()
-                if current != job_version:
-                    raise FireSkipped("the job was changed, paused or removed meanwhile")
-            exists = conn.execute(
-                sa.select(runs.c.id).where(
-                    runs.c.job_id == new.job_id, runs.c.fire_time == new.fire_time
-                )
-            ).first()
-            if exists is not None:
-                raise FireSkipped(f"fire at {new.fire_time.isoformat()} already recorded")
-            active = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(runs)
-                .where(runs.c.job_id == new.job_id, runs.c.state.in_(_values(ACTIVE_STATES)))
-            ).scalar_one()
-            if active >= max_instances:
-                raise FireSkipped(f"max_instances ({max_instances}) reached")
-            return self.create(new, conn)
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, run_id: int) -> Run | None:
