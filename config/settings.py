@@ -48,9 +48,10 @@ class Config:
     # Cluster timing: a node whose heartbeat is older than the lease is dead.
     NODE_HEARTBEAT_SECONDS = 5.0
     NODE_LEASE_SECONDS = 30.0
-    # How often a node looks for runs queued elsewhere, and for cancel requests.
+    # How often a node looks for runs queued elsewhere (poll), and how often a busy node writes
+    # progress and log lines, delivers cancel requests and enforces timeouts (tick).
     DISPATCH_POLL_SECONDS = 1.0
-    CANCEL_POLL_SECONDS = 0.25
+    TICK_SECONDS = 0.25
     # On SIGTERM: how long running tasks get to stop before their runs are handed back.
     SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -101,5 +102,5 @@ class TestingConfig(Config):
     NODE_HEARTBEAT_SECONDS = 0.5
     NODE_LEASE_SECONDS = 3.0
     DISPATCH_POLL_SECONDS = 0.2
-    CANCEL_POLL_SECONDS = 0.1
+    TICK_SECONDS = 0.1
     SHUTDOWN_GRACE_SECONDS = 2.0

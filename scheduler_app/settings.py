@@ -51,7 +51,7 @@ class Settings:
     heartbeat_seconds: float
     lease_seconds: float
     poll_seconds: float
-    cancel_poll_seconds: float
+    tick_seconds: float
     shutdown_grace_seconds: float
     prune_cron: str | None
     prune_older_than_days: int
@@ -156,7 +156,7 @@ def load_settings(config: Any, default_database_url: str) -> Settings:
         heartbeat_seconds=number("NODE_HEARTBEAT_SECONDS"),
         lease_seconds=number("NODE_LEASE_SECONDS"),
         poll_seconds=number("DISPATCH_POLL_SECONDS"),
-        cancel_poll_seconds=number("CANCEL_POLL_SECONDS"),
+        tick_seconds=number("TICK_SECONDS"),
         shutdown_grace_seconds=number("SHUTDOWN_GRACE_SECONDS"),
         prune_cron=prune_cron,
         prune_older_than_days=number("PRUNE_RUNS_OLDER_THAN_DAYS", integer=True),

@@ -53,7 +53,7 @@ def server_env(db_path: Path, settings: Mapping[str, Any] | None = None) -> dict
         FLASK_NODE_HEARTBEAT_SECONDS="0.5",
         FLASK_NODE_LEASE_SECONDS="3",
         FLASK_DISPATCH_POLL_SECONDS="0.2",
-        FLASK_CANCEL_POLL_SECONDS="0.1",
+        FLASK_TICK_SECONDS="0.1",
         FLASK_SHUTDOWN_GRACE_SECONDS="1",
         GUNICORN_ACCESSLOG="",
         # One worker (one node) unless a test asks for more: make run's default is 2.

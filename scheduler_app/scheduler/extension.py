@@ -49,7 +49,7 @@ class JobScheduler(APScheduler):  # type: ignore[misc]
         self.node = Node(store, runner, role=settings.role, capacity=settings.worker_threads,
                          heartbeat_seconds=settings.heartbeat_seconds,
                          lease_seconds=settings.lease_seconds,
-                         tick_seconds=settings.cancel_poll_seconds,
+                         tick_seconds=settings.tick_seconds,
                          retry_backoff=settings.retry_backoff)
         self.jobstore = SpecJobStore(store.jobs, settings.timezone)
         self._start_lock = threading.Lock()
