@@ -26,9 +26,9 @@ REPORT = {"id": "report", "task": "demo.sleep", "kwargs": {"seconds": 1, "steps"
 def _jobs(db_path: Path) -> dict[str, Any]:
     """The job table's rows by id (none if start-up stopped before making the table)."""
     if not db_path.exists() or not db_rows(
-            db_path, "SELECT name FROM sqlite_master WHERE name = 'jobs'"):
+            db_path, "SELECT name FROM sqlite_master WHERE name = 'scheduler_jobs'"):
         return {}
-    return {row["id"]: row for row in db_rows(db_path, "SELECT * FROM jobs")}
+    return {row["id"]: row for row in db_rows(db_path, "SELECT * FROM scheduler_jobs")}
 
 
 def _db_path(db_url: str) -> Path:

@@ -157,9 +157,9 @@ def test_stopping_the_serving_process_hands_running_runs_back(
     assert server.wait_exit(timeout=15) == 0  # the watcher exits with its child
 
     def settled() -> tuple[Any, ...] | None:
-        row = server.db_rows("SELECT state, attempt, node FROM runs WHERE id = ?",
+        row = server.db_rows("SELECT state, attempt, node FROM scheduler_runs WHERE id = ?",
                              (run["id"],))[0]
-        node = server.db_rows("SELECT stopped_at FROM nodes WHERE id = ?", (node_id,))[0]
+        node = server.db_rows("SELECT stopped_at FROM scheduler_nodes WHERE id = ?", (node_id,))[0]
         return tuple(row) if node["stopped_at"] is not None else None
 
     assert wait_for(settled, timeout=10, message="the node to be marked stopped") == (

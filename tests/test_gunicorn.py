@@ -93,12 +93,13 @@ def test_sigterm_hands_runs_back_and_a_restart_finishes_them(servers: Servers) -
     assert first.wait_exit(timeout=15) == 0
     assert time.monotonic() - started < 10
 
-    rows = first.db_rows("SELECT id, state, attempt, node, started_at FROM runs ORDER BY id")
+    rows = first.db_rows(
+        "SELECT id, state, attempt, node, started_at FROM scheduler_runs ORDER BY id")
     assert [(r["id"], r["state"], r["attempt"], r["node"], r["started_at"]) for r in rows] == [
         (long_run["id"], "queued", 1, None, None),
         (short_run["id"], "queued", 1, None, None),
     ]
-    nodes = first.db_rows("SELECT id, stopped_at FROM nodes")
+    nodes = first.db_rows("SELECT id, stopped_at FROM scheduler_nodes")
     assert [r["id"] for r in nodes] == [node_id]
     assert nodes[0]["stopped_at"] is not None
 

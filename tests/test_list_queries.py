@@ -150,17 +150,17 @@ def test_list_queries_follow_an_index(sqlite_store: Store) -> None:
     for state in RunState:
         for plan in plans(store, lambda s=state: store.runs.find(state=s, limit=50)) + plans(
                 store, lambda s=state: store.runs.find(state=s, limit=50, before_id=200)):
-            assert "ix_runs_state_id" in plan and "TEMP B-TREE" not in plan, plan
+            assert "ix_scheduler_runs_state_id" in plan and "TEMP B-TREE" not in plan, plan
     key = store.jobs.key(store.jobs.page(limit=50)[-1])
     for call in (lambda: store.jobs.page(limit=50), lambda: store.jobs.page(limit=50, after=key),
                  lambda: store.jobs.page(limit=500), lambda: store.jobs.page(limit=50,
                                                                               paused=True)):
         for plan in plans(store, call):
-            assert "ix_jobs_next_run" in plan and "TEMP B-TREE" not in plan, plan
+            assert "ix_scheduler_jobs_next_run" in plan and "TEMP B-TREE" not in plan, plan
     ids = [f"job-{i:03d}" for i in range(50)]
     [plan] = plans(store, lambda: store.runs.last_runs(ids))
-    assert "ix_runs_job" in plan and "TEMP B-TREE" not in plan, plan
-    assert "SCAN runs" not in plan, plan
+    assert "ix_scheduler_runs_job" in plan and "TEMP B-TREE" not in plan, plan
+    assert "SCAN scheduler_runs" not in plan, plan
 
 
 # -- the trigger's sentence -------------------------------------------------------------------

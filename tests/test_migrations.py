@@ -1,5 +1,6 @@
 """Schema migrations on real SQLite files and real PostgreSQL databases: empty to head, an old
-create_all database, an upgrade with data in it, and four processes starting at once."""
+create_all database, an upgrade with data in it, a host app's own tables, and four processes
+starting at once."""
 
 from __future__ import annotations
 
@@ -20,21 +21,49 @@ from alembic.runtime.migration import MigrationContext
 from scheduler_app import migrations
 from scheduler_app.migrations import VERSION_TABLE, MigrationError
 from scheduler_app.store import Database, NewRun, RunState, Store
-from scheduler_app.store.schema import jobs, metadata, nodes, run_logs, runs
+from scheduler_app.store.schema import TABLE_PREFIX, metadata, runs
 from scheduler_app.timeutil import utcnow
 from tests.servers import BIN, REPO, TASK_MODULES
 
-BASELINE_TABLES = (runs, run_logs, jobs, nodes)
+BASELINE_TABLES = ("runs", "run_logs", "jobs", "nodes")
 # How the four tables' indexes changed after the baseline (revision 0003).
 INDEXES_ADDED_SINCE_BASELINE = {"ix_runs_state_id", "ix_jobs_next_run"}
 
 
+def unprefixed(name: str) -> str:
+    """A table's, index's or constraint's name before revision 0004 (``ix_runs_task``)."""
+    return name.replace(TABLE_PREFIX, "", 1)
+
+
+def legacy_metadata() -> sa.MetaData:
+    """The schema module's tables under the names they had before revision 0004."""
+    legacy = sa.MetaData()
+    for table in metadata.sorted_tables:
+        sa.Table(
+            unprefixed(table.name), legacy,
+            *(sa.Column(column.name, column.type, *(
+                sa.ForeignKey(unprefixed(fk.target_fullname), ondelete=fk.ondelete)
+                for fk in column.foreign_keys), primary_key=column.primary_key,
+                nullable=column.nullable, autoincrement=column.autoincrement)
+              for column in table.columns),
+            *(sa.Index(unprefixed(str(index.name)), *(c.name for c in index.columns))
+              for index in table.indexes),
+            *(sa.UniqueConstraint(*(c.name for c in unique.columns),
+                                  name=unprefixed(str(unique.name)))
+              for unique in table.constraints if isinstance(unique, sa.UniqueConstraint)))
+    return legacy
+
+
+LEGACY = legacy_metadata()
+
+
 def baseline_metadata() -> sa.MetaData:
     """The four tables as ``create_all`` made them before there were migrations: the schema
-    module's, less the indexes added since, plus the one dropped since."""
+    module's under their old names, less the indexes added since, plus the one dropped
+    since."""
     baseline = sa.MetaData()
-    for table in BASELINE_TABLES:
-        copy = table.to_metadata(baseline)
+    for name in BASELINE_TABLES:
+        copy = LEGACY.tables[name].to_metadata(baseline)
         for index in [i for i in copy.indexes if i.name in INDEXES_ADDED_SINCE_BASELINE]:
             copy.indexes.discard(index)
     sa.Index("ix_jobs_next_run_time", baseline.tables["jobs"].c.next_run_time)
@@ -59,6 +88,26 @@ def upgrade_to(db: Database, revision: str) -> None:
         migrations.upgrade(conn, revision)
 
 
+def downgrade_to(db: Database, revision: str) -> None:
+    """Downgrade the way ``Database.migrate`` upgrades: on SQLite with foreign keys off, so
+    that copying a table (batch mode) cannot cascade into the tables referring to it."""
+    with db.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        if db.is_sqlite:
+            raw.cursor().execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                command.downgrade(migrations.alembic_config(conn), revision)
+        finally:
+            if db.is_sqlite:
+                raw.cursor().execute("PRAGMA foreign_keys=ON")
+
+
+def table_names(db: Database) -> set[str]:
+    return set(sa.inspect(db.engine).get_table_names()) - {VERSION_TABLE}
+
+
 @pytest.fixture
 def db(any_db_url: str) -> Any:
     database = Database(any_db_url)
@@ -67,6 +116,8 @@ def db(any_db_url: str) -> Any:
 
 
 def test_empty_database_upgrades_to_exactly_the_schema(db: Database) -> None:
+    """In one step (``create_all``, stamped at head); the revisions' own path to the same
+    schema is checked by the upgrade tests below."""
     assert db.migrate() == (None, migrations.head())
     assert schema_diff(db) == []
     assert version_rows(db) == [migrations.head()]
@@ -82,21 +133,31 @@ def test_baseline_revision_is_what_create_all_made(db: Database) -> None:
 
 
 def test_database_made_by_create_all_is_stamped_and_upgraded(db: Database) -> None:
-    baseline_metadata().create_all(db.engine)  # what the old code did
-    store = Store(db)
-    run = store.runs.create(NewRun(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
-                                   retry_backoff=1.0, timeout=None, scheduled_for=utcnow()))
+    baseline = baseline_metadata()
+    baseline.create_all(db.engine)  # what the old code did
+    now = utcnow()
+    with db.engine.begin() as conn:
+        conn.execute(baseline.tables["runs"].insert(), [{
+            "id": 1, "task": "demo.echo", "kwargs": {"value": 1}, "job_id": None,
+            "fire_time": None, "state": "queued", "attempt": 1, "max_attempts": 1,
+            "retry_backoff": 1.0, "timeout": None, "cancel_requested": False, "errors": [],
+            "created_at": now, "scheduled_for": now}])
     assert db.migrate() == (None, migrations.head())
     assert version_rows(db) == [migrations.head()]
     assert schema_diff(db) == []
-    assert store.runs.get(run.id) == run
+    run = Store(db).runs.get(1)
+    assert run is not None
+    assert (run.task, run.kwargs, run.state, run.scheduled_for) == (
+        "demo.echo", {"value": 1}, RunState.QUEUED, now)
 
 
 def test_upgrade_from_previous_revision_keeps_every_row(db: Database) -> None:
+    """Through every revision from the baseline: they build exactly the schema module's
+    tables, as ``create_all`` does for an empty database."""
     upgrade_to(db, migrations.BASELINE)
     now = utcnow()
     with db.engine.begin() as conn:
-        conn.execute(runs.insert(), [
+        conn.execute(LEGACY.tables["runs"].insert(), [
             {"id": 1, "task": "demo.echo", "kwargs": {"value": [1, "ü"]}, "job_id": "nightly",
              "fire_time": now, "state": "succeeded", "attempt": 1, "max_attempts": 1,
              "retry_backoff": 2.0, "timeout": None, "cancel_requested": False,
@@ -112,25 +173,26 @@ def test_upgrade_from_previous_revision_keeps_every_row(db: Database) -> None:
              "created_at": now, "scheduled_for": now + timedelta(hours=1), "started_at": None,
              "finished_at": None},
         ])
-        conn.execute(run_logs.insert(), [
+        conn.execute(LEGACY.tables["run_logs"].insert(), [
             {"run_id": 1, "at": now, "level": "INFO", "message": f"line {i}"} for i in range(3)])
-        conn.execute(jobs.insert(), [{
+        conn.execute(LEGACY.tables["jobs"].insert(), [{
             "id": "nightly", "task": "demo.echo", "spec": {"task": "demo.echo", "kwargs": {}},
             "next_run_time": now.timestamp() + 60, "version": 7, "created_at": now,
             "updated_at": now}])
-        conn.execute(nodes.insert(), [{
+        conn.execute(LEGACY.tables["nodes"].insert(), [{
             "id": "h:1:a", "host": "h", "pid": 1, "role": "all", "started_at": now,
             "heartbeat_at": now, "stopped_at": None, "running": 0, "capacity": 4}])
 
-    def everything() -> dict[str, list[Any]]:
+    def everything(tables: sa.MetaData) -> dict[str, list[Any]]:
         with db.engine.connect() as conn:
-            return {t.name: [tuple(r) for r in conn.execute(
-                sa.select(t).order_by(*t.primary_key.columns))] for t in BASELINE_TABLES}
+            return {unprefixed(t.name): [tuple(r) for r in conn.execute(
+                sa.select(t).order_by(*t.primary_key.columns))]
+                for t in tables.sorted_tables if unprefixed(t.name) in BASELINE_TABLES}
 
-    before = everything()
+    before = everything(LEGACY)
     assert sum(len(rows) for rows in before.values()) == 7
     assert db.migrate() == (migrations.BASELINE, migrations.head())
-    assert everything() == before
+    assert everything(metadata) == before
     assert schema_diff(db) == []
 
     # The upgraded database works: the queued run is claimed, settled and counted.
@@ -141,17 +203,47 @@ def test_upgrade_from_previous_revision_keeps_every_row(db: Database) -> None:
     store.runs.finish(2, "h:1:a", RunState.SUCCEEDED)
     assert store.stats.snapshot(30).runs_finished == {("demo.fail", "succeeded"): 1}
 
-    # And the newest revision can be taken back without touching the older tables' rows.
-    with db.engine.begin() as conn:
-        command.downgrade(migrations.alembic_config(conn), migrations.BASELINE)
-    assert not {"stats", "misfire_marks"} & set(sa.inspect(db.engine).get_table_names())
+    # And the revisions can be taken back without touching the older tables' rows.
+    after = everything(metadata)
+    downgrade_to(db, migrations.BASELINE)
+    assert table_names(db) == set(BASELINE_TABLES)
+    assert everything(LEGACY) == after
     assert db.migrate() == (migrations.BASELINE, migrations.head())
 
 
-def test_half_a_schema_is_refused(db: Database) -> None:
-    metadata.create_all(db.engine, tables=[runs])
+@pytest.mark.parametrize("name", ["runs", "scheduler_runs"])
+def test_half_a_schema_is_refused(db: Database, name: str) -> None:
+    """Our runs table alone, as the code before migrations or this code made it."""
+    {**LEGACY.tables, **metadata.tables}[name].create(db.engine)
     with pytest.raises(MigrationError, match="some of this service's tables"):
         db.migrate()
+
+
+def test_a_host_apps_own_jobs_and_runs_tables_are_left_alone(db: Database) -> None:
+    """The host app's ``jobs`` and ``runs`` are not ours: our tables are made beside them."""
+    host = sa.MetaData()
+    host_jobs = sa.Table("jobs", host, sa.Column("id", sa.Integer, primary_key=True),
+                         sa.Column("title", sa.String(100), nullable=False))
+    host_runs = sa.Table("runs", host, sa.Column("id", sa.Integer, primary_key=True),
+                         sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id")),
+                         sa.Column("outcome", sa.String(20)))
+    host.create_all(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(host_jobs.insert(), [{"id": 1, "title": "Plumber, Leeds"}])
+        conn.execute(host_runs.insert(), [{"id": 1, "job_id": 1, "outcome": "hired"}])
+
+    assert db.migrate() == (None, migrations.head())
+    assert table_names(db) == {"jobs", "runs"} | set(metadata.tables)
+    assert [d for d in schema_diff(db) if d[0] != "remove_table"] == []
+    with db.engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(sa.select(host_jobs))] == [(1, "Plumber, Leeds")]
+        assert [tuple(r) for r in conn.execute(sa.select(host_runs))] == [(1, 1, "hired")]
+    run = Store(db).runs.create(NewRun(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
+                                       retry_backoff=1.0, timeout=None, scheduled_for=utcnow()))
+    assert run.id == 1
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(host_runs)).scalar() == 1
+    assert db.migrate() == (migrations.head(), migrations.head())
 
 
 def test_a_revision_from_newer_code_is_left_alone(db: Database,

@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
 
-from scheduler_app import migrations
 from scheduler_app.store import Database
-from scheduler_app.store.schema import jobs, runs
 from scheduler_app.timeutil import utcnow
+from tests.test_migrations import LEGACY, downgrade_to, upgrade_to
+
+# The tables under the names revisions 0001-0003 gave them.
+runs, jobs = LEGACY.tables["runs"], LEGACY.tables["jobs"]
 
 
 @pytest.fixture
@@ -28,8 +29,7 @@ def indexes(db: Database, table: str) -> dict[str, list[str]]:
 
 
 def test_upgrade_to_0003_adds_the_list_indexes_and_keeps_rows(db: Database) -> None:
-    with db.engine.begin() as conn:
-        migrations.upgrade(conn, "0002")
+    upgrade_to(db, "0002")
     now = utcnow()
     with db.engine.begin() as conn:
         conn.execute(runs.insert(), [
@@ -44,7 +44,7 @@ def test_upgrade_to_0003_adds_the_list_indexes_and_keeps_rows(db: Database) -> N
              "updated_at": now} for i in range(5)])
     assert "ix_jobs_next_run_time" in indexes(db, "jobs")
 
-    assert db.migrate() == ("0002", migrations.head())
+    upgrade_to(db, "0003")
     assert indexes(db, "runs")["ix_runs_state_id"] == ["state", "id"]
     assert indexes(db, "jobs")["ix_jobs_next_run"] == ["next_run_time", "id"]
     assert "ix_jobs_next_run_time" not in indexes(db, "jobs")
@@ -52,8 +52,7 @@ def test_upgrade_to_0003_adds_the_list_indexes_and_keeps_rows(db: Database) -> N
         assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 15
         assert conn.execute(sa.select(sa.func.count()).select_from(jobs)).scalar() == 5
 
-    with db.engine.begin() as conn:
-        command.downgrade(migrations.alembic_config(conn), "0002")
+    downgrade_to(db, "0002")
     assert "ix_runs_state_id" not in indexes(db, "runs")
     assert indexes(db, "jobs")["ix_jobs_next_run_time"] == ["next_run_time"]
     assert "ix_jobs_next_run" not in indexes(db, "jobs")

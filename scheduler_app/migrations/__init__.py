@@ -5,9 +5,13 @@ caller's transaction. ``Database.migrate()`` is that caller: it holds the lock t
 workers starting together migrate once (see ``store/db.py``). ``flask --app wsgi db ...``
 (``cli_db.py``) is the same path by hand.
 
-A database made before migrations existed (``metadata.create_all``, no version table, the four
-tables present) is stamped at the baseline revision, which is exactly that schema, and then
-upgraded like any other.
+An empty database (no version table, none of this service's tables) gets the current schema in
+one step, ``metadata.create_all``, and is stamped at head: replaying the history would create
+the unprefixed tables of revisions before 0004, which clash with a host app's own ``jobs`` or
+``runs``. A database made before migrations existed (``create_all`` of that time: no version
+table, the four baseline tables present and recognisably ours) is stamped at the baseline
+revision, which is exactly that schema, and then upgraded like any other. A host app's own
+``jobs`` or ``runs`` table is neither: it is left alone.
 
 The version lives in ``scheduler_alembic_version``, not Alembic's usual ``alembic_version``:
 the service often shares a database with the Flask app it serves, and that app's own Alembic
@@ -16,7 +20,8 @@ history (Flask-Migrate) must not be taken for ours, nor ours for its.
 A schema change: edit ``store/schema.py`` and add the next revision to ``versions/`` by hand
 (``0003_what.py``, ``down_revision`` the newest; ``op.batch_alter_table`` to alter a table, which
 SQLite otherwise cannot). Only ever add to the schema (tables, nullable columns, indexes): for a
-while during a rolling deploy the old code runs on the new schema. ``tests/test_migrations.py``
+while during a rolling deploy the old code runs on the new schema. (0004, the table prefix, is
+the one exception: every node must be stopped before it runs.) ``tests/test_migrations.py``
 fails until the revisions build exactly what the schema module says.
 """
 
@@ -31,15 +36,23 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Inspector
+
+from scheduler_app.store.schema import metadata
 
 log = logging.getLogger(__name__)
 
 SCRIPT_LOCATION = str(Path(__file__).resolve().parent)
 VERSION_TABLE = "scheduler_alembic_version"
 BASELINE = "0001"
-# The tables create_all made before there were migrations: all of them mean "at baseline".
-BASELINE_TABLES = frozenset({"runs", "run_logs", "jobs", "nodes"})
+# The tables create_all made before there were migrations (unprefixed then), each with columns
+# that tell it from a host app's table of the same name: all four, ours, mean "at baseline".
+BASELINE_TABLES = {
+    "runs": frozenset({"fire_time", "scheduled_for", "cancel_requested"}),
+    "run_logs": frozenset({"run_id", "at", "level", "message"}),
+    "jobs": frozenset({"spec", "next_run_time", "version"}),
+    "nodes": frozenset({"heartbeat_at", "stopped_at", "capacity"}),
+}
 
 
 class MigrationError(RuntimeError):
@@ -80,16 +93,34 @@ def current(conn: Connection) -> str | None:
 
 def upgrade(conn: Connection, revision: str = "head") -> str | None:
     """Upgrade to ``revision`` on ``conn`` (in the caller's transaction and lock); return the
-    revision the database was at before."""
+    revision the database was at before.
+
+    An empty database upgraded to head is made with ``create_all``; to an older revision (the
+    migration tests build old databases so), through the revisions."""
     before = current(conn)
     if before is None:
-        present = BASELINE_TABLES & set(sa.inspect(conn).get_table_names())
-        if present == BASELINE_TABLES:
+        inspector = sa.inspect(conn)
+        tables = set(inspector.get_table_names())
+        baseline = _baseline_tables(inspector, tables)
+        newer = sorted(set(metadata.tables) & tables)
+        if baseline == set(BASELINE_TABLES) and not newer:
             log.info("database made before migrations existed: stamping it at %s", BASELINE)
             command.stamp(alembic_config(conn), BASELINE)
-        elif present:
+        elif baseline or newer:
             raise MigrationError(
-                f"the database has some of this service's tables ({', '.join(sorted(present))})"
-                f" but not all of them, and no {VERSION_TABLE} table; refusing to guess")
+                f"the database has some of this service's tables "
+                f"({', '.join(sorted(baseline) + newer)}) but no {VERSION_TABLE} table, and not "
+                f"the four a database made before migrations had; refusing to guess")
+        elif revision in ("head", head()):
+            metadata.create_all(conn)
+            command.stamp(alembic_config(conn), "head")
+            return before
     command.upgrade(alembic_config(conn), revision)
     return before
+
+
+def _baseline_tables(inspector: Inspector, tables: set[str]) -> set[str]:
+    """Which of ``BASELINE_TABLES`` the database has, with their columns: a host app's own
+    ``jobs`` table is not ours."""
+    return {name for name, columns in BASELINE_TABLES.items() if name in tables
+            and columns <= {column["name"] for column in inspector.get_columns(name)}}

@@ -129,10 +129,10 @@ class JobStoreQueries:
         (the key of the last job of the previous page), so pages neither repeat nor skip jobs
         when others fire or change in between.
 
-        Scheduled jobs, then paused ones: two range scans of ``ix_jobs_next_run`` in one read
-        transaction. A single query ordered by ``next_run_time IS NULL`` has no index to follow
-        and sorted the whole table for every page (10 ms a page with 10,000 jobs, 45 ms deep
-        into them; bench/scale.py)."""
+        Scheduled jobs, then paused ones: two range scans of ``ix_scheduler_jobs_next_run`` in
+        one read transaction. A single query ordered by ``next_run_time IS NULL`` has no index
+        to follow and sorted the whole table for every page (10 ms a page with 10,000 jobs,
+        45 ms deep into them; bench/scale.py)."""
         where = [] if task is None else [jobs.c.task == task]
         scheduled = (sa.select(jobs).where(jobs.c.next_run_time.is_not(None), *where)
                      .order_by(jobs.c.next_run_time, jobs.c.id))

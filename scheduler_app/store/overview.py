@@ -3,7 +3,8 @@
 Windows are judged by ``finished_at`` for the final states ("failed in the last hour" means
 it failed then, whenever it was queued) and by the current state for ``queued`` and
 ``running``, which are counted as they are now. Each query is one indexed statement
-(``ix_runs_finished``, ``ix_runs_state_due``), so the page stays cheap on a large table.
+(``ix_scheduler_runs_finished``, ``ix_scheduler_runs_state_due``), so the page stays cheap on a
+large table.
 
 Runs per minute are bucketed in SQL, by dialect: SQLite stores naive UTC text, so
 ``strftime('%s', ...)`` turns it into epoch seconds; PostgreSQL has ``extract(epoch ...)``.

@@ -142,8 +142,8 @@ class RunStore:
     def last_runs(self, job_ids: Sequence[str]) -> dict[str, Run]:
         """The newest run of each given job (of those still in the job table).
 
-        One index seek per job (``max(id)`` of its ``ix_runs_job`` entries, correlated to the
-        job's row), so a page of jobs costs the same with 80 runs a job as with 80,000; a
+        One index seek per job (``max(id)`` of its ``ix_scheduler_runs_job`` entries, correlated
+        to the job's row), so a page of jobs costs the same with 80 runs a job as with 80,000; a
         ``GROUP BY job_id`` over the runs of every job on the page read all their entries."""
         if not job_ids:
             return {}

@@ -4,6 +4,11 @@ Times are stored as aware UTC datetimes (``UTCDateTime`` makes SQLite give them 
 The ``jobs`` table replaces APScheduler's pickled job store with a JSON job spec, so no row is
 ever unpickled and a row written by other code can always be read and reported.
 
+Every table's name starts with ``TABLE_PREFIX``, and so does every index's and unique
+constraint's after its ``ix_`` or ``uq_`` (``ix_scheduler_runs_task``): the service lives in
+its host app's database, beside that app's own ``jobs`` or ``runs`` tables, and on PostgreSQL
+index names are schema-wide.
+
 This module is the schema the code expects now; ``scheduler_app/migrations`` is how a database
 gets there. A change here needs a new revision there (a test compares the two).
 """
@@ -15,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+
+TABLE_PREFIX = "scheduler_"
 
 metadata = sa.MetaData()
 
@@ -45,7 +52,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 
 
 runs = sa.Table(
-    "runs",
+    f"{TABLE_PREFIX}runs",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("task", sa.String(200), nullable=False),
@@ -71,30 +78,30 @@ runs = sa.Table(
     sa.Column("scheduled_for", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
-    sa.UniqueConstraint("job_id", "fire_time", name="uq_runs_job_fire"),
-    sa.Index("ix_runs_state_due", "state", "scheduled_for"),
+    sa.UniqueConstraint("job_id", "fire_time", name=f"uq_{TABLE_PREFIX}runs_job_fire"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_state_due", "state", "scheduled_for"),
     # Runs in one state, newest first (GET /api/runs?state=failed): a seek, not a sort of
     # every run in that state.
-    sa.Index("ix_runs_state_id", "state", "id"),
-    sa.Index("ix_runs_task", "task", "id"),
-    sa.Index("ix_runs_job", "job_id", "id"),
-    sa.Index("ix_runs_node_state", "node", "state"),
-    sa.Index("ix_runs_finished", "finished_at"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_state_id", "state", "id"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_task", "task", "id"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_job", "job_id", "id"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_node_state", "node", "state"),
+    sa.Index(f"ix_{TABLE_PREFIX}runs_finished", "finished_at"),
 )
 
 run_logs = sa.Table(
-    "run_logs",
+    f"{TABLE_PREFIX}run_logs",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("run_id", BigId, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("run_id", BigId, sa.ForeignKey(runs.c.id, ondelete="CASCADE"), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("level", sa.String(10), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
-    sa.Index("ix_run_logs_run", "run_id", "id"),
+    sa.Index(f"ix_{TABLE_PREFIX}run_logs_run", "run_id", "id"),
 )
 
 jobs = sa.Table(
-    "jobs",
+    f"{TABLE_PREFIX}jobs",
     metadata,
     sa.Column("id", sa.String(191), primary_key=True),
     sa.Column("task", sa.String(200), nullable=False),
@@ -106,12 +113,12 @@ jobs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # Due jobs, the next fire time, and the job list's order (next run time, then id).
-    sa.Index("ix_jobs_next_run", "next_run_time", "id"),
-    sa.Index("ix_jobs_task", "task"),
+    sa.Index(f"ix_{TABLE_PREFIX}jobs_next_run", "next_run_time", "id"),
+    sa.Index(f"ix_{TABLE_PREFIX}jobs_task", "task"),
 )
 
 nodes = sa.Table(
-    "nodes",
+    f"{TABLE_PREFIX}nodes",
     metadata,
     sa.Column("id", sa.String(200), primary_key=True),
     sa.Column("host", sa.String(200), nullable=False),
@@ -130,7 +137,7 @@ nodes = sa.Table(
 # for a histogram, empty for plain counters. Rows are only ever incremented, in the same
 # transaction as the change they count, so pruning runs never makes a counter go back.
 stats = sa.Table(
-    "stats",
+    f"{TABLE_PREFIX}stats",
     metadata,
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("task", sa.String(200), primary_key=True),
@@ -141,7 +148,7 @@ stats = sa.Table(
 # The latest missed fire counted per job (epoch seconds): every node may see the same missed
 # fire, and only the one that moves this mark forward counts it.
 misfire_marks = sa.Table(
-    "misfire_marks",
+    f"{TABLE_PREFIX}misfire_marks",
     metadata,
     sa.Column("job_id", sa.String(191), primary_key=True),
     sa.Column("fire_time", sa.Float, nullable=False),
