@@ -18,13 +18,17 @@ import contextvars
 import json
 import logging
 import sys
+import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-__all__ = ["FORMATS", "RUN_FIELDS", "JsonFormatter", "RunFields", "TextFormatter",
-           "bind_run", "configure", "make_handler"]
+from .tasks.context import current_run
+
+__all__ = ["FORMATS", "RUN_FIELDS", "JsonFormatter", "RunFields", "RunLogHandler",
+           "TextFormatter", "bind_run", "configure", "install_run_log_handler", "make_handler"]
 
 FORMATS = ("text", "json")
 # Record attribute -> its name in a text line.
@@ -149,6 +153,38 @@ def make_handler(fmt: str, stream: TextIO | None = None) -> logging.Handler:
     return handler
 
 
+class RunLogHandler(logging.Handler):
+    """Copies every log record emitted on a thread that is executing a run into that run's log,
+    so a task's own ``logging`` calls (and its libraries') show up on the run, not only in the
+    process log. Installed once per process on the root logger."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current_run()
+        if ctx is None:
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+            ctx.record_log(record.levelname, message)
+        except Exception:
+            self.handleError(record)
+
+
+_log_handler_lock = threading.Lock()
+
+
+def install_run_log_handler() -> None:
+    """Put one ``RunLogHandler`` on the root logger (each node does, when its runner starts)."""
+    root = logging.getLogger()
+    with _log_handler_lock:
+        if not any(isinstance(h, RunLogHandler) for h in root.handlers):
+            root.addHandler(RunLogHandler(level=logging.DEBUG))
+    runs_logger = logging.getLogger("scheduler_app.runs")
+    if runs_logger.level == logging.NOTSET:
+        runs_logger.setLevel(logging.INFO)
+
+
 class _ServiceHandler(StderrHandler):
     """The handler ``configure`` installs, told apart from handlers others configured."""
 
@@ -165,8 +201,6 @@ def configure(fmt: str, level: str) -> None:
     Only ``scheduler_app`` loggers get ``level``; the root logger keeps its own (WARNING by
     default), since INFO on the root logger turns on, among others, SQLAlchemy's statement log.
     """
-    from .scheduler.runner import RunLogHandler  # installed on the root logger by each node
-
     root = logging.getLogger()
     ours = [h for h in root.handlers if isinstance(h, _ServiceHandler)]
     foreign = [h for h in root.handlers
@@ -180,3 +214,4 @@ def configure(fmt: str, level: str) -> None:
         handler.addFilter(RunFields())
         root.addHandler(handler)
     logging.getLogger("scheduler_app").setLevel(level)
+

@@ -20,10 +20,10 @@ from typing import Any
 
 from flask import Flask
 
-from ..logs import bind_run
+from ..logs import bind_run, install_run_log_handler
 from ..store import Run, RunState, Store
 from ..tasks import ArgumentError, Cancelled, RunContext, UnknownTask, registry
-from ..tasks.context import current_run, set_current_run
+from ..tasks.context import set_current_run
 from ..timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -31,37 +31,6 @@ log = logging.getLogger(__name__)
 CANCEL_USER = "cancelled"
 CANCEL_TIMEOUT = "timeout"
 CANCEL_SHUTDOWN = "shutdown"
-
-
-class RunLogHandler(logging.Handler):
-    """Copies every log record emitted on a thread that is executing a run into that run's log,
-    so a task's own ``logging`` calls (and its libraries') show up on the run, not only in the
-    process log. Installed once per process on the root logger."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        ctx = current_run()
-        if ctx is None:
-            return
-        try:
-            message = record.getMessage()
-            if record.exc_info:
-                message += "\n" + "".join(traceback.format_exception(*record.exc_info))
-            ctx.record_log(record.levelname, message)
-        except Exception:
-            self.handleError(record)
-
-
-_log_handler_lock = threading.Lock()
-
-
-def install_run_log_handler() -> None:
-    root = logging.getLogger()
-    with _log_handler_lock:
-        if not any(isinstance(h, RunLogHandler) for h in root.handlers):
-            root.addHandler(RunLogHandler(level=logging.DEBUG))
-    runs_logger = logging.getLogger("scheduler_app.runs")
-    if runs_logger.level == logging.NOTSET:
-        runs_logger.setLevel(logging.INFO)
 
 
 @dataclass
