@@ -44,6 +44,7 @@ from bench.run import (
     replace_readme_section,
     systems,
 )
+from scheduler_app.store import schema
 
 JOBS = 100
 TARGET_P99_MS = 50.0
@@ -93,7 +94,7 @@ def measure(workers: int, aligned: bool, window: int, warmup: int,
             server.stop()
         db = sqlite3.connect(tmp / "service.sqlite3")
         rows = db.execute("SELECT id, job_id, fire_time, created_at, started_at, state "
-                          "FROM runs WHERE job_id LIKE 'acc-%'").fetchall()
+                          f"FROM {schema.runs.name} WHERE job_id LIKE 'acc-%'").fetchall()
         db.close()
     result = evaluate(rows, probe.seen, began, ended, workers, aligned, window)
     result["cpu_ms_per_fire"] = cpu * 1000 / max(1, result["fires"])

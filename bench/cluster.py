@@ -32,6 +32,7 @@ import requests
 import sqlalchemy as sa
 
 from bench.run import RESULTS, Server, System, machine, measured_on, replace_readme_section
+from scheduler_app.store import schema
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SECONDS = 0.2
@@ -110,7 +111,7 @@ def measure(servers: list[Server], engine: sa.Engine, count: int, spread: bool
 
 def wait_finished(engine: sa.Engine, ids: list[int], timeout: float) -> list[dict[str, Any]]:
     query = sa.text("SELECT id, state, node, attempt, errors, started_at, finished_at "
-                    "FROM runs WHERE id = ANY(:ids)")
+                    f"FROM {schema.runs.name} WHERE id = ANY(:ids)")
     deadline = time.monotonic() + timeout
     while True:
         with engine.connect() as conn:

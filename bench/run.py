@@ -34,6 +34,8 @@ from typing import Any
 
 import requests
 
+from scheduler_app.store import schema
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 RESULTS = ROOT / "bench" / "results.json"
@@ -242,18 +244,20 @@ def _own_cpu_seconds() -> float:
 def check_recorded(tmp: Path, tag: str, count: int) -> dict[str, int]:
     """Every run of this service is in its database, once, and succeeded."""
     import sqlite3
+    runs = schema.runs.name
     db = sqlite3.connect(tmp / "service.sqlite3")
     deadline = time.monotonic() + 60
     while True:
-        rows = db.execute("SELECT state, count(*) FROM runs WHERE task='bench.noop' AND "
+        rows = db.execute(f"SELECT state, count(*) FROM {runs} WHERE task='bench.noop' AND "
                           "json_extract(kwargs, '$.key') LIKE ? GROUP BY state",
                           (f"{tag}-t%",)).fetchall()
         states = dict(rows)
         if states.get("succeeded", 0) == count or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    keys = db.execute("SELECT count(DISTINCT json_extract(kwargs, '$.key')) FROM runs WHERE "
-                      "json_extract(kwargs, '$.key') LIKE ?", (f"{tag}-t%",)).fetchone()[0]
+    keys = db.execute("SELECT count(DISTINCT json_extract(kwargs, '$.key')) "
+                      f"FROM {runs} WHERE json_extract(kwargs, '$.key') LIKE ?",
+                      (f"{tag}-t%",)).fetchone()[0]
     db.close()
     return {"recorded": sum(states.values()), "succeeded": states.get("succeeded", 0),
             "distinct": keys}

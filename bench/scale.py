@@ -46,6 +46,7 @@ from bench.run import (
     replace_readme_section,
     systems,
 )
+from scheduler_app.store import schema
 
 TARGET_P99_MS = 20.0
 TARGET_IDLE_CPU_PERCENT = 1.0
@@ -164,8 +165,8 @@ def seed_runs(url: str, path: Path, count: int, jobs: list[tuple[str, str, dict[
     db = sqlite3.connect(path)
     with db:
         db.executemany(
-            "INSERT INTO runs (id, task, kwargs, job_id, fire_time, state, attempt, "
-            "max_attempts, retry_backoff, timeout, cancel_requested, progress_done, "
+            f"INSERT INTO {schema.runs.name} (id, task, kwargs, job_id, fire_time, state, "
+            "attempt, max_attempts, retry_backoff, timeout, cancel_requested, progress_done, "
             "progress_total, progress_message, result, error, errors, node, created_at, "
             "scheduled_for, started_at, finished_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
@@ -332,12 +333,14 @@ def check_recorded(path: Path, sent: int) -> dict[str, int]:
     db = sqlite3.connect(path)
     deadline = time.monotonic() + 60
     while True:
-        states = dict(db.execute("SELECT state, count(*) FROM runs WHERE task = 'bench.idle' "
+        states = dict(db.execute(f"SELECT state, count(*) FROM {schema.runs.name} "
+                                 "WHERE task = 'bench.idle' "
                                  "AND job_id IS NULL GROUP BY state").fetchall())
         if states.get("succeeded", 0) >= sent or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    distinct = db.execute("SELECT count(DISTINCT json_extract(kwargs, '$.key')) FROM runs "
+    distinct = db.execute("SELECT count(DISTINCT json_extract(kwargs, '$.key')) "
+                          f"FROM {schema.runs.name} "
                           "WHERE task = 'bench.idle' AND job_id IS NULL").fetchone()[0]
     db.close()
     return {"recorded": sum(states.values()), "succeeded": states.get("succeeded", 0),
@@ -427,7 +430,7 @@ def main() -> None:
 def _run_count(path: Path) -> int:
     db = sqlite3.connect(path)
     try:
-        return int(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+        return int(db.execute(f"SELECT count(*) FROM {schema.runs.name}").fetchone()[0])
     finally:
         db.close()
 
@@ -435,8 +438,8 @@ def _run_count(path: Path) -> int:
 def _next_fire_in(path: Path) -> float:
     db = sqlite3.connect(path)
     try:
-        return round(float(db.execute("SELECT min(next_run_time) FROM jobs").fetchone()[0])
-                     - time.time(), 1)
+        due = db.execute(f"SELECT min(next_run_time) FROM {schema.jobs.name}").fetchone()[0]
+        return round(float(due) - time.time(), 1)
     finally:
         db.close()
 
