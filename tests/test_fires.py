@@ -1,7 +1,7 @@
 """A scheduler pass: every due fire recorded and every due job moved on, in one transaction.
 
-The store's promises (``FireStore``) are checked on SQLite and PostgreSQL alike; the node's and
-the loop's on an app.
+The store's promises (``FireStore``) are checked on SQLite and PostgreSQL alike; the loop's on
+an app.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from scheduler_app.scheduler.loop import due_fires
 from scheduler_app.services import services
 from scheduler_app.store import Database, JobRecord, NewRun, RunState, Store
-from scheduler_app.store.fires import FireStore, JobFires
+from scheduler_app.store.fires import FireStore, JobFires, PassOutcome
 from scheduler_app.store.schema import jobs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import wait_for
@@ -30,33 +29,34 @@ def add_jobs(store: Store, count: int, due_at, prefix: str = "j") -> list[str]:
     return ids
 
 
-def fire_every(interval: float = 1.0, fires_per_job: int = 1, max_instances: int = 5,
-               seen: list[list[str]] | None = None):
-    """A plan that fires each due job at its due time (``fires_per_job`` times, a second
-    apart) and moves it ``interval`` seconds on."""
-    def plan(records: list[JobRecord]) -> list[JobFires]:
-        if seen is not None:
-            seen.append([r.id for r in records])
-        decided = []
-        for record in records:
-            assert record.next_run_time is not None
-            runs = tuple(
-                NewRun(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
-                       retry_backoff=1.0, timeout=None, scheduled_for=fire, job_id=record.id,
-                       fire_time=fire)
-                for fire in (record.next_run_time + timedelta(seconds=k)
-                             for k in range(fires_per_job)))
-            decided.append(JobFires(record.id, record.next_run_time + timedelta(
-                seconds=interval), runs, max_instances))
-        return decided
-    return plan
+def fire_every(records: list[JobRecord], interval: float = 1.0, fires_per_job: int = 1,
+               max_instances: int = 5) -> list[JobFires]:
+    """Fire each job at its due time (``fires_per_job`` times, a second apart) and move it
+    ``interval`` seconds on."""
+    decided = []
+    for record in records:
+        assert record.next_run_time is not None
+        runs = tuple(
+            NewRun(task="demo.echo", kwargs={"value": 1}, max_attempts=1,
+                   retry_backoff=1.0, timeout=None, scheduled_for=fire, job_id=record.id,
+                   fire_time=fire)
+            for fire in (record.next_run_time + timedelta(seconds=k)
+                         for k in range(fires_per_job)))
+        decided.append(JobFires(record.id, record.version, record.next_run_time + timedelta(
+            seconds=interval), runs, max_instances))
+    return decided
+
+
+def fire_pass(fires: FireStore, **plan: Any) -> PassOutcome:
+    """A pass as the loop makes one: read the due jobs, plan, record."""
+    return fires.record(fire_every(fires.due_jobs(utcnow()), **plan))
 
 
 def test_a_pass_records_every_due_fire_and_moves_every_job_on(store):
     due = utcnow().replace(microsecond=0) - timedelta(seconds=1)
     ids = add_jobs(store, 30, due)
     later = add_jobs(store, 1, due + timedelta(hours=1), prefix="later")
-    outcome = FireStore(store.runs).fire_due(utcnow(), fire_every())
+    outcome = fire_pass(FireStore(store.runs))
     assert sorted(job_id for job_id, _ in outcome.recorded) == ids
     assert outcome.next_run_time == due + timedelta(seconds=1)
     for job_id in ids:
@@ -78,7 +78,7 @@ def test_a_pass_is_one_write_transaction(store, monkeypatch):
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(store.db, "write", counted)
-    outcome = FireStore(store.runs).fire_due(utcnow(), fire_every())
+    outcome = fire_pass(FireStore(store.runs))
     assert len(outcome.recorded) == 50
     assert len(writes) == 1
 
@@ -87,10 +87,10 @@ def test_a_fire_already_recorded_is_skipped_and_the_job_still_moves_on(store):
     due = utcnow().replace(microsecond=0) - timedelta(seconds=1)
     add_jobs(store, 1, due)
     fires = FireStore(store.runs)
-    fires.fire_due(utcnow(), fire_every())
+    fire_pass(fires)
     with store.db.write() as conn:  # as if the job's row lost its advance: due again
         conn.execute(jobs.update().values(next_run_time=due.timestamp()))
-    outcome = fires.fire_due(utcnow(), fire_every())
+    outcome = fire_pass(fires)
     assert outcome.recorded == []
     assert [(j, t, why) for j, t, why in outcome.skipped] == [("j000", due, "already recorded")]
     assert len(store.runs.find(job_id="j000")) == 1
@@ -100,8 +100,7 @@ def test_a_fire_already_recorded_is_skipped_and_the_job_still_moves_on(store):
 def test_max_instances_counts_runs_in_the_database_and_in_the_pass(store):
     due = utcnow().replace(microsecond=0) - timedelta(seconds=10)
     add_jobs(store, 1, due)
-    outcome = FireStore(store.runs).fire_due(
-        utcnow(), fire_every(fires_per_job=3, max_instances=2))
+    outcome = fire_pass(FireStore(store.runs), fires_per_job=3, max_instances=2)
     assert len(outcome.recorded) == 2
     assert [why for _, _, why in outcome.skipped] == ["max_instances (2) reached"]
     assert len(store.runs.find(job_id="j000")) == 2
@@ -110,37 +109,54 @@ def test_max_instances_counts_runs_in_the_database_and_in_the_pass(store):
 def test_an_exhausted_job_is_removed(store):
     add_jobs(store, 1, utcnow() - timedelta(seconds=1))
 
-    def once(records: list[JobRecord]) -> list[JobFires]:
-        return [JobFires(item.job_id, None, item.runs, item.max_instances)
-                for item in fire_every()(records)]
-
-    outcome = FireStore(store.runs).fire_due(utcnow(), once)
+    fires = FireStore(store.runs)
+    outcome = fires.record([JobFires(item.job_id, item.version, None, item.runs,
+                                     item.max_instances)
+                            for item in fire_every(fires.due_jobs(utcnow()))])
     assert len(outcome.recorded) == 1
     assert store.jobs.get("j000") is None
     assert outcome.next_run_time is None
 
 
-def test_jobs_the_plan_leaves_out_are_untouched_and_not_the_next_wake_up(store):
+def test_jobs_left_out_are_untouched_and_not_the_next_wake_up(store):
     due = utcnow().replace(microsecond=0) - timedelta(seconds=1)
     add_jobs(store, 2, due)
     store.jobs.insert("broken", "demo.echo", {"task": "demo.echo"}, due - timedelta(seconds=5))
-
-    def skip_broken(records: list[JobRecord]) -> list[JobFires]:
-        return fire_every(interval=60)([r for r in records if r.id != "broken"])
-
-    outcome = FireStore(store.runs).fire_due(utcnow(), skip_broken)
+    fires = FireStore(store.runs)
+    records = fires.due_jobs(utcnow())
+    assert [r.id for r in records] == ["broken", "j000", "j001"]  # oldest due first
+    outcome = fires.record(fire_every([r for r in records if r.id != "broken"], interval=60),
+                           skip=["broken"])
     assert len(outcome.recorded) == 2
     assert outcome.next_run_time == due + timedelta(seconds=60)  # not the broken job's time
     assert store.jobs.get("broken").version == 1
-    seen: list[list[str]] = []
-    FireStore(store.runs).fire_due(utcnow(), fire_every(seen=seen), skip=["broken"])
-    assert seen == []  # nothing else due: the plan is not even asked
+    assert fires.due_jobs(utcnow(), skip=["broken"]) == []
+    assert fires.next_fire_time(skip=["broken"]) == due + timedelta(seconds=60)
+
+
+def test_a_job_changed_since_it_was_read_is_left_to_the_next_pass(store):
+    """A pause, edit or delete committed between the pass's read and its write wins."""
+    due = utcnow().replace(microsecond=0) - timedelta(seconds=1)
+    add_jobs(store, 3, due)
+    fires = FireStore(store.runs)
+    planned = fire_every(fires.due_jobs(utcnow()))
+    store.jobs.update("j000", "demo.echo", {"task": "demo.echo"}, None)  # paused meanwhile
+    store.jobs.delete("j001")  # deleted meanwhile
+    outcome = fires.record(planned)
+    assert sorted(outcome.changed) == ["j000", "j001"]
+    assert [job_id for job_id, _ in outcome.recorded] == ["j002"]
+    paused = store.jobs.get("j000")
+    assert paused.next_run_time is None and paused.version == 2
+    assert store.jobs.get("j001") is None
+    assert not store.runs.find(job_id="j000") and not store.runs.find(job_id="j001")
+    assert outcome.next_run_time == due + timedelta(seconds=1)
 
 
 def test_with_a_thread_waiting_the_first_fire_is_written_running_on_that_node(store):
     due = utcnow().replace(microsecond=0) - timedelta(seconds=1)
     add_jobs(store, 3, due)
-    outcome = FireStore(store.runs).fire_due(utcnow(), fire_every(), start_on="node-a")
+    fires = FireStore(store.runs)
+    outcome = fires.record(fire_every(fires.due_jobs(utcnow())), start_on="node-a")
     assert outcome.started is not None
     assert (outcome.started.state, outcome.started.node) == (RunState.RUNNING, "node-a")
     assert outcome.started.started_at is not None and outcome.started.job_id == "j000"
@@ -164,7 +180,7 @@ def test_concurrent_passes_fire_each_due_fire_once(any_db_url):
         def node(fires: FireStore) -> None:
             for _ in range(5):
                 barrier.wait()
-                outcome = fires.fire_due(utcnow(), fire_every())
+                outcome = fire_pass(fires)
                 with lock:
                     recorded.extend(outcome.recorded)
 
@@ -192,46 +208,29 @@ def test_a_job_being_edited_is_skipped_not_waited_for_on_postgresql(pg_url):
         with db.engine.connect() as editor, editor.begin():
             editor.execute(sa.select(jobs.c.id).where(jobs.c.id == "j000").with_for_update())
             began = time.monotonic()
-            outcome = FireStore(store.runs).fire_due(utcnow(), fire_every())
+            outcome = fire_pass(FireStore(store.runs))
             assert time.monotonic() - began < 2
         assert [job_id for job_id, _ in outcome.recorded] == ["j001"]
+        assert outcome.changed == ["j000"]
         assert store.jobs.get("j000").version == 1
     finally:
         db.dispose()
 
 
-# -- the node and the loop ----------------------------------------------------------------------
-def test_due_fires_follows_apscheduler_coalescing(app):
-    from apscheduler.triggers.interval import IntervalTrigger
-
-    from scheduler_app.scheduler.jobspec import JobSpec, to_apscheduler_job
-
-    start = utcnow().replace(microsecond=0) - timedelta(seconds=3)
-    trigger = IntervalTrigger(seconds=1, start_date=start, timezone="UTC")
-    for coalesce, expected in ((True, 1), (False, 4)):
-        spec = JobSpec("n", "demo.echo", {"value": 1}, {"type": "interval", "seconds": 1},
-                       coalesce=coalesce)
-        job = to_apscheduler_job("c", spec, start, trigger, None, "default")
-        due = due_fires(job, start + timedelta(seconds=3, milliseconds=1))
-        assert due is not None and len(due.run_times) == expected
-        assert due.run_times[-1] == start + timedelta(seconds=3)
-        assert due.next_run_time == start + timedelta(seconds=4)
-
-
-def test_many_jobs_due_together_fire_in_one_pass(make_app):
+# -- the loop ----------------------------------------------------------------------------------
+def test_many_jobs_due_together_fire_in_one_pass(make_app, monkeypatch):
     app = make_app(PRUNE_RUNS_CRON="", WORKER_THREADS=2)
     client = app.test_client()
-    scheduler = services(app).scheduler
     passes = []
-    real = scheduler.node.fire_due
+    real = FireStore.record
 
-    def counted(*args: Any, **kwargs: Any):
-        done = real(*args, **kwargs)
-        if done.fired:
-            passes.append(len(done.fired))
-        return done
+    def counted(self: FireStore, planned: list[JobFires], *args: Any, **kwargs: Any):
+        outcome = real(self, planned, *args, **kwargs)
+        if outcome.recorded:
+            passes.append(len(outcome.recorded))
+        return outcome
 
-    scheduler.node.fire_due = counted  # type: ignore[method-assign]
+    monkeypatch.setattr(FireStore, "record", counted)
     start = (utcnow().replace(microsecond=0) + timedelta(seconds=2)).isoformat()
     for i in range(20):
         assert client.post("/api/jobs", json={
@@ -247,16 +246,3 @@ def test_many_jobs_due_together_fire_in_one_pass(make_app):
     runs = store.runs.find(limit=100)
     assert len({r.fire_time for r in runs}) == 1
     assert all(r.job_id and r.started_at for r in runs)
-
-
-def test_listeners_still_hear_each_job_submitted(app):
-    from apscheduler.events import EVENT_JOB_SUBMITTED
-
-    heard: list[str] = []
-    scheduler = services(app).scheduler
-    scheduler.add_listener(lambda event: heard.append(event.job_id), EVENT_JOB_SUBMITTED)
-    client = app.test_client()
-    client.post("/api/jobs", json={"id": "heard", "task": "demo.echo", "kwargs": {"value": 1},
-                                   "trigger": {"type": "interval", "seconds": 0.2}})
-    wait_for(lambda: heard.count("heard") >= 2, message="two submitted events")
-    client.post("/api/jobs/heard/pause")

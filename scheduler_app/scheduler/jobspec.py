@@ -1,11 +1,5 @@
 """A job's stored definition (the JSON in the ``jobs.spec`` column) and how it becomes an
-APScheduler ``Job``.
-
-APScheduler's own SQLAlchemy store pickles the job, function reference and trigger object;
-a row written by a different version of the code may then fail to load, and the store deletes
-it. Here the stored state is plain JSON naming a task, so a row always loads, and a job whose
-task is not registered in this process is still listed and simply not fired.
-"""
+APScheduler ``Job``, without unpickling anything."""
 
 from __future__ import annotations
 
@@ -18,8 +12,8 @@ from apscheduler.triggers.base import BaseTrigger
 
 from .triggers import build_trigger
 
-# The function every stored job points at. The RunRecorder executor never calls it (a fire
-# becomes a queued run instead); it exists so an APScheduler Job has a valid reference.
+# The function every stored job points at, so an APScheduler Job has a valid reference; nothing
+# calls it (a fire becomes a run).
 TRAMPOLINE_REF = "scheduler_app.scheduler.jobspec:fire_task"
 
 
@@ -57,11 +51,12 @@ class JobSpec:
         return build_trigger(self.trigger, timezone)[1]
 
 
-def to_apscheduler_job(
-    job_id: str, spec: JobSpec, next_run_time: datetime | None, trigger: BaseTrigger,
-    scheduler: Any, alias: str,
-) -> Job:
-    """Rebuild the APScheduler Job the scheduler loop works with, without unpickling."""
+def to_apscheduler_job(job_id: str, spec: JobSpec, next_run_time: datetime | None,
+                       trigger: BaseTrigger) -> Job:
+    """The APScheduler Job the scheduler loop plans from, built through the pickle protocol
+    (``Job.__setstate__``), which takes the fields as stored: ``Job()`` needs a scheduler and
+    validates every field again. Not attached to a scheduler or a job store: nothing calls
+    APScheduler's job API on it."""
     job = Job.__new__(Job)
     job.__setstate__({
         "version": 1,
@@ -77,6 +72,4 @@ def to_apscheduler_job(
         "max_instances": spec.max_instances,
         "next_run_time": next_run_time,
     })
-    job._scheduler = scheduler
-    job._jobstore_alias = alias
     return job

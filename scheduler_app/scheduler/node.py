@@ -1,9 +1,5 @@
-"""A node: one process that holds a scheduler. Its identity, heartbeat and housekeeping.
-
-The maintenance thread, a few times a second: writes pending progress and log lines of the
-runs executing here, delivers cancel requests made on other nodes, enforces timeouts; every
-heartbeat interval it refreshes this node's row and settles runs whose node went silent
-(``NodeLost``), which is also how a restart settles the runs its previous process left behind.
+"""A node: one process that holds a scheduler. Its identity, its runner, its heartbeat, and the
+housekeeping of its maintenance thread (progress and log writes, cancels, timeouts, lost runs).
 """
 
 from __future__ import annotations
@@ -14,20 +10,22 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Protocol
 
-from apscheduler.job import Job
+from flask import Flask
 
-from ..store import JobRecord, NewRun, Run, Store
-from ..store.fires import FireStore, JobFires, PassOutcome, Plan
-from ..tasks import UnknownTask, registry
+from ..store import Run, Store
 from ..timeutil import utcnow
-from .loop import DueJob, FirePass, due_fires
 from .runner import Runner
 
 log = logging.getLogger(__name__)
+
+
+def new_node_id() -> str:
+    """A node id unique across hosts and restarts: ``host:pid:random``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 class Companion(Protocol):
@@ -43,35 +41,37 @@ class Companion(Protocol):
 
 
 class Node:
-    def __init__(self, store: Store, runner: Runner | None, *, role: str, capacity: int,
-                 heartbeat_seconds: float, lease_seconds: float, tick_seconds: float,
-                 retry_backoff: float) -> None:
+    """This process's node. It builds its own runner when it executes runs (``executes``), and
+    is the runner's listener (``RunEvents``)."""
+
+    def __init__(self, app: Flask, store: Store, node_id: str, *, role: str, executes: bool,
+                 capacity: int, heartbeat_seconds: float, lease_seconds: float,
+                 tick_seconds: float, poll_seconds: float, max_log_lines: int,
+                 companions: Sequence[Companion] = ()) -> None:
         self.store = store
-        self.fires = FireStore(store.runs)
-        self.runner = runner
+        self.id = node_id
         self.role = role
         self.capacity = capacity
         self.heartbeat_seconds = heartbeat_seconds
         self.lease_seconds = lease_seconds
         self.tick_seconds = tick_seconds
-        self.retry_backoff = retry_backoff
         self.host = socket.gethostname()
         self.pid = os.getpid()
-        self.id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:6]}"
-        if runner is not None:
-            runner.node_id = self.id
-            runner.on_settled = self._settled
-            runner.on_started = self._wake_maintenance
-        self._companions: list[Companion] = []
+        self._companions = list(companions)
         self._stop = threading.Event()
         self._nudge = threading.Event()
         self._sleeping = False  # the maintenance thread waits for the next heartbeat
         self._thread: threading.Thread | None = None
+        self.runner = Runner(app, store, node_id, capacity, poll_seconds=poll_seconds,
+                             max_log_lines=max_log_lines, events=self) if executes else None
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self) -> None:
-        self.store.nodes.register(self.id, self.host, self.pid, self.role,
-                                  self.capacity if self.runner else 0)
+    def start(self, role: str | None = None) -> None:
+        """Register this node (as ``role``, default the role it was built with), settle the runs
+        of dead nodes, start its companions, its runner and its maintenance thread."""
+        if role is not None:
+            self.role = role
+        self._register()
         self.settle_lost_runs()  # companions hear of these once they start, just below
         for companion in self._companions:
             companion.start()
@@ -100,119 +100,28 @@ class Node:
         log.info("node %s stopped", self.id, extra={"node": self.id})
 
     def attach(self, companion: Companion) -> None:
-        """Run ``companion`` alongside this node (call before ``start``)."""
+        """Run ``companion`` alongside this node (call before ``start``). Prefer passing it to
+        the constructor (``companions``)."""
         self._companions.append(companion)
 
-    def _settled(self, run: Run) -> None:
+    def _register(self) -> None:
+        self.store.nodes.register(self.id, self.host, self.pid, self.role,
+                                  self.capacity if self.runner else 0)
+
+    # -- what the runner tells this node (RunEvents) ----------------------------------------
+    def run_started(self) -> None:
+        """A run started here: if the maintenance thread sleeps until the next heartbeat (an
+        idle node), it should tick again. While it ticks anyway, nothing to do."""
+        if self._sleeping and not self._nudge.is_set():
+            self._nudge.set()
+
+    def run_settled(self, run: Run) -> None:
         for companion in self._companions:
             try:
                 companion.run_settled(run)
             except Exception:
                 log.exception("after settling run %s", run.id,
                               extra={"run_id": run.id, "node": self.id})
-
-    # -- job fires --------------------------------------------------------------------------
-    def fire_due(self, now: datetime, load: Callable[[JobRecord], Job | None],
-                 broken: Collection[str] = ()) -> FirePass:
-        """The scheduler loop's pass, in one transaction (``FireStore.fire_due``): every due
-        fire becomes a run and every due job moves to its next fire time. With a thread free
-        here, the first fire is written already claimed by this node and starts at once, as a
-        run-now request does (``Runner.run_now``); the others are queued for whichever node
-        has a thread first.
-
-        ``load`` turns a job row into its APScheduler job (None: it cannot be loaded, and it is
-        left alone, as are the ids in ``broken``). A fire later than the job's misfire grace
-        time is counted as missed instead; a job whose task is not registered in this process
-        still moves on, without a run."""
-        fired: list[DueJob] = []
-        missed: list[tuple[str, str, datetime]] = []
-
-        def plan(records: list[JobRecord]) -> list[JobFires]:
-            fired.clear()
-            missed.clear()
-            decided = []
-            for record in records:
-                job = load(record)
-                due = None if job is None else due_fires(job, now)
-                if due is None:
-                    continue
-                fired.append(due)
-                decided.append(JobFires(record.id, due.next_run_time,
-                                        tuple(self._new_runs(due, missed)),
-                                        due.job.max_instances))
-            return decided
-
-        outcome = self._record_pass(now, plan, broken)
-        for job_id, fire_time, reason in outcome.skipped:
-            log.info("job %s fire at %s skipped: %s", job_id, fire_time.isoformat(), reason,
-                     extra={"job_id": job_id, "node": self.id})
-        for job_id, task_name, fire_time in missed:
-            self._count_misfire(job_id, task_name, fire_time)
-        for job_id, fire_time in outcome.recorded:
-            log.debug("job %s fired at %s", job_id, fire_time.isoformat(),
-                      extra={"job_id": job_id, "node": self.id})
-        queued = len(outcome.recorded) - (outcome.started is not None)
-        if queued and self.runner is not None:
-            self.runner.wake()
-        return FirePass(fired, outcome.next_run_time)
-
-    def _record_pass(self, now: datetime, plan: Plan, broken: Collection[str]) -> PassOutcome:
-        upcoming = self.fires.next_fire_time(broken)
-        if upcoming is None or upcoming > now:  # nothing due: no write transaction, no thread
-            return PassOutcome(next_run_time=upcoming)
-        if self.runner is None:
-            return self.fires.fire_due(now, plan, broken)
-        done: list[PassOutcome] = []
-
-        def create(node_id: str) -> Run:
-            outcome = self.fires.fire_due(now, plan, broken, start_on=node_id)
-            done.append(outcome)
-            if outcome.started is None:
-                raise _NoRunToStart  # run_now releases the thread it reserved
-            return outcome.started
-
-        try:
-            if self.runner.run_now(create) is None:  # no thread free here
-                return self.fires.fire_due(now, plan, broken)
-        except _NoRunToStart:
-            pass
-        return done[0]
-
-    def _new_runs(self, due: DueJob, missed: list[tuple[str, str, datetime]]) -> list[NewRun]:
-        job = due.job
-        extra = {"job_id": job.id, "node": self.id}
-        task_name = job.args[0] if job.args else None
-        try:
-            task = registry.get(task_name)
-        except UnknownTask:
-            log.warning("job %s fires task %r, which is not registered in this process; "
-                        "fire skipped", job.id, task_name, extra=extra)
-            return []
-        now = utcnow()
-        new_runs = []
-        for fire_time in due.run_times:
-            fire_time = fire_time.astimezone(UTC)
-            late = (now - fire_time).total_seconds()
-            grace = job.misfire_grace_time
-            if grace is not None and late > grace:
-                log.warning("job %s missed its fire at %s by %.1f s (grace %s s)", job.id,
-                            fire_time.isoformat(), late, grace, extra=extra)
-                missed.append((job.id, task.name, fire_time))
-                continue
-            new_runs.append(NewRun(task=task.name, kwargs=dict(job.kwargs),
-                                   max_attempts=task.max_attempts,
-                                   retry_backoff=task.retry_backoff or self.retry_backoff,
-                                   timeout=task.timeout, scheduled_for=fire_time,
-                                   job_id=job.id, fire_time=fire_time))
-        return new_runs
-
-    def _count_misfire(self, job_id: str, task: str, fire_time: datetime) -> None:
-        """For /metrics; a failure to count must not stop the job's other fires."""
-        try:
-            self.store.stats.record_misfire(job_id, task, fire_time)
-        except Exception:
-            log.exception("could not count the missed fire of job %s", job_id,
-                          extra={"job_id": job_id, "node": self.id})
 
     # -- housekeeping -----------------------------------------------------------------------
     def settle_lost_runs(self) -> None:
@@ -225,7 +134,7 @@ class Node:
                         run.state.value, run.attempt, run.max_attempts,
                         extra={"run_id": run.id, "job_id": run.job_id, "task": run.task,
                                "node": self.id})
-            self._settled(run)
+            self.run_settled(run)
 
     def _dead_local_nodes(self) -> list[str]:
         """Nodes on this host whose process is gone: no need to wait out their lease."""
@@ -237,17 +146,10 @@ class Node:
                 dead.append(node.id)
         return dead
 
-    def _wake_maintenance(self) -> None:
-        """A run started here: if the maintenance thread sleeps until the next heartbeat (an
-        idle node), it should tick again. While it ticks anyway, nothing to do."""
-        if self._sleeping and not self._nudge.is_set():
-            self._nudge.set()
-
     def _maintenance_loop(self) -> None:
         """Every ``tick_seconds`` while runs execute here (progress, log lines, cancels,
         timeouts), and every ``heartbeat_seconds`` for the heartbeat and the lost-run check.
-        An idle node sleeps from one heartbeat to the next: a worker woken four times a second
-        for nothing was a third of an idle node's CPU (bench/README.md, "Scale")."""
+        An idle node sleeps from one heartbeat to the next."""
         next_beat = next_forget = time.monotonic()
         while not self._stop.is_set():
             self._sleeping = True  # before looking: a run starting from here on nudges
@@ -271,8 +173,7 @@ class Node:
                     next_beat = time.monotonic() + self.heartbeat_seconds
                     running = self.runner.running if self.runner else 0
                     if not self.store.nodes.heartbeat(self.id, running):
-                        self.store.nodes.register(self.id, self.host, self.pid, self.role,
-                                                  self.capacity if self.runner else 0)
+                        self._register()
                     if self.runner is not None:
                         self.settle_lost_runs()
                     if time.monotonic() >= next_forget:  # rows of nodes gone a day: hourly
@@ -300,7 +201,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-class _NoRunToStart(Exception):
-    """A pass given a thread recorded no run to start on it (nothing due, all skipped)."""

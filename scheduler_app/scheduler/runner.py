@@ -1,10 +1,6 @@
-"""Executes queued runs on a bounded thread pool: claim, run the task in an app context, settle.
-
-The dispatcher thread claims only as many due runs as there are free threads, so a busy node
-leaves work in the queue for idle ones and nothing waits in an unbounded in-memory queue. It
-sleeps until it is woken (a run was queued here, a thread freed up) or until the next queued
-run is due, polling at most ``poll_seconds`` apart to notice runs queued by other processes.
-"""
+"""The runner: executes runs on a bounded thread pool. It claims queued runs (only as many as it
+has free threads), or is handed a run already written claimed by this node into a thread it
+reserved; it runs each task in the app's context and settles its outcome."""
 
 from __future__ import annotations
 
@@ -12,11 +8,10 @@ import json
 import logging
 import threading
 import traceback
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask
 
@@ -33,6 +28,16 @@ CANCEL_TIMEOUT = "timeout"
 CANCEL_SHUTDOWN = "shutdown"
 
 
+class RunEvents(Protocol):
+    """What the runner tells its owner (the node): given to the runner when it is built."""
+
+    def run_started(self) -> None:
+        """A run was handed to a thread. Must not block."""
+
+    def run_settled(self, run: Run) -> None:
+        """A run's outcome was written (ended, or re-queued for a retry). Must not block."""
+
+
 @dataclass
 class _Active:
     run: Run
@@ -42,28 +47,25 @@ class _Active:
 
 class Runner:
     def __init__(self, app: Flask, store: Store, node_id: str, capacity: int, *,
-                 poll_seconds: float, max_log_lines: int) -> None:
+                 poll_seconds: float, max_log_lines: int, events: RunEvents) -> None:
         self.app = app
         self.store = store
         self.node_id = node_id
         self.capacity = capacity
         self.poll_seconds = poll_seconds
         self.max_log_lines = max_log_lines
+        self.events = events
         self._active: dict[int, _Active] = {}
-        self._reserved = 0  # threads promised to runs being created by run_now()
+        self._reserved = 0  # threads promised by reserve() or to a claim in progress
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # Whether queued runs may be waiting: the last queue read found some, or a run was
-        # queued here since. A finished run wakes the dispatcher only then; otherwise every
-        # run-now would cost a queue read when its thread frees up (bench/README.md). Runs
-        # queued by other processes are found by the poll, as before.
+        # queued here since. A finished run wakes the dispatcher only then.
         self._backlog = True
         self._accepting = False
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
-        self.on_settled: Callable[[Run], None] | None = None
-        self.on_started: Callable[[], None] | None = None  # a run was handed to a thread
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,10 +189,9 @@ class Runner:
     def _claim(self) -> tuple[int, int]:
         """Claim as many due runs as there are free threads; return (free, claimed).
 
-        The free threads are reserved for the claim only (not for the read before it), so a
-        run_now() on another thread cannot take one of them meanwhile and push this node past
-        its capacity, yet is not turned away while the dispatcher merely looks at the queue:
-        it was, and every run it queued instead woke the dispatcher to look again."""
+        The free threads are reserved for the claim only, not for the read before it, so a
+        ``reserve()`` on another thread cannot take one of them meanwhile and push this node
+        past its capacity, yet is not turned away while the dispatcher merely looks."""
         with self._lock:
             free = self._free_locked()
             self._reserved += free
@@ -205,22 +206,25 @@ class Runner:
                 self._reserved -= free - len(runs)
         return free, len(runs)
 
-    def run_now(self, create: Callable[[str], Run]) -> Run | None:
-        """Fast path for a run requested on this node: if a thread is free, ``create`` writes
-        the run already claimed by this node (one write instead of insert-then-claim) and it
-        starts at once, without waiting for the dispatcher. None when no thread is free."""
+    # -- the fast path: a run written already claimed by this node ----------------------------
+    def reserve(self) -> bool:
+        """Promise a free thread to a run about to be written claimed by this node (a run-now
+        request, a scheduler pass). False when none is free. A reservation ends with
+        ``start_reserved`` (the run was written) or ``release`` (it was not)."""
         with self._lock:
-            if not self._accepting or len(self._active) + self._reserved >= self.capacity:
-                return None
+            if self._free_locked() == 0:
+                return False
             self._reserved += 1
-        try:
-            run = create(self.node_id)
-        except BaseException:
-            with self._lock:
-                self._reserved -= 1
-            raise
+            return True
+
+    def release(self) -> None:
+        """Give back a reserved thread that no run came to."""
+        with self._lock:
+            self._reserved -= 1
+
+    def start_reserved(self, run: Run) -> None:
+        """Start ``run`` (written claimed by this node) on the thread reserved for it."""
         self._submit(run, reserved=True)
-        return run
 
     def _submit(self, run: Run, reserved: bool = False) -> None:
         ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
@@ -235,8 +239,7 @@ class Runner:
                 self._reserved -= 1
         assert self._pool is not None
         self._pool.submit(self._execute, run, ctx)
-        if self.on_started is not None:
-            self.on_started()
+        self.events.run_started()
 
     def _execute(self, run: Run, ctx: RunContext) -> None:
         extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
@@ -275,8 +278,7 @@ class Runner:
                             settled.error.get("message"), extra=extra)
             else:
                 log.info("run %s %s", run.id, settled.state.value, extra=extra)
-            if self.on_settled is not None:
-                self.on_settled(settled)
+            self.events.run_settled(settled)
 
     def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
         set_current_run(ctx)

@@ -1,25 +1,14 @@
-"""A scheduler pass in one transaction: read the due jobs, record their fires as runs, move
-each job to its next fire time, and read when the next one is due.
+"""The writes of a scheduler pass: the due job rows to plan from, then one transaction that
+records the planned fires as runs and moves each job to its next fire time, unless its row
+changed since it was read.
 
-A pass used to be a read of the due jobs, then per job a version read and two write
-transactions (record the fire, advance the job), then a read of the next fire time; with 100
-jobs due at the same second the last fire was recorded about 0.7 s late, and two nodes waking
-together fought over the write lock for every job (bench/README.md, "Fire-time accuracy").
-Here a pass is one write transaction with a fixed number of statements whatever the number of
-jobs, and the queued runs are inserted in one multi-row statement (100 inserts one by one
-took 17 ms of a 19 ms pass). The due rows are read under the write lock (SQLite) or locked
-``FOR UPDATE SKIP LOCKED`` (PostgreSQL), so a node that wakes at the same moment as another
-finds them already moved on, or skips them, instead of repeating the work; a pause, edit or
-delete either commits before the pass reads the row (and wins) or waits until the pass
-committed.
-
-A fire already recorded (the unique key on job id and fire time) or one past
-``max_instances`` runs queued or running is skipped.
+Why one transaction, and why a changed row is left alone: docs/ARCHITECTURE.md, "The
+scheduler layer".
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -43,16 +32,13 @@ _ACTIVE = [s.value for s in ACTIVE_STATES]
 
 @dataclass(frozen=True)
 class JobFires:
-    """What the scheduler decided for one due job."""
+    """What the scheduler decided for one due job, from the row it read."""
 
     job_id: str
+    version: int  # of the row the fires were planned from; another version is not touched
     next_run_time: datetime | None  # None: the trigger is exhausted and the job is removed
     runs: tuple[NewRun, ...]  # one per fire time to record, oldest first
     max_instances: int
-
-
-# Given the due jobs (locked), what to do with each; a job left out is left untouched.
-Plan = Callable[[list[JobRecord]], list[JobFires]]
 
 
 @dataclass
@@ -61,7 +47,10 @@ class PassOutcome:
     recorded: list[tuple[str, datetime]] = field(default_factory=list)
     # (job id, fire time, why) of fires not turned into runs
     skipped: list[tuple[str, datetime, str]] = field(default_factory=list)
-    # the earliest next fire time of the jobs not skipped, after this pass
+    # jobs whose row changed (or another transaction holds it) since it was read: untouched,
+    # for the next pass to plan again from what it is now
+    changed: list[str] = field(default_factory=list)
+    # the earliest next fire time of the jobs not left out, after this pass
     next_run_time: datetime | None = None
     # with ``start_on``: the first recorded fire, written already running on that node
     started: Run | None = None
@@ -74,38 +63,48 @@ class FireStore:
 
     def next_fire_time(self, skip: Collection[str] = ()) -> datetime | None:
         """The earliest next fire time of the jobs not in ``skip`` (None: no job scheduled).
-
-        Read before a pass: a pass is a write transaction, and a loop that finds nothing due
-        (most polls of an idle node) should not take the write lock to learn it."""
+        A read, so a loop that finds nothing due takes no write lock to learn it."""
         if not skip:
             return from_epoch(self.db.poll(_NEXT_FIRE))
         with self.db.read() as conn:
-            query = _NEXT_FIRE.where(jobs.c.id.not_in(list(skip)))
-            return from_epoch(conn.execute(query).scalar())
+            return from_epoch(conn.execute(_NEXT_FIRE.where(jobs.c.id.not_in(list(skip))))
+                              .scalar())
 
-    def fire_due(self, now: datetime, plan: Plan, skip: Collection[str] = (),
-                 limit: int = 500, start_on: str | None = None) -> PassOutcome:
-        """One pass (see the module's docstring) over up to ``limit`` jobs due at ``now``,
-        leaving out the ids in ``skip`` (jobs that cannot be loaded). With ``start_on`` (a
-        node with a thread waiting), the first fire recorded is written already claimed by
-        that node, as ``RunStore.create(running_on=...)`` does for a run-now request; the
-        others are queued."""
+    def due_jobs(self, now: datetime, skip: Collection[str] = (),
+                 limit: int = 500) -> list[JobRecord]:
+        """Up to ``limit`` jobs due at ``now``, oldest due first, leaving out ``skip``."""
+        query = (sa.select(jobs).where(jobs.c.next_run_time <= now.timestamp())
+                 .order_by(jobs.c.next_run_time, jobs.c.id).limit(limit))
+        if skip:
+            query = query.where(jobs.c.id.not_in(list(skip)))
+        with self.db.read() as conn:
+            return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
+
+    def record(self, planned: Sequence[JobFires], skip: Collection[str] = (),
+               start_on: str | None = None) -> PassOutcome:
+        """Record ``planned`` in one write transaction: lock each job's row and keep only those
+        still at the version planned from (the others go to ``changed``, untouched); record
+        their fires as runs, except a fire already recorded (the unique key on job id and
+        fire time) or one past ``max_instances`` runs queued or running; move each job to its
+        next fire time or remove it; read the next fire time of the jobs not in ``skip``.
+
+        With ``start_on`` (a node with a thread waiting), the first fire recorded is written
+        already claimed by that node, as ``RunStore.create(running_on=...)`` does for a
+        run-now request; the others are queued."""
         outcome = PassOutcome()
-        skipped = set(skip)
         with self.db.write(lock=LOCK_CLAIM) as conn:
-            query = (sa.select(jobs).where(jobs.c.next_run_time <= now.timestamp())
-                     .order_by(jobs.c.next_run_time, jobs.c.id).limit(limit)
-                     .with_for_update(skip_locked=True))
-            if skipped:
-                query = query.where(jobs.c.id.not_in(skipped))
-            due = [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
-            batch = plan(due) if due else []
-            planned = {item.job_id for item in batch}
-            skipped.update(r.id for r in due if r.id not in planned)
-            self._record(conn, batch, outcome, start_on)
+            if planned:
+                current = {job_id: version for job_id, version in conn.execute(
+                    sa.select(jobs.c.id, jobs.c.version)
+                    .where(jobs.c.id.in_([item.job_id for item in planned]))
+                    .with_for_update(skip_locked=True))}
+                batch = [item for item in planned if current.get(item.job_id) == item.version]
+                outcome.changed = [item.job_id for item in planned
+                                   if current.get(item.job_id) != item.version]
+                self._record(conn, batch, outcome, start_on)
             query = _NEXT_FIRE
-            if skipped:
-                query = query.where(jobs.c.id.not_in(skipped))
+            if skip:
+                query = query.where(jobs.c.id.not_in(list(skip)))
             outcome.next_run_time = from_epoch(conn.execute(query).scalar())
         return outcome
 

@@ -1,0 +1,125 @@
+"""``Engine``: this process's scheduler, holding its parts: the node (with its runner), the job
+store, the fire pass and APScheduler's loop. The one object the services call."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from flask import Flask
+
+from ..settings import Settings
+from ..store import Run, Store
+from .firepass import FirePass
+from .jobstore import SpecJobStore
+from .loop import PollingScheduler
+from .node import Companion, Node, new_node_id
+from .runner import Runner
+
+
+class Engine:
+    def __init__(self, app: Flask, settings: Settings, store: Store, *,
+                 node_id: str | None = None, companions: Sequence[Companion] = ()) -> None:
+        """Build every part (nothing starts). ``node_id``: made here unless the caller made
+        it first (to give it to a companion); ``companions`` run alongside the node."""
+        self.settings = settings
+        self.store = store
+        self.node = Node(app, store, node_id or new_node_id(), role=settings.role,
+                         executes=settings.executes, capacity=settings.worker_threads,
+                         heartbeat_seconds=settings.heartbeat_seconds,
+                         lease_seconds=settings.lease_seconds,
+                         tick_seconds=settings.tick_seconds, poll_seconds=settings.poll_seconds,
+                         max_log_lines=settings.run_log_max_lines, companions=companions)
+        self.runner: Runner | None = self.node.runner
+        self.jobstore = SpecJobStore(store.jobs, settings.timezone)
+        self._loop = PollingScheduler(
+            FirePass(store, self.jobstore, self.runner, self.node.id,
+                     retry_backoff=settings.retry_backoff),
+            poll_seconds=settings.poll_seconds, jobstore=self.jobstore,
+            job_defaults={"coalesce": settings.coalesce,
+                          "misfire_grace_time": settings.misfire_grace_time,
+                          "max_instances": settings.max_instances},
+            timezone=settings.timezone)
+        self._start_lock = threading.Lock()
+        self._started = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def start(self, paused: bool = False, *, as_worker: bool = False) -> None:
+        """Start this process's node: register it, settle runs lost by dead nodes, start the
+        runner (roles ``all`` and ``worker``) and the scheduler loop (paused for ``web``,
+        which writes jobs but never fires them). ``as_worker``: this process serves no HTTP
+        (the CLI's worker); its node registers with the role ``worker``. Idempotent."""
+        if as_worker and self.runner is None:
+            raise ValueError(f"a node of role {self.settings.role!r} cannot execute runs")
+        with self._start_lock:
+            if self._started:
+                return
+            self.node.start(role="worker" if as_worker else None)
+            self._loop.start(paused=paused or self.settings.role == "web")
+            self._started = True
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop firing, then stop the node gracefully (running tasks get the grace period)."""
+        with self._start_lock:
+            if not self._started:
+                return
+            self._started = False
+            if self._loop.running:
+                self._loop.shutdown(wait=wait)
+            self.node.stop(self.settings.shutdown_grace_seconds)
+
+    @property
+    def loop_running(self) -> bool:
+        return bool(self._loop.running)
+
+    # -- what the services call -------------------------------------------------------------
+    def jobs_changed(self) -> None:
+        """A job was written: re-read the schedule now rather than at the next wake-up."""
+        if self._loop.running:
+            self._loop.wakeup()
+
+    def execute_here(self, create: Callable[[str], Run]) -> Run | None:
+        """If a thread is free here, ``create(node_id)`` writes a run already claimed by this
+        node and it starts at once; None otherwise (the caller queues it for whichever node
+        frees up first)."""
+        if self.runner is None or not self._started or not self.runner.reserve():
+            return None
+        try:
+            run = create(self.node.id)
+        except BaseException:
+            self.runner.release()
+            raise
+        self.runner.start_reserved(run)
+        return run
+
+    def runs_queued(self) -> None:
+        if self.runner is not None:
+            self.runner.wake()
+
+    def cancel_requested(self, run_id: int) -> None:
+        if self.runner is not None:
+            self.runner.signal_cancel(run_id)
+
+    # -- for api.builtin: Flask-APScheduler's /scheduler routes -----------------------------
+    allowed_hosts = ("*",)  # Flask-APScheduler's default; no host is refused here
+
+    @property
+    def host_name(self) -> str:
+        return self.node.host.lower()
+
+    @property
+    def state(self) -> int:
+        """APScheduler's state of the loop (``STATE_STOPPED``, ``_RUNNING``, ``_PAUSED``)."""
+        return int(self._loop.state)
+
+    def pause(self) -> None:
+        """Stop firing jobs until ``resume``; runs go on. ``SchedulerNotRunningError`` when
+        the loop is not running."""
+        self._loop.pause()
+
+    def resume(self) -> None:
+        self._loop.resume()
