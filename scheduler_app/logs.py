@@ -1,16 +1,7 @@
-"""The process log: one line per record on stderr, as text or as JSON, naming the run it is about.
-
-A line about a run carries its run id, job id, task and node, so the lines of one run can be
-found among those of many (``grep run=12``, or a log shipper's field filter). They come from
-two places: the service's own calls pass them in ``extra``; anything logged on a thread while
-it executes a run (the task's own ``logging`` calls, its libraries') gets them from
-``RunFields``, a filter that reads the run the thread is executing (``bind_run``). A filter on
-the handler rather than a ``LogRecord`` factory: a factory that sets these attributes makes
-every ``extra={"run_id": ...}`` call on such a thread fail ("Attempt to overwrite").
-
-Written by hand on ``logging``'s own ``Formatter``: the JSON shape is a dozen lines, and a
-dependency for it would add more configuration than code.
-"""
+"""The process log: one line per record on stderr, as text or as JSON, naming the run it is
+about (run id, job id, task, node); and the handler that copies what a running task logs into
+its run's own log. Written by hand on ``logging.Formatter``: the JSON shape is a dozen lines
+(docs/ARCHITECTURE.md, "Run logs")."""
 
 from __future__ import annotations
 

@@ -76,9 +76,8 @@ def describe(spec: dict[str, Any]) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _cron_sentence(expr: str) -> str:
-    """cron_descriptor's sentence for a crontab expression, remembered: every descriptor it
-    builds reads and parses its translation file again (0.5 ms), which made a page of 50 cron
-    jobs 25 ms slower to list (bench/scale.py)."""
+    """cron_descriptor's sentence for a crontab expression, remembered: each descriptor it
+    builds reads and parses its translation file again."""
     options = Options()
     options.use_24hour_time_format = True
     try:
