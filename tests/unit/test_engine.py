@@ -1,0 +1,95 @@
+"""The engine holds APScheduler: it touches nothing of the host app, shows none of
+Flask-APScheduler's surface, and its run-now path never runs past capacity."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import threading
+
+import pytest
+from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
+from flask import Flask
+
+import scheduler_app.scheduler
+from scheduler_app.store import Run, RunState
+from tests.conftest import new_run, wait_for
+from tests.tasks_for_tests import gates
+
+
+def test_building_and_starting_touches_nothing_of_the_app(make_engine):
+    app = Flask(__name__)
+    config = dict(app.config)
+    engine = make_engine(app)
+    engine.start()
+    assert dict(app.config) == config
+    assert not hasattr(app, "apscheduler")
+    for inherited in ("add_job", "run_job", "task", "init_app", "scheduler", "get_jobs"):
+        assert not hasattr(engine, inherited), inherited
+
+
+def test_the_scheduler_package_does_not_import_flask_apscheduler():
+    package = pathlib.Path(scheduler_app.scheduler.__path__[0])
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                    [alias.name for alias in node.names]
+                assert not any(n.startswith("flask_apscheduler") for n in names), path.name
+
+
+def test_run_now_with_no_free_thread_returns_none_and_writes_nothing(make_engine,
+                                                                     sqlite_store):
+    engine = make_engine(worker_threads=1)
+    created: list[Run] = []
+
+    def create(node_id: str) -> Run:
+        run = sqlite_store.runs.create(
+            new_run(task="testing.wait_gate", kwargs={"gate": "unit-engine"}),
+            running_on=node_id)
+        created.append(run)
+        return run
+
+    assert engine.execute_here(create) is None  # not started: nothing runs here yet
+    engine.start()
+    gates["unit-engine"] = threading.Event()
+    try:
+        first = engine.execute_here(create)
+        assert first is not None and first.node == engine.node.id
+        assert engine.execute_here(create) is None
+        assert created == [first]
+        assert [r.id for r in sqlite_store.runs.find(limit=10)] == [first.id]
+    finally:
+        gates["unit-engine"].set()
+    wait_for(lambda: sqlite_store.runs.get(first.id).state is RunState.SUCCEEDED)
+
+
+def test_a_failing_create_gives_its_thread_back(make_engine):
+    engine = make_engine(worker_threads=1)
+    engine.start()
+
+    def create(node_id: str) -> Run:
+        raise RuntimeError("database down")
+
+    with pytest.raises(RuntimeError):
+        engine.execute_here(create)
+    assert engine.runner is not None and engine.runner.reserve()  # the thread is free again
+    engine.runner.release()
+
+
+def test_a_web_node_writes_jobs_but_never_fires_or_executes(make_engine, sqlite_store):
+    engine = make_engine(role="web")
+    engine.start()
+    assert engine.runner is None and engine.state == STATE_PAUSED
+    assert engine.execute_here(lambda node: pytest.fail("must not create")) is None
+    with pytest.raises(ValueError):
+        make_engine(role="web").start(as_worker=True)
+
+
+def test_a_worker_start_registers_a_worker_node(make_engine, sqlite_store):
+    engine = make_engine()
+    engine.start(as_worker=True)
+    assert engine.started and engine.loop_running and engine.state == STATE_RUNNING
+    assert [n.role for n in sqlite_store.nodes.all()] == ["worker"]
+    engine.shutdown()
+    assert not engine.started and not engine.loop_running

@@ -1,0 +1,112 @@
+"""The runner's rules: capacity, outcomes, and what each reason to stop a task means."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+from scheduler_app.scheduler.runner import Runner
+from scheduler_app.store import Run, RunState, Store
+from tests.conftest import new_run, wait_for
+from tests.tasks_for_tests import gates
+from tests.unit.conftest import NODE, Events
+
+
+def start_here(runner: Runner, store: Store, **fields: object) -> Run:
+    """What the fast path does: reserve a thread, write the run claimed here, start it."""
+    assert runner.reserve(), "no free thread"
+    run = store.runs.create(new_run(**fields), running_on=NODE)
+    runner.start_reserved(run)
+    return run
+
+
+def settled(events: Events, run: Run) -> Run:
+    return wait_for(lambda: events.settled_run(run.id), message=f"run {run.id} to settle")
+
+
+@pytest.fixture
+def gate() -> threading.Event:
+    event = gates["unit"] = threading.Event()
+    yield event
+    event.set()
+
+
+def test_reservations_never_exceed_capacity(make_runner: Callable[..., tuple[Runner, Events]]):
+    runner, _ = make_runner(capacity=2)
+    assert runner.reserve() and runner.reserve()
+    assert not runner.reserve()
+    runner.release()
+    assert runner.reserve()
+    runner.release()
+    runner.release()
+
+
+def test_a_runner_not_started_reserves_nothing(make_runner):
+    runner, _ = make_runner(start=False)
+    assert not runner.reserve()
+
+
+def test_a_queued_run_waits_for_a_thread_of_a_full_runner(make_runner, sqlite_store, gate):
+    runner, events = make_runner(capacity=2)
+    held = [start_here(runner, sqlite_store, task="testing.wait_gate", kwargs={"gate": "unit"})
+            for _ in range(2)]
+    assert runner.running == 2 and not runner.reserve()
+    queued = sqlite_store.runs.create(new_run())
+    runner.wake()
+    gate.set()
+    done = settled(events, queued)
+    assert done.state is RunState.SUCCEEDED and done.node == NODE
+    first_free = min(settled(events, run).finished_at for run in held)
+    assert done.started_at >= first_free  # it never ran beside the two that held the threads
+    assert events.started == 3
+
+
+def test_a_task_that_raises_is_recorded_failed_with_its_traceback(make_runner, sqlite_store):
+    runner, events = make_runner()
+    run = settled(events, start_here(runner, sqlite_store, task="demo.fail",
+                                     kwargs={"message": "disk full"}))
+    assert run.state is RunState.FAILED
+    assert (run.error["type"], run.error["message"]) == ("RuntimeError", "disk full")
+    assert run.error["traceback"].startswith("Traceback")
+    assert "raise RuntimeError(message)" in run.error["traceback"]
+
+
+def test_a_result_json_cannot_carry_fails_the_run(make_runner, sqlite_store):
+    runner, events = make_runner()
+    run = settled(events, start_here(runner, sqlite_store, task="testing.not_json", kwargs={}))
+    assert run.state is RunState.FAILED and run.error["type"] == "ResultNotJSON"
+
+
+def test_a_cancel_request_ends_the_run_cancelled(make_runner, sqlite_store, gate):
+    runner, events = make_runner()
+    run = start_here(runner, sqlite_store, task="testing.wait_gate", kwargs={"gate": "unit"})
+    assert runner.signal_cancel(run.id)
+    assert settled(events, run).state is RunState.CANCELLED
+    assert not runner.signal_cancel(run.id)  # no longer here
+
+
+def test_a_run_past_its_timeout_fails_with_timeout(make_runner, sqlite_store):
+    runner, events = make_runner()
+    run = start_here(runner, sqlite_store, task="testing.stubborn", kwargs={"seconds": 5.0},
+                     timeout=0.1)
+
+    def timed_out() -> Run | None:
+        runner.enforce_timeouts()  # what the node's maintenance thread does each tick
+        return events.settled_run(run.id)
+
+    done = wait_for(timed_out, message="the timeout")
+    assert done.state is RunState.FAILED and done.error["type"] == "Timeout"
+    assert done.finished_at - done.started_at < timedelta(seconds=2)
+
+
+def test_a_run_stopped_by_shutdown_is_handed_back_not_failed(make_runner, sqlite_store, gate):
+    runner, events = make_runner()
+    run = start_here(runner, sqlite_store, task="testing.wait_gate", kwargs={"gate": "unit"})
+    wait_for(lambda: runner.running == 1)
+    runner.stop(grace=2)
+    back = sqlite_store.runs.get(run.id)
+    assert (back.state, back.node, back.attempt) == (RunState.QUEUED, None, 1)
+    assert events.settled == []  # not an outcome: another node retries the same attempt
