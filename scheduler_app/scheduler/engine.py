@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from flask import Flask
 
 from ..settings import Settings
-from ..store import Run, Store
+from ..store import NewRun, Run, Store
 from .firepass import FirePass
 from .jobstore import SpecJobStore
 from .loop import PollingScheduler
@@ -82,10 +82,14 @@ class Engine:
         if self._loop.running:
             self._loop.wakeup()
 
+    def run_here(self, new: NewRun) -> Run | None:
+        """If a thread is free here, write ``new`` already claimed by this node and start it at
+        once; None otherwise (the caller queues it for whichever node frees up first)."""
+        return self.execute_here(lambda node_id: self.store.runs.create(new, running_on=node_id))
+
     def execute_here(self, create: Callable[[str], Run]) -> Run | None:
-        """If a thread is free here, ``create(node_id)`` writes a run already claimed by this
-        node and it starts at once; None otherwise (the caller queues it for whichever node
-        frees up first)."""
+        """``run_here`` for a caller that writes the run itself: ``create(node_id)`` must write
+        it claimed by that node. Prefer ``run_here``."""
         if self.runner is None or not self._started or not self.runner.reserve():
             return None
         try:

@@ -93,3 +93,12 @@ def test_a_worker_start_registers_a_worker_node(make_engine, sqlite_store):
     assert [n.role for n in sqlite_store.nodes.all()] == ["worker"]
     engine.shutdown()
     assert not engine.started and not engine.loop_running
+
+
+def test_run_here_writes_the_run_claimed_by_this_node(make_engine, sqlite_store):
+    engine = make_engine(worker_threads=1)
+    engine.start()
+    run = engine.run_here(new_run(kwargs={"value": 7}))
+    assert run is not None and run.node == engine.node.id and run.started_at is not None
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r)
+    assert (done.state, done.result) == (RunState.SUCCEEDED, 7)
