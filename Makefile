@@ -29,7 +29,7 @@ test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check scheduler_app config tests bench wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check scheduler_app config tests bench examples wsgi.py gunicorn.conf.py
 	$(BIN)/mypy
 
 # Benchmarks (not tests): each starts what it measures on loopback and writes its section of

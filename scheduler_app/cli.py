@@ -1,4 +1,6 @@
-"""Command line: ``flask --app wsgi tasks|jobs|runs|scheduler|db ...`` (``db``: ``cli_db.py``).
+"""Command line: ``flask scheduler tasks|jobs|runs|db|worker|nodes ...`` in a host app (``db``:
+``cli_db.py``); the standalone service also keeps them at the top level (``flask --app wsgi
+jobs list``).
 
 Thin click commands over the same services the HTTP API uses, so a job added here is validated
 exactly like one posted to ``/api/jobs``. Output is JSON for single objects (pipe it to ``jq``)
@@ -30,11 +32,20 @@ from .tasks import registry
 tasks_cli = AppGroup("tasks", help="Registered tasks: list them, run one.")
 jobs_cli = AppGroup("jobs", help="Scheduled jobs: list, show, add, pause, resume, remove, run.")
 runs_cli = AppGroup("runs", help="Runs: list, show, cancel, read logs.")
-scheduler_cli = AppGroup("scheduler", help="Nodes: start a worker-only node, list nodes.")
+scheduler_cli = AppGroup("scheduler", help="Background tasks, jobs, runs and nodes.")
+for _group in (tasks_cli, jobs_cli, runs_cli, db_cli):
+    scheduler_cli.add_command(_group)
 
 
 def init_app(app: Flask) -> None:
-    for group in (tasks_cli, jobs_cli, runs_cli, scheduler_cli, db_cli):
+    """``flask scheduler ...``: one group, so nothing clashes with the host's commands (its
+    own ``db`` from Flask-Migrate, say)."""
+    app.cli.add_command(scheduler_cli)
+
+
+def add_top_level_commands(app: Flask) -> None:
+    """The standalone service's commands as they always were: ``flask --app wsgi jobs ...``."""
+    for group in (tasks_cli, jobs_cli, runs_cli, db_cli):
         app.cli.add_command(group)
 
 
@@ -129,8 +140,8 @@ def _ensure_executor() -> bool:
         raise click.ClickException("no live worker node, and this process's role cannot "
                                    "execute runs")
     click.echo("no running node found: executing here", err=True)
-    svc.scheduler.node.role = "worker"
-    svc.scheduler.start()
+    svc.extension.start(app=current_app._get_current_object(),  # type: ignore[attr-defined]
+                        as_worker=True)
     return True
 
 
@@ -331,18 +342,15 @@ def runs_logs(run_id: int, follow: bool) -> None:
 def scheduler_worker() -> None:
     """Run a worker-only node: fires jobs and executes runs, serves no HTTP. Stops gracefully
     on SIGTERM or Ctrl-C (running tasks get SHUTDOWN_GRACE_SECONDS, then are handed back)."""
-    from . import start_scheduler
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     svc = services(app)
     if not svc.settings.executes:
         raise click.ClickException("SCHEDULER_ROLE=web cannot execute runs; unset it or use "
                                    "worker")
-    svc.scheduler.node.role = "worker"
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    start_scheduler(app)
+    svc.extension.start(app=app, as_worker=True)
     click.echo(f"worker node {svc.scheduler.node.id} started "
                f"({svc.settings.worker_threads} threads); Ctrl-C to stop", err=True)
     while not stop.wait(1.0):

@@ -1,4 +1,5 @@
-"""Jobs declared in configuration (``JOBS``): created, or brought up to date, by id at start.
+"""Jobs declared in configuration (``JOBS``) or in code (``@scheduler.task("interval", ...)``):
+created, or brought up to date, by id at start.
 
 Two shapes are read. Flask-APScheduler's: ``func`` names a registered task (its name or its
 ``module:function`` reference; nothing is imported from it), the trigger's name and fields sit
@@ -46,11 +47,31 @@ EXTENSION_KEY = "scheduler_app.declared_jobs"
 _PASSED_DATE = [{"field": "trigger.run_date", "message": "is in the past"}]
 
 
-def init_app(app: Flask) -> None:
-    """Validate every ``JOBS`` declaration now, so a bad one stops start-up before anything
-    is written; ``install`` writes them when the node starts."""
+def init_app(app: Flask, in_code: list[dict[str, Any]]) -> None:
+    """Validate every declaration now (``JOBS``, then those made in code), so a bad one stops
+    start-up before anything is written; ``install`` writes them when the node starts."""
     svc = services(app)
-    app.extensions[EXTENSION_KEY] = validate(svc.settings.declared_jobs, svc.jobs)
+    requests = validate(svc.settings.declared_jobs, svc.jobs)
+    for body in in_code:
+        requests.extend(_validate_in_code(body, svc.jobs))
+    app.extensions[EXTENSION_KEY] = requests
+
+
+def add(app: Flask, body: dict[str, Any]) -> list[JobCreate]:
+    """Validate a job declared in code after ``init_app`` (Flask-APScheduler's quick-start
+    decorates its tasks after it) and keep it for ``install``; return what to write."""
+    requests = _validate_in_code(body, services(app).jobs)
+    app.extensions[EXTENSION_KEY].extend(requests)
+    return requests
+
+
+def _validate_in_code(body: dict[str, Any], jobs: JobService) -> list[JobCreate]:
+    """As ``validate``; a bad declaration raises InvalidRequest (a ValueError) naming it."""
+    try:
+        return _checked(body, jobs)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"@scheduler.task job {body.get('id')!r}: {exc.message}",
+                             details=exc.details) from None
 
 
 def validate(declarations: tuple[dict[str, Any], ...], jobs: JobService) -> list[JobCreate]:
@@ -60,18 +81,23 @@ def validate(declarations: tuple[dict[str, Any], ...], jobs: JobService) -> list
     requests = []
     for index, declaration in enumerate(declarations):
         try:
-            request, in_config_terms = _request(declaration)
-            with in_config_terms():
-                fires = _check(jobs, request)
+            requests.extend(_checked(declaration, jobs))
         except InvalidRequest as exc:
             raise ConfigError(f"JOBS[{index}] (id {declaration.get('id')!r}): {exc.message}") \
                 from None
-        if fires:
-            requests.append(request)
-        else:
-            log.warning("declared job %s: its date trigger has passed; not created",
-                        request.id, extra={"job_id": request.id})
     return requests
+
+
+def _checked(declaration: dict[str, Any], jobs: JobService) -> list[JobCreate]:
+    """The declaration's create request, or none when its date trigger has passed."""
+    request, in_config_terms = _request(declaration)
+    with in_config_terms():
+        fires = _check(jobs, request)
+    if not fires:
+        log.warning("declared job %s: its date trigger has passed; not created",
+                    request.id, extra={"job_id": request.id})
+        return []
+    return [request]
 
 
 def install(app: Flask) -> None:
@@ -81,11 +107,13 @@ def install(app: Flask) -> None:
     is logged and skipped: the others are still written, and the next start tries again.
     Worker-only nodes leave job definitions to the nodes that serve the API, as they do for
     the built-in jobs."""
+    write(app, app.extensions.get(EXTENSION_KEY, []))
+
+
+def write(app: Flask, requests: list[JobCreate]) -> None:
+    """Create or update these declared jobs now (see ``install``)."""
     svc = services(app)
-    if svc.settings.role == "worker":
-        return
-    requests: list[JobCreate] = app.extensions.get(EXTENSION_KEY, [])
-    if not requests:
+    if svc.settings.role == "worker" or not requests:
         return
     in_place = []
     for request in requests:

@@ -21,8 +21,8 @@ class ServiceError(Exception):
         super().__init__(self.message)
 
 
-class InvalidRequest(ServiceError):
-    """The request is invalid."""
+class InvalidRequest(ServiceError, ValueError):
+    """The request is invalid. A ValueError, so Python callers can catch it as one."""
 
     status = 400
     code = "invalid_request"
@@ -47,7 +47,7 @@ class Forbidden(ServiceError):
     code = "forbidden"
 
 
-class NotFound(ServiceError):
+class NotFound(ServiceError, LookupError):
     """No such resource."""
 
     status = 404
@@ -83,3 +83,17 @@ class JobLimitReached(Conflict):
 
 class ConfigError(Exception):
     """A setting has a value the service cannot work with; the message names the setting."""
+
+
+class AlreadyQueued(Conflict):
+    """A run with the same unique key is already queued or running.
+
+    ``run`` is the ``RunHandle`` of that run. Unique runs are ``shared/PYTHON_API.md``'s
+    concurrency controls; the class is part of the public names from the start."""
+
+    code = "already_queued"
+
+    def __init__(self, message: str | None = None, details: Any = None,
+                 run: Any = None) -> None:
+        super().__init__(message, details)
+        self.run = run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint
 
 from .api.openapi import operation
 from .api.schemas import Health, NotReady, Ready
@@ -41,9 +41,11 @@ ENDPOINTS = [
 def index() -> dict[str, Any]:
     """The list of endpoints: what ``GET /`` answers to API clients (the dashboard serves
     browsers there, and calls this for a client that prefers JSON)."""
+    prefix = services().settings.url_prefix
     return {
         "service": "scheduler_app",
-        "endpoints": [{"method": m, "path": p, "description": d} for m, p, d in ENDPOINTS],
+        "endpoints": [{"method": m, "path": p if p.startswith("/scheduler/") else prefix + p,
+                       "description": d} for m, p, d in ENDPOINTS],
     }
 
 
@@ -70,6 +72,3 @@ def readyz() -> Any:
         return {"status": "unavailable", "reason": "the scheduler is not running"}, 503
     return {"status": "ok", "node": svc.scheduler.node.id}
 
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)

@@ -144,4 +144,3 @@ def init_app(app: Flask) -> None:
         svc.store.stats, svc.settings.lease_seconds,
         lambda: (task.name for task in task_registry.all())))
     app.extensions[EXTENSION_KEY] = registry
-    app.register_blueprint(bp)

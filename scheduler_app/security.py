@@ -7,7 +7,11 @@
 - A browser logs in once with a token (``login``) and then carries a session cookie (HttpOnly,
   SameSite=Lax, Secure over HTTPS). The session keeps a hash of the token, not the token, and
   dies when that token is removed from the configuration.
-- Requests that rely on ambient authority (a session cookie, or the loopback rule) must not be
+- A host app can plug in its own login with ``@scheduler.role_loader``: a function returning
+  ``"admin"``, ``"viewer"`` or None for the current request. A role it gives is ambient
+  authority, like the loopback rule; None leaves the decision to the rules above.
+- Requests that rely on ambient authority (a session cookie, the loopback rule or the role
+  loader) must not be
   forgeable by another site: a state change from another origin is refused, and one made with
   a session must carry the session's CSRF token (``X-CSRF-Token`` header or ``csrf_token`` form
   field). A bearer token is never sent by a browser on its own, so it needs neither check.
@@ -28,6 +32,8 @@ from .errors import Forbidden, Unauthorized
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ROLES = ("viewer", "admin")
+# Our keys in the host's session, apart from the host's own.
+_TOKEN, _ROLE, _CSRF = "scheduler_app.tok", "scheduler_app.role", "scheduler_app.csrf"
 
 
 class CsrfFailed(Forbidden):
@@ -50,6 +56,18 @@ def _tokens() -> dict[str, str]:
     return tokens
 
 
+def _loaded_role() -> str | None:
+    """The host app's answer (``@scheduler.role_loader``), if it has a loader."""
+    loader = current_app.extensions["scheduler_app"].extension.role_loader_function
+    if loader is None:
+        return None
+    role = loader()
+    if role is not None and role not in ROLES:
+        raise TypeError(f"the role loader returned {role!r}; it must return "
+                        f"'admin', 'viewer' or None")
+    return role  # type: ignore[no-any-return]
+
+
 def _fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -65,7 +83,7 @@ def token_role(token: str) -> str | None:
 
 
 def _session_role() -> str | None:
-    fingerprint, role = session.get("tok"), session.get("role")
+    fingerprint, role = session.get(_TOKEN), session.get(_ROLE)
     if not fingerprint or role not in ROLES:
         return None
     for known, known_role in _tokens().items():
@@ -75,8 +93,8 @@ def _session_role() -> str | None:
 
 
 def current_role() -> tuple[str, str]:
-    """(role, how) for this request, ``how`` being ``bearer``, ``session`` or ``loopback``;
-    raise Unauthorized when the caller is nobody."""
+    """(role, how) for this request, ``how`` being ``bearer``, ``loader``, ``session`` or
+    ``loopback``; raise Unauthorized when the caller is nobody."""
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, token = header.partition(" ")
@@ -86,6 +104,9 @@ def current_role() -> tuple[str, str]:
         if role is None:
             raise Unauthorized("unknown token")
         return role, "bearer"
+    loaded = _loaded_role()
+    if loaded is not None:
+        return loaded, "loader"
     if _tokens():
         role = _session_role()
         if role is not None:
@@ -110,14 +131,14 @@ def check_same_origin() -> None:
 
 def csrf_token() -> str:
     """The session's CSRF token (created on first use), for forms and scripts."""
-    token = session.get("csrf")
+    token = session.get(_CSRF)
     if not token:
-        token = session["csrf"] = secrets.token_urlsafe(32)
+        token = session[_CSRF] = secrets.token_urlsafe(32)
     return str(token)
 
 
 def check_csrf() -> None:
-    expected = session.get("csrf")
+    expected = session.get(_CSRF)
     given = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
     if not expected or not hmac.compare_digest(str(expected), given):
         raise CsrfFailed("missing or wrong CSRF token")
@@ -151,16 +172,18 @@ def login(token: str) -> str:
     role = token_role(token) if _tokens() else None
     if role is None:
         raise Unauthorized("unknown token")
-    session.clear()
-    session["tok"] = _fingerprint(token)
-    session["role"] = role
+    logout()
+    session[_TOKEN] = _fingerprint(token)
+    session[_ROLE] = role
     session.permanent = True
     csrf_token()
     return role
 
 
 def logout() -> None:
-    session.clear()
+    """Forget this extension's keys; the host's own keys in the session stay."""
+    for key in (_TOKEN, _ROLE, _CSRF):
+        session.pop(key, None)
 
 
 class _SessionInterface(SecureCookieSessionInterface):
@@ -170,7 +193,9 @@ class _SessionInterface(SecureCookieSessionInterface):
         return bool(super().get_cookie_secure(app)) or request.is_secure
 
 
-def init_app(app: Flask) -> None:
+def harden_sessions(app: Flask) -> None:
+    """The standalone service's own session cookie: HttpOnly, SameSite=Lax, Secure over
+    HTTPS, named apart. A host app's sessions are the host's to configure."""
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = app.config.get("SESSION_COOKIE_SAMESITE") or "Lax"
     if app.config.get("SESSION_COOKIE_NAME") in (None, "session"):  # Flask's generic default

@@ -296,7 +296,7 @@ def test_db_commands(make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
     is the deploy step."""
     with caplog.at_level(logging.ERROR, "scheduler_app"):
         app = make_app(start=False, SCHEMA_AUTO_UPGRADE=False)
-    assert "run 'flask --app wsgi db upgrade'" in caplog.text
+    assert "run 'flask scheduler db upgrade'" in caplog.text
     runner = app.test_cli_runner()
     result = runner.invoke(args=["db", "current"])
     assert result.exit_code == 0 and result.output.startswith("none: "), result.output

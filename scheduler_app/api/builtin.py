@@ -27,20 +27,17 @@ with another task's ``func`` is a 400 naming ``func``; delete the job and add it
 
 from __future__ import annotations
 
-from contextlib import suppress
+import socket
 from typing import Any
 
 from apscheduler.schedulers import SchedulerNotRunningError
-from flask import Blueprint, Flask, Response, current_app, url_for
+from flask import Blueprint, Response, current_app, url_for
 from flask_apscheduler.utils import trigger_to_dict
 
-from .. import start_scheduler, stop_scheduler
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from ..scheduler.extension import JobScheduler
 from ..scheduler.triggers import TriggerError, build_trigger
-from ..services import services
-from ..services.compat import client_fields, create_request, patch_values, same_task
-from ..services.models import JobCreate, JobPatch, parse_model
+from ..services import compat, services
 from ..services.views import run_view
 from ..store import JobRecord
 from ..tasks import registry
@@ -48,14 +45,10 @@ from ..timeutil import iso
 from .auth import require_role
 from .common import json_body
 
-bp = Blueprint("scheduler", __name__)
+bp = Blueprint("scheduler_app_apscheduler", __name__)
 bp.before_request(require_role)
 
 JOB_LIST_PAGE = 500
-
-
-def init_app(app: Flask, prefix: str) -> None:
-    app.register_blueprint(bp, url_prefix=prefix)
 
 
 @bp.after_request
@@ -80,7 +73,7 @@ def _legacy_error_message(response: Response) -> Response:
 @bp.get("")
 def get_scheduler_info() -> dict[str, Any]:
     scheduler = services().scheduler
-    return {"current_host": scheduler.host_name, "allowed_hosts": scheduler.allowed_hosts,
+    return {"current_host": socket.gethostname(), "allowed_hosts": ["*"],
             "running": scheduler.started}
 
 
@@ -111,7 +104,7 @@ def resume_scheduler() -> Any:
 def start_scheduler_view() -> Any:
     if services().scheduler.started:
         raise InvalidRequest("the scheduler is already running")
-    start_scheduler(current_app)
+    services().extension.start(app=current_app._get_current_object())  # type: ignore[attr-defined]
     return "", 204
 
 
@@ -119,7 +112,7 @@ def start_scheduler_view() -> Any:
 def shutdown_scheduler() -> Any:
     """Stop this node gracefully (running tasks get the shutdown grace period)."""
     _running_scheduler()
-    stop_scheduler(current_app)
+    services().extension.shutdown(app=current_app._get_current_object())  # type: ignore[attr-defined]
     return "", 204
 
 
@@ -134,11 +127,7 @@ def _running_scheduler() -> JobScheduler:
 
 @bp.post("/jobs")
 def add_job() -> Any:
-    body = _object_body()
-    request, replace, renames = create_request(body)
-    with client_fields(renames):
-        record = _create(request, replace)
-    return _job_dict(record)
+    return _job_dict(compat.add(services().jobs, _object_body()))
 
 
 @bp.get("/jobs")
@@ -167,14 +156,8 @@ def delete_job(job_id: str) -> Any:
 
 @bp.patch("/jobs/<job_id>")
 def update_job(job_id: str) -> dict[str, Any]:
-    record = services().jobs.get(job_id)  # an unknown id is 404 before the body is judged
-    body = _object_body()
-    values, renames = patch_values(body, record)
-    if body and not values:  # only keys that change nothing, like the job's own id
-        return _job_dict(record)
-    with client_fields(renames):
-        record = services().jobs.update(job_id, parse_model(JobPatch, values))
-    return _job_dict(record)
+    services().jobs.get(job_id)  # an unknown id is 404 before the body is judged
+    return _job_dict(compat.modify(services().jobs, job_id, _object_body()))
 
 
 @bp.post("/jobs/<job_id>/pause")
@@ -193,7 +176,7 @@ def run_job(job_id: str) -> Any:
     record = services().jobs.get(job_id)
     run = services().jobs.run_now(job_id)
     body = {**_job_dict(record), "run": run_view(run)}
-    return body, 202, {"Location": url_for("api.runs.get_run", run_id=run.id)}
+    return body, 202, {"Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
 
 
 # -- reading a Flask-APScheduler body ---------------------------------------------------------
@@ -203,38 +186,6 @@ def _object_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest.field("body", "must be a JSON object")
     return body
-
-
-# -- writing ----------------------------------------------------------------------------------
-
-def _create(request: JobCreate, replace: bool) -> JobRecord:
-    jobs = services().jobs
-    if replace and request.id is not None:
-        existing = None
-        with suppress(NotFound):
-            existing = jobs.get(request.id)
-        if existing is not None:
-            return _replace(existing, request)
-    return jobs.create(request)
-
-
-def _replace(existing: JobRecord, request: JobCreate) -> JobRecord:
-    """``replace_existing``: the job takes the new definition (omitted options back to their
-    defaults) in one compare-and-set write, and is scheduled afresh like a new job."""
-    same_task(registry.get(request.task), existing)
-    settings = services().settings
-    patch = parse_model(JobPatch, {
-        "name": request.name or request.id,
-        "kwargs": request.kwargs,
-        "trigger": request.trigger,
-        "max_instances": request.max_instances or settings.max_instances,
-        "coalesce": settings.coalesce if request.coalesce is None else request.coalesce,
-        "misfire_grace_time": request.misfire_grace_time or settings.misfire_grace_time,
-    })
-    record = services().jobs.update(existing.id, patch)
-    if record.next_run_time is None:  # was paused; a replaced job starts scheduled
-        record = services().jobs.resume(existing.id)
-    return record
 
 
 # -- the job as Flask-APScheduler shows it (``utils.job_to_dict``) ----------------------------

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api", "/scheduler", "/auth", "/healthz", "/readyz", "/metrics")
+# Blueprints whose answers are always JSON; the dashboard answers HTML unless asked for JSON.
+HTML_BLUEPRINT = "scheduler_app.dashboard"
+# Paths under the URL prefix that answer JSON, for errors raised before any route matched.
+JSON_PATHS = ("/api", "/auth", "/healthz", "/readyz", "/metrics")
 
 _HTTP_CODES = {
     400: "invalid_request",
@@ -36,11 +39,22 @@ def error_response(status: int, code: str, message: str, details: Any = None) ->
 
 
 def _wants_json() -> bool:
-    return request.path.startswith(API_PREFIXES) or request.accept_mimetypes.best == \
-        "application/json"
+    blueprint = request.blueprint
+    if blueprint is not None:
+        if blueprint.startswith("scheduler_app") and not blueprint.startswith(HTML_BLUEPRINT):
+            return True
+    else:  # no route matched (404, 405): judge by the path
+        settings = current_app.extensions["scheduler_app"].settings
+        prefixes = tuple(settings.url_prefix + p for p in JSON_PATHS)
+        if request.path.startswith(prefixes) or (
+                settings.api_enabled and request.path.startswith(settings.api_prefix)):
+            return True
+    return request.accept_mimetypes.best == "application/json"
 
 
-def register_error_handlers(app: Flask) -> None:
+def register_error_handlers(app: Flask | Blueprint) -> None:
+    """The one mapping, on the extension's blueprints (or, in the standalone service, which
+    owns its app, on the whole app)."""
     @app.errorhandler(ServiceError)
     def _service_error(exc: ServiceError) -> Response:
         response = error_response(exc.status, exc.code, exc.message, exc.details)

@@ -33,7 +33,8 @@ def create_job() -> Any:
     An existing id is a 409 conflict (job_limit_reached when MAX_JOBS jobs exist); an unknown
     task, invalid kwargs or an invalid trigger is a 400 naming each bad field."""
     record = services().jobs.create(parse_model(JobCreate, json_body()))
-    return _view(record), 201, {"Location": url_for("api.jobs.get_job", job_id=record.id)}
+    return _view(record), 201, {
+        "Location": url_for("scheduler_app.api.jobs.get_job", job_id=record.id)}
 
 
 @bp.get("/jobs")
@@ -90,4 +91,5 @@ def resume_job(job_id: str) -> dict[str, Any]:
 def run_job(job_id: str) -> Any:
     """Run a job's task now, in the background; the schedule is unchanged."""
     run = services().jobs.run_now(job_id)
-    return run_view(run), 202, {"Location": url_for("api.runs.get_run", run_id=run.id)}
+    return run_view(run), 202, {
+        "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}

@@ -58,8 +58,8 @@ JsonMode = Literal["validation", "serialization"]
 
 REF_TEMPLATE = "#/components/schemas/{model}"
 API_VERSION = "1"  # the contract's version (shared/API.md)
-# Where every route must carry @operation (tests/test_openapi.py checks it).
-DOCUMENTED_PREFIXES = ("/api", "/auth", "/healthz", "/readyz")
+# Blueprints whose every route must carry @operation (tests/test_openapi.py checks it).
+DOCUMENTED_BLUEPRINTS = ("scheduler_app.api.", "scheduler_app.auth.", "scheduler_app.health.")
 _ATTRIBUTE = "__openapi_operation__"
 _PLACEHOLDER = re.compile(r"<(?:[^<>:]+:)?(\w+)>")
 
@@ -134,9 +134,10 @@ def documented(app: Flask, rule: Rule) -> Operation | None:
 
 
 def undocumented_rules(app: Flask) -> list[str]:
-    """URL rules under ``DOCUMENTED_PREFIXES`` whose view has no ``@operation``."""
+    """URL rules of ``DOCUMENTED_BLUEPRINTS`` whose view has no ``@operation``."""
     return sorted(rule.rule for rule in app.url_map.iter_rules()
-                  if rule.rule.startswith(DOCUMENTED_PREFIXES) and documented(app, rule) is None)
+                  if rule.endpoint.startswith(DOCUMENTED_BLUEPRINTS)
+                  and documented(app, rule) is None)
 
 
 # -- building the document --------------------------------------------------------------------
@@ -210,7 +211,7 @@ def _operation(app: Flask, rule: Rule, method: str, doc: Operation,
     spec: dict[str, Any] = {
         "operationId": rule.endpoint,
         "summary": " ".join(summary.split()),
-        "tags": [rule.endpoint.removeprefix("api.").split(".")[0]],
+        "tags": [rule.endpoint.removeprefix("scheduler_app.").removeprefix("api.").split(".")[0]],
     }
     if description.strip():
         spec["description"] = " ".join(description.split())
@@ -358,7 +359,7 @@ def docs() -> str:
     """The API documentation page (Swagger UI), served without any CDN."""
     _ui_dist()
     return render_template_string(
-        _PAGE, spec_url=url_for(".openapi_json"), session_url=url_for("auth.whoami"),
+        _PAGE, spec_url=url_for(".openapi_json"), session_url=url_for("scheduler_app.auth.whoami"),
         asset=lambda name: url_for(".docs_asset", filename=name))
 
 

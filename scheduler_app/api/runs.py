@@ -31,7 +31,8 @@ def create_run() -> Any:
     The run is stored before the answer; an unknown task or invalid kwargs is a 400 and
     nothing is stored; a full queue (MAX_QUEUED_RUNS) is a 429 with Retry-After."""
     run = services().runs.submit(parse_model(RunCreate, json_body()))
-    return run_view(run), 202, {"Location": url_for("api.runs.get_run", run_id=run.id)}
+    return run_view(run), 202, {
+        "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
 
 
 @bp.get("/runs")

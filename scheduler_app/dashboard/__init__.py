@@ -9,12 +9,6 @@ every change to the JSON API with the session's CSRF token. Who may see and do w
 
 from __future__ import annotations
 
-from flask import Flask
-
 from .pages import bp
 
-__all__ = ["bp", "init_app"]
-
-
-def init_app(app: Flask) -> None:
-    app.register_blueprint(bp)
+__all__ = ["bp"]

@@ -40,7 +40,7 @@ bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder
                static_url_path="/dashboard/static")
 
 STATIC = Path(__file__).parent / "static"
-PUBLIC_ENDPOINTS = frozenset({"dashboard.login", "dashboard.static"})
+PUBLIC_ENDPOINTS = frozenset({"scheduler_app.dashboard.login", "scheduler_app.dashboard.static"})
 RUNS_PER_PAGE = 50
 JOBS_PER_PAGE = 100
 LOG_LINES = 500
@@ -60,19 +60,20 @@ def _prefers_json() -> bool:
 def _identify() -> Any:
     if request.endpoint in PUBLIC_ENDPOINTS:
         return None
-    if request.endpoint == "dashboard.overview" and _prefers_json():
+    if request.endpoint == "scheduler_app.dashboard.overview" and _prefers_json():
         # API clients (curl, scripts) asking for / still get the list of endpoints.
         return jsonify(health.index())
     try:
         g.role, g.via = security.current_role()
     except Unauthorized:
-        return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        return redirect(url_for("scheduler_app.dashboard.login",
+                                next=request.full_path.rstrip("?")))
     return None
 
 
 @bp.after_request
 def _headers(response: Response) -> Response:
-    if request.endpoint == "dashboard.static":
+    if request.endpoint == "scheduler_app.dashboard.static":
         # The script's modules import each other by plain URL: have browsers revalidate them
         # (a 304 when unchanged) so an upgrade never mixes old and new modules.
         response.headers["Cache-Control"] = "no-cache"
@@ -88,7 +89,7 @@ def _headers(response: Response) -> Response:
 def asset(name: str) -> str:
     """The URL of a static file with its content hash, so a new release is never mixed with
     a cached old script."""
-    return url_for("dashboard.static", filename=name, v=_digest(name))
+    return url_for("scheduler_app.dashboard.static", filename=name, v=_digest(name))
 
 
 @cache
@@ -234,8 +235,8 @@ def login() -> Any:
 def _safe_next(target: str | None) -> str:
     """Where to go after logging in: a path on this site, never another site."""
     if not target or not target.startswith("/") or target.startswith(("//", "/\\")):
-        return url_for("dashboard.overview")
+        return url_for("scheduler_app.dashboard.overview")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or parts.path.startswith("/auth/"):
-        return url_for("dashboard.overview")
+        return url_for("scheduler_app.dashboard.overview")
     return target

@@ -281,35 +281,41 @@ class Runner:
             self.events.run_settled(settled)
 
     def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
-        set_current_run(ctx)
-        try:
-            task = registry.get(run.task)
-            kwargs = task.validate(run.kwargs)
-            with self.app.app_context():
-                value = task.fn(ctx, **kwargs)
-            return RunState.SUCCEEDED, _jsonable(value), None
-        except UnknownTask as exc:
-            return RunState.FAILED, None, _error("UnknownTask", str(exc), None)
-        except ArgumentError as exc:
-            return RunState.FAILED, None, _error("InvalidArguments", str(exc), None)
-        except ResultNotJSON as exc:
-            return RunState.FAILED, None, _error("ResultNotJSON", str(exc), None)
-        except BaseException as exc:
-            reason = ctx.cancel_reason
-            if reason == CANCEL_SHUTDOWN:
-                return None, None, None
-            if reason == CANCEL_TIMEOUT:
-                return RunState.FAILED, None, _error(
-                    "Timeout", f"run exceeded its timeout of {run.timeout} s",
-                    traceback.format_exc())
-            if reason == CANCEL_USER or isinstance(exc, Cancelled):
-                return RunState.CANCELLED, None, None
-            if not isinstance(exc, Exception):
-                raise
-            return RunState.FAILED, None, _error(type(exc).__name__, str(exc),
-                                                 traceback.format_exc())
-        finally:
-            set_current_run(None)
+        return call_task(self.app, run, ctx)
+
+
+def call_task(app: Flask, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
+    """One attempt of ``run``: its task called inside ``app``'s app context (torn down after).
+    Returns the outcome (state, result, error); state None: stopped by a shutdown."""
+    set_current_run(ctx)
+    try:
+        task = registry.get(run.task)
+        kwargs = task.validate(run.kwargs)
+        with app.app_context():
+            value = task.fn(ctx, **kwargs)
+        return RunState.SUCCEEDED, _jsonable(value), None
+    except UnknownTask as exc:
+        return RunState.FAILED, None, _error("UnknownTask", str(exc), None)
+    except ArgumentError as exc:
+        return RunState.FAILED, None, _error("InvalidArguments", str(exc), None)
+    except ResultNotJSON as exc:
+        return RunState.FAILED, None, _error("ResultNotJSON", str(exc), None)
+    except BaseException as exc:
+        reason = ctx.cancel_reason
+        if reason == CANCEL_SHUTDOWN:
+            return None, None, None
+        if reason == CANCEL_TIMEOUT:
+            return RunState.FAILED, None, _error(
+                "Timeout", f"run exceeded its timeout of {run.timeout} s",
+                traceback.format_exc())
+        if reason == CANCEL_USER or isinstance(exc, Cancelled):
+            return RunState.CANCELLED, None, None
+        if not isinstance(exc, Exception):
+            raise
+        return RunState.FAILED, None, _error(type(exc).__name__, str(exc),
+                                             traceback.format_exc())
+    finally:
+        set_current_run(None)
 
 
 class ResultNotJSON(TypeError):

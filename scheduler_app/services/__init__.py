@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, current_app
 
@@ -22,11 +23,14 @@ class Services:
     scheduler: JobScheduler
     runs: RunService
     jobs: JobService
+    extension: Any  # the scheduler_app.Scheduler these were built by (its role loader)
 
     @classmethod
-    def build(cls, settings: Settings, store: Store, scheduler: JobScheduler) -> Services:
+    def build(cls, settings: Settings, store: Store, scheduler: JobScheduler,
+              extension: Any = None) -> Services:
         runs = RunService(store, scheduler, settings)
-        return cls(settings, store, scheduler, runs, JobService(store, scheduler, settings, runs))
+        return cls(settings, store, scheduler, runs, JobService(store, scheduler, settings, runs),
+                   extension)
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION_KEY] = self

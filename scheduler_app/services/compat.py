@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, NotFound
 from ..store import JobRecord
 from ..tasks import Task, UnknownTask, registry
 from ..timeutil import iso, utcnow
-from .models import JobCreate, parse_model
+from .jobs import JobService
+from .models import JobCreate, JobPatch, parse_model
 
 # Flask-APScheduler's trigger arguments per trigger (``utils.pop_trigger``).
 TRIGGER_ARGS: dict[str, tuple[str, ...]] = {
@@ -196,3 +197,51 @@ def _renamed(detail: Any, renames: dict[str, str]) -> Any:
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# -- writing (the /scheduler API, and Scheduler.add_job and modify_job) ---------------------
+
+def add(jobs: JobService, body: dict[str, Any]) -> JobRecord:
+    """Create the job a Flask-APScheduler body describes (``replace_existing`` honoured)."""
+    request, replace, renames = create_request(body)
+    with client_fields(renames):
+        return _create(jobs, request, replace)
+
+
+def modify(jobs: JobService, job_id: str, body: dict[str, Any]) -> JobRecord:
+    """Change a job as a Flask-APScheduler ``modify_job`` body says."""
+    record = jobs.get(job_id)
+    values, renames = patch_values(body, record)
+    if body and not values:  # only keys that change nothing, like the job's own id
+        return record
+    with client_fields(renames):
+        return jobs.update(job_id, parse_model(JobPatch, values))
+
+
+def _create(jobs: JobService, request: JobCreate, replace: bool) -> JobRecord:
+    if replace and request.id is not None:
+        existing = None
+        with suppress(NotFound):
+            existing = jobs.get(request.id)
+        if existing is not None:
+            return _replace(jobs, existing, request)
+    return jobs.create(request)
+
+
+def _replace(jobs: JobService, existing: JobRecord, request: JobCreate) -> JobRecord:
+    """``replace_existing``: the job takes the new definition (omitted options back to their
+    defaults) in one compare-and-set write, and is scheduled afresh like a new job."""
+    same_task(registry.get(request.task), existing)
+    settings = jobs.settings
+    patch = parse_model(JobPatch, {
+        "name": request.name or request.id,
+        "kwargs": request.kwargs,
+        "trigger": request.trigger,
+        "max_instances": request.max_instances or settings.max_instances,
+        "coalesce": settings.coalesce if request.coalesce is None else request.coalesce,
+        "misfire_grace_time": request.misfire_grace_time or settings.misfire_grace_time,
+    })
+    record = jobs.update(existing.id, patch)
+    if record.next_run_time is None:  # was paused; a replaced job starts scheduled
+        record = jobs.resume(existing.id)
+    return record

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy import event
 
 from ..errors import AlreadyFinished, InvalidRequest, NotFound
+from ..scheduler import eager
 from ..scheduler.extension import JobScheduler
 from ..settings import Settings
 from ..store import FINAL_STATES, LogEntry, NewRun, Run, RunState, Store
 from ..tasks import ArgumentError, Task, UnknownTask, registry
 from ..timeutil import parse_aware, utcnow
 from .models import RunCreate
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, scoped_session
 
 
 def resolve_task(name: object, field: str = "task") -> Task:
@@ -55,12 +65,49 @@ class RunService:
                 raise InvalidRequest.field("run_at", "is out of range") from None
         return self.queue(task, request.kwargs, when)
 
-    def queue(self, task: Task, kwargs: dict, when: datetime,  # type: ignore[type-arg]
-              job_id: str | None = None) -> Run:
-        new = NewRun(
+    def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime) -> Run:
+        """Validate and queue a run of ``task`` (``Task.enqueue`` from Python)."""
+        validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
+        return self.queue(task, kwargs, when)
+
+    def execute_eagerly(self, app: Flask, task: Task, kwargs: dict[str, Any],
+                        when: datetime) -> Run:
+        """Validate, record and run every attempt now in the caller (``SCHEDULER_EAGER``)."""
+        validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
+        run = self.store.runs.create(self._new_run(task, kwargs, when), running_on=eager.NODE)
+        return eager.execute_now(app, self.store, run,
+                                 max_log_lines=self.settings.run_log_max_lines)
+
+    def queue_in_transaction(self, task: Task, kwargs: dict[str, Any], when: datetime,
+                             session: Session | scoped_session[Any]) -> Run:
+        """Validate and insert a run through ``session``'s connection, in its transaction: a
+        rollback leaves no run, and this node's runner looks for it once it commits (other
+        nodes at their next poll)."""
+        validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
+        conn = session.connection()
+        ours = self.store.db.engine.url
+        if not same_database(conn.engine.url, ours):
+            raise InvalidRequest.field(
+                "session", "is on another database than the scheduler "
+                f"({conn.engine.url.render_as_string()} vs {ours.render_as_string()}); "
+                "set SCHEDULER_DATABASE_URL to the session's database to enqueue in its "
+                "transaction")
+        run = self.store.runs.create(self._new_run(task, kwargs, when), conn=conn,
+                                     max_queued=self.settings.max_queued_runs)
+        target = session() if callable(session) else session  # a scoped_session's session
+        event.listen(target, "after_commit", lambda _: self.scheduler.runs_queued(), once=True)
+        return run
+
+    def _new_run(self, task: Task, kwargs: dict[str, Any], when: datetime,
+                 job_id: str | None = None) -> NewRun:
+        return NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
             timeout=task.timeout, scheduled_for=when, job_id=job_id)
+
+    def queue(self, task: Task, kwargs: dict[str, Any], when: datetime,
+              job_id: str | None = None) -> Run:
+        new = self._new_run(task, kwargs, when, job_id)
         if task.max_running is None and when <= utcnow():
             # Due now and this node has a free thread: skip the queue (one write, no hop).
             started = self.scheduler.execute_here(
@@ -110,6 +157,18 @@ class RunService:
         self.get(run_id)
         items = self.store.runs.logs(run_id, limit=limit, after_id=_int_cursor(cursor))
         return items, (str(items[-1].id) if len(items) == limit else None)
+
+
+def same_database(a: sa.URL, b: sa.URL) -> bool:
+    """Whether two URLs reach one database (drivers aside: ``sqlite://`` and
+    ``sqlite+pysqlite://`` to one file are the same database)."""
+    if a.get_backend_name() != b.get_backend_name():
+        return False
+    if a.get_backend_name() == "sqlite":
+        return bool(a.database) and bool(b.database) and \
+            os.path.realpath(a.database or "") == os.path.realpath(b.database or "")
+    return (a.host or "localhost", a.port, a.database) == (b.host or "localhost", b.port,
+                                                           b.database)
 
 
 def unstorable(text: str | None) -> bool:

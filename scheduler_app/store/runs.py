@@ -209,6 +209,19 @@ class RunStore:
             tally.flush(conn)
         return sorted((Run.from_row(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
 
+    def claim_run(self, run_id: int, node: str) -> Run | None:
+        """Move the queued run ``run_id`` to ``running`` on ``node`` now, due or not (the next
+        attempt of an eager run, executed at once by its caller); None if it is not queued."""
+        with self.db.write(lock=LOCK_CLAIM) as conn:
+            row = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.state == RunState.QUEUED.value)
+                .values(state=RunState.RUNNING.value, node=node, started_at=utcnow(),
+                        finished_at=None)
+                .returning(*runs.c)
+            ).mappings().first()
+        return None if row is None else Run.from_row(row)
+
     def save_progress(self, run_id: int, done: float, total: float | None,
                       message: str | None) -> None:
         self.group.run(lambda conn, _tally: _write_progress(conn, run_id, done, total, message))

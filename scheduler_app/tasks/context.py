@@ -161,3 +161,12 @@ def current_run() -> RunContext | None:
 
 def set_current_run(ctx: RunContext | None) -> None:
     _current.ctx = ctx
+
+
+def require_current_run() -> RunContext:
+    """The context of the run executing on this thread: what a task that takes no ``ctx``
+    parameter calls (``scheduler_app.current_run()``). RuntimeError outside a run."""
+    ctx = current_run()
+    if ctx is None:
+        raise RuntimeError("current_run() was called outside a run of a task")
+    return ctx

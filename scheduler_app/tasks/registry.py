@@ -38,7 +38,9 @@ class UnknownTask(LookupError):
 
 @dataclass(frozen=True)
 class Task:
-    """A registered task and its options."""
+    """A registered task and its options.
+
+    ``fn`` takes the run context first, whatever ``function`` (the developer's own) takes."""
 
     name: str
     fn: Callable[..., Any]
@@ -49,6 +51,8 @@ class Task:
     max_running: int | None = None
     retry_backoff: float | None = None
     ref: str = field(default="")
+    function: Callable[..., Any] | None = None
+    takes_context: bool = True
 
     def validate(self, kwargs: object) -> dict[str, Any]:
         """Return the arguments converted to the annotated types, or raise ArgumentError.
@@ -86,17 +90,26 @@ def _problems(exc: pydantic.ValidationError) -> list[dict[str, str]]:
     return problems
 
 
-def _params_model(name: str, fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
-    signature = inspect.signature(fn)
-    params = list(signature.parameters.values())
-    if not params or params[0].kind not in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    ):
-        raise TypeError(f"task {name}: the first parameter must receive the run context")
+def _takes_context(fn: Callable[..., Any], hints: dict[str, Any]) -> bool:
+    """Whether ``fn``'s first parameter receives the run context: annotated ``RunContext``
+    or named ``ctx``."""
+    from .context import RunContext
+
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY,
+                                            inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return False
+    first = params[0]
+    return first.name == "ctx" or hints.get(first.name) is RunContext
+
+
+def _params_model(name: str, fn: Callable[..., Any], hints: dict[str, Any],
+                  takes_context: bool) -> type[pydantic.BaseModel]:
+    params = list(inspect.signature(fn).parameters.values())
+    if takes_context:
+        params = params[1:]
     fields: dict[str, Any] = {}
-    hints = _type_hints(fn)
-    for param in params[1:]:
+    for param in params:
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             raise TypeError(f"task {name}: *args and **kwargs cannot be validated; name each one")
         if param.kind is inspect.Parameter.POSITIONAL_ONLY:
@@ -108,6 +121,15 @@ def _params_model(name: str, fn: Callable[..., Any]) -> type[pydantic.BaseModel]
     return pydantic.create_model(  # type: ignore[call-overload, no-any-return]
         f"{name}.kwargs", __config__=config, **fields
     )
+
+
+def _with_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` called the way the runner calls every task: context first."""
+
+    def call(ctx: Any, /, **kwargs: Any) -> Any:
+        return fn(**kwargs)
+
+    return call
 
 
 def _type_hints(fn: Callable[..., Any]) -> dict[str, Any]:
@@ -135,8 +157,14 @@ class TaskRegistry:
         max_attempts: int = 1,
         max_running: int | None = None,
         retry_backoff: float | None = None,
+        context: bool | None = True,
+        full_name: bool = False,
     ) -> Task:
-        task_name = name or f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+        """Register ``fn``. ``context``: whether its first parameter takes the run context
+        (None: decide from the signature, as ``Scheduler.task`` does). Its default name is
+        ``<last module part>.<function>``, or ``<module>.<function>`` with ``full_name``."""
+        module = fn.__module__ if full_name else fn.__module__.rsplit(".", 1)[-1]
+        task_name = name or f"{module}.{fn.__name__}"
         if not _NAME.match(task_name):
             raise ValueError(f"task name {task_name!r} must be dotted, like 'reports.build'")
         if timeout is not None and timeout <= 0:
@@ -145,12 +173,22 @@ class TaskRegistry:
             raise ValueError(f"task {task_name}: max_attempts must be at least 1")
         if max_running is not None and max_running < 1:
             raise ValueError(f"task {task_name}: max_running must be at least 1")
+        if retry_backoff is not None and retry_backoff <= 0:
+            raise ValueError(f"task {task_name}: retry_backoff must be positive")
+        hints = _type_hints(fn)
+        takes_context = _takes_context(fn, hints) if context is None else context
+        params = list(inspect.signature(fn).parameters.values())
+        if takes_context and (not params or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)):
+            raise TypeError(f"task {task_name}: the first parameter must receive the run context")
         doc = inspect.getdoc(fn) or ""
         task = Task(
             name=task_name,
-            fn=fn,
+            fn=fn if takes_context else _with_context(fn),
+            function=fn,
+            takes_context=takes_context,
             description=doc.split("\n\n", 1)[0].replace("\n", " "),
-            params_model=_params_model(task_name, fn),
+            params_model=_params_model(task_name, fn, hints, takes_context),
             timeout=timeout,
             max_attempts=max_attempts,
             max_running=max_running,

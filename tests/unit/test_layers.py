@@ -117,5 +117,5 @@ def test_the_checker_sees_a_cycle() -> None:
     try:
         assert ["scheduler_app.store", "scheduler_app.tasks"] in _cycles()
     finally:
-        GRAPH["scheduler_app.tasks"] = _imports("scheduler_app.tasks", MODULES["scheduler_app.tasks"])
-        GRAPH["scheduler_app.store"] = _imports("scheduler_app.store", MODULES["scheduler_app.store"])
+        for name in ("scheduler_app.tasks", "scheduler_app.store"):
+            GRAPH[name] = _imports(name, MODULES[name])

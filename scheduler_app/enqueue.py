@@ -1,0 +1,101 @@
+"""What ``@scheduler.task`` returns: the function, plus ``enqueue`` and ``using``.
+
+``build_report.enqueue(customer_id=7)`` validates the arguments as the HTTP API does, writes
+the run, and returns its ``RunHandle``: the run is durable when it returns.
+``using(run_after=..., session=...)`` returns a configured copy, as ``django.tasks`` does.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequest
+from .handles import RunHandle
+from .tasks import Task
+from .timeutil import utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, scoped_session
+
+    from .extension import Scheduler
+
+    AnySession = Session | scoped_session[Any]  # Flask-SQLAlchemy's db.session is scoped
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """A task with the options of one enqueue: when it may start, and whose transaction."""
+
+    scheduler: Scheduler
+    task: Task
+    run_after: datetime | timedelta | None = None
+    session: AnySession | None = None
+
+    def using(self, *, run_after: datetime | timedelta | None = None,
+              session: AnySession | None = None) -> TaskCall:
+        """A copy with these options changed (``run_after``: an aware datetime, or a delay;
+        ``session``: a SQLAlchemy session whose transaction the run joins)."""
+        changes: dict[str, Any] = {}
+        if run_after is not None:
+            changes["run_after"] = run_after
+        if session is not None:
+            changes["session"] = session
+        return replace(self, **changes)
+
+    def enqueue(self, **kwargs: Any) -> RunHandle:
+        """Queue a run with these keyword arguments and return its handle. Bad arguments
+        raise a ``ValueError`` (``InvalidRequest``) naming every bad field; nothing is
+        stored then."""
+        svc = self.scheduler.services()
+        when = _start_time(self.run_after)
+        if svc.settings.eager:  # the host's tests: run now, whatever the transaction does
+            run = svc.runs.execute_eagerly(self.scheduler.app_of(svc), self.task, kwargs, when)
+        elif self.session is not None:
+            run = svc.runs.queue_in_transaction(self.task, kwargs, when, self.session)
+        else:
+            run = svc.runs.enqueue(self.task, kwargs, when)
+        return RunHandle(run, svc)
+
+
+class TaskFunction:
+    """A registered task. Calling it calls the function, as if undecorated."""
+
+    def __init__(self, scheduler: Scheduler, task: Task) -> None:
+        self.scheduler = scheduler
+        self.task = task
+        functools.update_wrapper(self, task.function or task.fn)
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.task.function or self.task.fn)(*args, **kwargs)
+
+    def using(self, *, run_after: datetime | timedelta | None = None,
+              session: AnySession | None = None) -> TaskCall:
+        return TaskCall(self.scheduler, self.task).using(run_after=run_after, session=session)
+
+    def enqueue(self, **kwargs: Any) -> RunHandle:
+        """Queue a run now (see ``TaskCall.enqueue``)."""
+        return TaskCall(self.scheduler, self.task).enqueue(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+def _start_time(run_after: datetime | timedelta | None) -> datetime:
+    if run_after is None:
+        return utcnow()
+    if isinstance(run_after, timedelta):
+        return utcnow() + run_after
+    if isinstance(run_after, datetime):
+        if run_after.tzinfo is None or run_after.utcoffset() is None:
+            raise InvalidRequest.field("run_after", "must be an aware datetime (with a time "
+                                                    "zone), or a timedelta")
+        return run_after
+    raise InvalidRequest.field("run_after", f"must be a datetime or a timedelta, not "
+                                            f"{type(run_after).__name__}")
