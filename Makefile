@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster
+.PHONY: run test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-dev
 # Benchmarks (not tests): each starts what it measures on loopback and writes its section of
 # bench/README.md and its key of bench/results.json. `make bench` runs them all (~30 min);
 # BENCH_ARGS=--quick makes any one of them short.
-bench: bench-dispatch bench-scale bench-accuracy bench-cluster
+bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
 
 bench-dispatch: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
@@ -48,6 +48,9 @@ bench-accuracy: $(VENV)/.installed-dev
 
 bench-cluster: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.cluster $(BENCH_ARGS)
+
+bench-enqueue: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.enqueue $(BENCH_ARGS)
 
 # Under two minutes: dispatch latency, throughput and ctx.progress against the baselines.
 bench-quick: $(VENV)/.installed-dev

@@ -33,9 +33,6 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
-from flask import Flask
-
-from .services import services
 from .services.views import run_view
 from .settings import Settings
 from .store import Run
@@ -48,15 +45,12 @@ RETRY_STATUSES = frozenset({408, 429})
 USER_AGENT = "scheduler_app-alerts/1"
 
 
-def init_app(app: Flask) -> AlertSender | None:
-    """Attach a sender to this process's node when ``ALERT_WEBHOOK_URL`` is set."""
-    svc = services(app)
-    settings = svc.settings
+def companions(settings: Settings, node_id: str) -> list[AlertSender]:
+    """The node's alert sender when ``ALERT_WEBHOOK_URL`` is set (none otherwise): it runs
+    alongside the node, which tells it of every run it settles."""
     if settings.alert_webhook_url is None:
-        return None
-    sender = AlertSender.from_settings(settings, node_id=svc.scheduler.node.id)
-    svc.scheduler.node.attach(sender)
-    return sender
+        return []
+    return [AlertSender.from_settings(settings, node_id=node_id)]
 
 
 @dataclass(frozen=True)

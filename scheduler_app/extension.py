@@ -23,7 +23,8 @@ from . import alerts, cli, declared_jobs, metrics, migrations, routes
 from .enqueue import TaskFunction
 from .errors import ConfigError, InvalidRequest
 from .handles import RunHandle
-from .scheduler.extension import JobScheduler
+from .scheduler.engine import Engine
+from .scheduler.node import new_node_id
 from .services import EXTENSION_KEY, Services, compat
 from .services.models import JobCreate
 from .settings import Settings, load_settings
@@ -70,7 +71,9 @@ class Scheduler:
         try:
             _prepare_schema(settings, db)
             store = Store(db)
-            engine = JobScheduler(app, settings, store)
+            node_id = new_node_id()
+            engine = Engine(app, settings, store, node_id=node_id,
+                            companions=alerts.companions(settings, node_id))
             svc = Services.build(settings, store, engine, self)
             svc.install(app)
             # A bad JOBS entry or decorated job stops start-up here, before any write.
@@ -79,7 +82,6 @@ class Scheduler:
             app.extensions.pop(EXTENSION_KEY, None)
             db.dispose()
             raise
-        alerts.init_app(app)
         metrics.init_app(app)
         routes.register(app)
         cli.init_app(app)

@@ -30,13 +30,11 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from apscheduler.schedulers import SchedulerNotRunningError
 from flask import Blueprint, Response, current_app, url_for
-from flask_apscheduler.utils import trigger_to_dict
 
 from ..errors import InvalidRequest
-from ..scheduler.extension import JobScheduler
-from ..scheduler.triggers import TriggerError, build_trigger
+from ..scheduler.engine import Engine
+from ..scheduler.triggers import crontab_as_fields
 from ..services import compat, services
 from ..services.views import run_view
 from ..store import JobRecord
@@ -80,11 +78,7 @@ def get_scheduler_info() -> dict[str, Any]:
 @bp.post("/pause")
 def pause_scheduler() -> Any:
     """Pause this node's job loop: it fires nothing until resumed. Runs go on."""
-    scheduler = _running_scheduler()
-    try:
-        scheduler.pause()
-    except SchedulerNotRunningError:  # shut down meanwhile
-        raise InvalidRequest("the scheduler is not running") from None
+    _running_scheduler().pause()
     return "", 204
 
 
@@ -93,10 +87,7 @@ def resume_scheduler() -> Any:
     scheduler = _running_scheduler()
     if services().settings.role == "web":
         raise InvalidRequest("this node's role is 'web': its job loop stays paused")
-    try:
-        scheduler.resume()
-    except SchedulerNotRunningError:
-        raise InvalidRequest("the scheduler is not running") from None
+    scheduler.resume()
     return "", 204
 
 
@@ -116,7 +107,7 @@ def shutdown_scheduler() -> Any:
     return "", 204
 
 
-def _running_scheduler() -> JobScheduler:
+def _running_scheduler() -> Engine:
     scheduler = services().scheduler
     if not scheduler.started:
         raise InvalidRequest("the scheduler is not running")
@@ -219,10 +210,6 @@ def _trigger_fields(spec: dict[str, Any]) -> dict[str, Any]:
     fields = {"trigger": spec.get("type")}
     fields.update((key, value) for key, value in spec.items() if key not in ("type", "expr"))
     if spec.get("type") == "cron" and "expr" in spec:
-        try:
-            trigger = build_trigger({"type": "cron", "expr": spec["expr"]}, "UTC")[1]
-        except TriggerError:
-            fields["expr"] = spec["expr"]
-        else:
-            fields.update(trigger_to_dict(trigger))
+        as_fields = crontab_as_fields(spec["expr"])
+        fields.update(as_fields if as_fields is not None else {"expr": spec["expr"]})
     return fields

@@ -4,10 +4,12 @@ store, the fire pass and APScheduler's loop. The one object the services call.""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from apscheduler.schedulers import SchedulerNotRunningError
 from flask import Flask
 
+from ..errors import InvalidRequest
 from ..settings import Settings
 from ..store import NewRun, Run, Store
 from .firepass import FirePass
@@ -85,15 +87,10 @@ class Engine:
     def run_here(self, new: NewRun) -> Run | None:
         """If a thread is free here, write ``new`` already claimed by this node and start it at
         once; None otherwise (the caller queues it for whichever node frees up first)."""
-        return self.execute_here(lambda node_id: self.store.runs.create(new, running_on=node_id))
-
-    def execute_here(self, create: Callable[[str], Run]) -> Run | None:
-        """``run_here`` for a caller that writes the run itself: ``create(node_id)`` must write
-        it claimed by that node. Prefer ``run_here``."""
         if self.runner is None or not self._started or not self.runner.reserve():
             return None
         try:
-            run = create(self.node.id)
+            run = self.store.runs.create(new, running_on=self.node.id)
         except BaseException:
             self.runner.release()
             raise
@@ -121,9 +118,15 @@ class Engine:
         return int(self._loop.state)
 
     def pause(self) -> None:
-        """Stop firing jobs until ``resume``; runs go on. ``SchedulerNotRunningError`` when
-        the loop is not running."""
-        self._loop.pause()
+        """Stop firing jobs until ``resume``; runs go on. InvalidRequest when the loop is not
+        running."""
+        try:
+            self._loop.pause()
+        except SchedulerNotRunningError:
+            raise InvalidRequest("the scheduler is not running") from None
 
     def resume(self) -> None:
-        self._loop.resume()
+        try:
+            self._loop.resume()
+        except SchedulerNotRunningError:
+            raise InvalidRequest("the scheduler is not running") from None

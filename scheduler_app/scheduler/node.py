@@ -99,11 +99,6 @@ class Node:
             companion.stop()
         log.info("node %s stopped", self.id, extra={"node": self.id})
 
-    def attach(self, companion: Companion) -> None:
-        """Run ``companion`` alongside this node (call before ``start``). Prefer passing it to
-        the constructor (``companions``)."""
-        self._companions.append(companion)
-
     def _register(self) -> None:
         self.store.nodes.register(self.id, self.host, self.pid, self.role,
                                   self.capacity if self.runner else 0)

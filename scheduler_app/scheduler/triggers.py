@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from cron_descriptor import ExpressionDescriptor, Options
+from flask_apscheduler.utils import trigger_to_dict
 
 from ..timeutil import parse_aware, utcnow
 
@@ -52,6 +53,17 @@ def build_trigger(spec: object, default_timezone: str) -> tuple[dict[str, Any], 
     if kind == "date":
         return _date(spec, default_timezone)
     raise TriggerError("trigger.type", "must be one of 'cron', 'interval', 'date'")
+
+
+def crontab_as_fields(expr: str) -> dict[str, Any] | None:
+    """A crontab expression as APScheduler's cron fields (``{"minute": "*/5", ...}``), the
+    shape Flask-APScheduler shows; None if it is not one."""
+    try:
+        trigger = build_trigger({"type": "cron", "expr": expr}, "UTC")[1]
+    except TriggerError:
+        return None
+    fields: dict[str, Any] = trigger_to_dict(trigger)
+    return fields
 
 
 def describe(spec: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, current_app
 
-from ..scheduler.extension import JobScheduler
+from ..scheduler.engine import Engine
 from ..settings import Settings
 from ..store import Store
 from .jobs import JobService
@@ -20,13 +20,13 @@ EXTENSION_KEY = "scheduler_app"
 class Services:
     settings: Settings
     store: Store
-    scheduler: JobScheduler
+    scheduler: Engine
     runs: RunService
     jobs: JobService
     extension: Any  # the scheduler_app.Scheduler these were built by (its role loader)
 
     @classmethod
-    def build(cls, settings: Settings, store: Store, scheduler: JobScheduler,
+    def build(cls, settings: Settings, store: Store, scheduler: Engine,
               extension: Any = None) -> Services:
         runs = RunService(store, scheduler, settings)
         return cls(settings, store, scheduler, runs, JobService(store, scheduler, settings, runs),

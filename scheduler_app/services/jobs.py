@@ -13,12 +13,10 @@ import json
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
-
-from apscheduler.triggers.base import BaseTrigger
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, InvalidRequest, NotFound
-from ..scheduler.extension import JobScheduler
+from ..scheduler.engine import Engine
 from ..scheduler.jobspec import JobSpec
 from ..scheduler.triggers import TriggerError, build_trigger
 from ..settings import Settings
@@ -30,11 +28,14 @@ from .models import JobCreate, JobPatch
 from .runs import RunService, resolve_task, unstorable, validate_kwargs
 from .views import job_view
 
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
+
 MAX_CAS_ATTEMPTS = 5
 
 
 class JobService:
-    def __init__(self, store: Store, scheduler: JobScheduler, settings: Settings,
+    def __init__(self, store: Store, scheduler: Engine, settings: Settings,
                  runs: RunService) -> None:
         self.store = store
         self.scheduler = scheduler

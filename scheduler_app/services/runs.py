@@ -13,7 +13,7 @@ from sqlalchemy import event
 
 from ..errors import AlreadyFinished, InvalidRequest, NotFound
 from ..scheduler import eager
-from ..scheduler.extension import JobScheduler
+from ..scheduler.engine import Engine
 from ..settings import Settings
 from ..store import FINAL_STATES, LogEntry, NewRun, Run, RunState, Store
 from ..tasks import ArgumentError, Task, UnknownTask, registry
@@ -45,7 +45,7 @@ def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None) ->
 
 
 class RunService:
-    def __init__(self, store: Store, scheduler: JobScheduler, settings: Settings) -> None:
+    def __init__(self, store: Store, scheduler: Engine, settings: Settings) -> None:
         self.store = store
         self.scheduler = scheduler
         self.settings = settings
@@ -110,8 +110,7 @@ class RunService:
         new = self._new_run(task, kwargs, when, job_id)
         if task.max_running is None and when <= utcnow():
             # Due now and this node has a free thread: skip the queue (one write, no hop).
-            started = self.scheduler.execute_here(
-                lambda node: self.store.runs.create(new, running_on=node))
+            started = self.scheduler.run_here(new)
             if started is not None:
                 return started
         run = self.store.runs.create(new, max_queued=self.settings.max_queued_runs)

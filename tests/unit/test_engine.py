@@ -3,15 +3,12 @@ Flask-APScheduler's surface, and its run-now path never runs past capacity."""
 
 from __future__ import annotations
 
-import ast
-import pathlib
 import threading
 
 import pytest
 from apscheduler.schedulers.base import STATE_PAUSED, STATE_RUNNING
 from flask import Flask
 
-import scheduler_app.scheduler
 from scheduler_app.store import Run, RunState
 from tests.conftest import new_run, wait_for
 from tests.tasks_for_tests import gates
@@ -28,51 +25,33 @@ def test_building_and_starting_touches_nothing_of_the_app(make_engine):
         assert not hasattr(engine, inherited), inherited
 
 
-def test_the_scheduler_package_does_not_import_flask_apscheduler():
-    package = pathlib.Path(scheduler_app.scheduler.__path__[0])
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                    [alias.name for alias in node.names]
-                assert not any(n.startswith("flask_apscheduler") for n in names), path.name
-
-
 def test_run_now_with_no_free_thread_returns_none_and_writes_nothing(make_engine,
                                                                      sqlite_store):
     engine = make_engine(worker_threads=1)
-    created: list[Run] = []
-
-    def create(node_id: str) -> Run:
-        run = sqlite_store.runs.create(
-            new_run(task="testing.wait_gate", kwargs={"gate": "unit-engine"}),
-            running_on=node_id)
-        created.append(run)
-        return run
-
-    assert engine.execute_here(create) is None  # not started: nothing runs here yet
+    new = new_run(task="testing.wait_gate", kwargs={"gate": "unit-engine"})
+    assert engine.run_here(new) is None  # not started: nothing runs here yet
     engine.start()
     gates["unit-engine"] = threading.Event()
     try:
-        first = engine.execute_here(create)
+        first = engine.run_here(new)
         assert first is not None and first.node == engine.node.id
-        assert engine.execute_here(create) is None
-        assert created == [first]
+        assert engine.run_here(new) is None
         assert [r.id for r in sqlite_store.runs.find(limit=10)] == [first.id]
     finally:
         gates["unit-engine"].set()
     wait_for(lambda: sqlite_store.runs.get(first.id).state is RunState.SUCCEEDED)
 
 
-def test_a_failing_create_gives_its_thread_back(make_engine):
+def test_a_failing_create_gives_its_thread_back(make_engine, sqlite_store, monkeypatch):
     engine = make_engine(worker_threads=1)
     engine.start()
 
-    def create(node_id: str) -> Run:
+    def create(*args: object, **kwargs: object) -> Run:
         raise RuntimeError("database down")
 
+    monkeypatch.setattr(sqlite_store.runs, "create", create)
     with pytest.raises(RuntimeError):
-        engine.execute_here(create)
+        engine.run_here(new_run())
     assert engine.runner is not None and engine.runner.reserve()  # the thread is free again
     engine.runner.release()
 
@@ -81,7 +60,8 @@ def test_a_web_node_writes_jobs_but_never_fires_or_executes(make_engine, sqlite_
     engine = make_engine(role="web")
     engine.start()
     assert engine.runner is None and engine.state == STATE_PAUSED
-    assert engine.execute_here(lambda node: pytest.fail("must not create")) is None
+    assert engine.run_here(new_run()) is None
+    assert sqlite_store.runs.find(limit=1) == []
     with pytest.raises(ValueError):
         make_engine(role="web").start(as_worker=True)
 

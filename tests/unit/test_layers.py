@@ -37,9 +37,9 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _imports(name: str, path: Path) -> set[str]:
+def _imports(name: str, path: Path, *, external: bool = False) -> set[str]:
     """The package's modules ``name`` imports anywhere in its body, except under
-    ``if TYPE_CHECKING:``."""
+    ``if TYPE_CHECKING:`` (``external``: the other packages' modules instead)."""
     tree = ast.parse(path.read_text())
     skipped = {id(node) for block in ast.walk(tree)
                if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
@@ -59,6 +59,8 @@ def _imports(name: str, path: Path) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 found.add(sub if sub in MODULES else base)
+    if external:
+        return {m for m in found if not m.startswith("scheduler_app")}
     return {m for m in found if m in MODULES and m != name}
 
 
@@ -119,3 +121,19 @@ def test_the_checker_sees_a_cycle() -> None:
     finally:
         for name in ("scheduler_app.tasks", "scheduler_app.store"):
             GRAPH[name] = _imports(name, MODULES[name])
+
+
+def test_apscheduler_is_held_in_one_adapter_package() -> None:
+    """APScheduler 3 and Flask-APScheduler are used by ``scheduler_app.scheduler`` only; and
+    there only APScheduler's parts and Flask-APScheduler's ``utils``, never its ``APScheduler``
+    class, whose public surface this package cannot honour."""
+    outside = sorted((name, target) for name, path in MODULES.items()
+                     if not name.startswith("scheduler_app.scheduler")
+                     for target in _imports(name, path, external=True)
+                     if target.split(".")[0] in ("apscheduler", "flask_apscheduler"))
+    assert outside == []
+    inside = {target for name, path in MODULES.items()
+              if name.startswith("scheduler_app.scheduler")
+              for target in _imports(name, path, external=True)
+              if target.startswith("flask_apscheduler")}
+    assert inside <= {"flask_apscheduler.utils", "flask_apscheduler.utils.trigger_to_dict"}

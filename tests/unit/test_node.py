@@ -46,8 +46,7 @@ def test_a_node_is_complete_when_built(sqlite_store):
 
 def test_companions_hear_every_settled_run_even_if_one_fails(sqlite_store):
     failing, listening, attached = Companion(fail=True), Companion(), Companion()
-    node = make_node(sqlite_store, companions=[failing, listening])
-    node.attach(attached)
+    node = make_node(sqlite_store, companions=[failing, listening, attached])
     run = sqlite_store.runs.create(new_run(), running_on="ghost:1:gone")  # its node is gone
     node.start()
     try:
