@@ -25,9 +25,10 @@ from .errors import ConfigError, InvalidRequest
 from .handles import RunHandle
 from .scheduler.engine import Engine
 from .scheduler.node import new_node_id
+from .scheduler.triggers import TriggerError, build_trigger
 from .services import EXTENSION_KEY, Services, compat
 from .services.models import JobCreate
-from .settings import Settings, load_settings
+from .settings import Settings, config_key, load_settings
 from .store import Database, Store
 from .tasks import Task, registry
 
@@ -59,6 +60,7 @@ class Scheduler:
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("this app already has a scheduler_app.Scheduler")
         settings = load_settings(app.config, app.instance_path)
+        _check_prune_cron(settings)
         for module in settings.task_modules:
             try:
                 importlib.import_module(module)
@@ -303,6 +305,18 @@ def _prepare_schema(settings: Settings, db: Database) -> None:
     if behind:
         log.error("the database schema is at %s and this code needs %s: run "
                   "'flask scheduler db upgrade'", current or "nothing", head)
+
+
+def _check_prune_cron(settings: Settings) -> None:
+    """PRUNE_RUNS_CRON must be a crontab expression (checked here, where the trigger builder
+    may be imported: settings sit below the scheduler layer)."""
+    if settings.prune_cron is None:
+        return
+    try:
+        build_trigger({"type": "cron", "expr": settings.prune_cron}, settings.timezone)
+    except TriggerError as exc:
+        raise ConfigError(f"{config_key('prune_cron')} must be a crontab expression or empty: "
+                          f"{exc.message}") from None
 
 
 def _install_builtin_jobs(svc: Services) -> None:

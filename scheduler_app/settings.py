@@ -222,8 +222,6 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
         key = keys.get(name) or (config_key(name) if name in Settings.model_fields else name)
         message = _readable(error["msg"].removeprefix("Value error, "), error.get("input"))
         raise ConfigError(f"{key}{'' if message.startswith('[') else ' '}{message}") from None
-    if settings.prune_cron is not None:
-        _check_cron(settings.prune_cron, settings.timezone)
     return settings
 
 
@@ -235,16 +233,6 @@ def _readable(message: str, value: object) -> str:
     if isinstance(value, str) and "URL" in message:
         return message
     return f"must be valid ({message.lower()}), got {value!r}"
-
-
-def _check_cron(cron: str, timezone: str) -> None:
-    from .scheduler.triggers import TriggerError, build_trigger
-
-    try:
-        build_trigger({"type": "cron", "expr": cron}, timezone)
-    except TriggerError as exc:
-        raise ConfigError(f"{config_key('prune_cron')} must be a crontab expression or empty: "
-                          f"{exc.message}") from None
 
 
 def _webhook_url(url: object) -> str | None:

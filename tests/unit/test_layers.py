@@ -12,7 +12,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "scheduler_app"
 
 # Each layer, and the layers above it that it must never import.
+ABOVE_ALL = ("store", "scheduler", "services", "api", "dashboard", "extension", "routes",
+             "standalone", "cli")
 LAYERS = [
+    # Shared by every layer, so they import none of them.
+    ("scheduler_app.errors", ABOVE_ALL + ("tasks", "settings", "logs")),
+    ("scheduler_app.timeutil", ABOVE_ALL + ("tasks", "settings", "logs")),
+    ("scheduler_app.settings", ABOVE_ALL + ("tasks", "logs")),
+    ("scheduler_app.logs", ABOVE_ALL),
     ("scheduler_app.tasks", ("store", "scheduler", "services", "api", "dashboard", "extension",
                              "routes", "standalone", "cli")),
     ("scheduler_app.store", ("scheduler", "services", "api", "dashboard", "extension", "routes",
