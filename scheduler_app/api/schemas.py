@@ -4,8 +4,10 @@ answers), as pydantic models that feed the OpenAPI document.
 The views build plain dicts; these models describe them exactly: every key is required (the
 views always send every key, ``null`` when there is nothing) and no other key is allowed, so a
 field added to a view and not here fails ``tests/test_openapi.py``, which validates real
-answers against these models and against the published document. Times are ISO 8601 strings
-with an offset (``AwareDatetime`` documents them as ``format: date-time``).
+answers against these models and against the published document (and, for a run,
+``tests/unit/test_run_shape.py``, which compares ``run_view``'s keys with ``Run``'s fields).
+Times are ISO 8601 strings with an offset (``AwareDatetime`` documents them as
+``format: date-time``).
 """
 
 from __future__ import annotations

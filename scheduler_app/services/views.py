@@ -17,6 +17,10 @@ from ..timeutil import iso, utcnow
 
 
 def run_view(run: Run) -> dict[str, Any]:
+    """A run as the API shows it. Spelled out, not derived from ``Run``: the contract fixes
+    these names and their order, and they are not the row's (one ``progress`` object, a
+    computed ``duration_s``, no ``retry_backoff``). ``api.schemas.Run`` describes the same
+    keys; ``tests/unit/test_run_shape.py`` checks that the two agree."""
     progress = None
     if run.progress_done is not None:
         p = Progress(run.progress_done, run.progress_total, run.progress_message)

@@ -1,9 +1,6 @@
-"""The writes of a scheduler pass: the due job rows to plan from, then one transaction that
-records the planned fires as runs and moves each job to its next fire time, unless its row
-changed since it was read.
-
-Why one transaction, and why a changed row is left alone: docs/ARCHITECTURE.md, "The
-scheduler layer".
+"""The reads and the one write of a scheduler pass: the due job rows to plan from, then one
+transaction that records the planned fires as runs and moves each job on, unless its row
+changed since it was read (docs/ARCHITECTURE.md, "One pass of the loop").
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ import sqlalchemy as sa
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM
 from .jobs import JobRecord, from_epoch, to_epoch
-from .lifecycle import ACTIVE_STATES, NewRun, Run, RunState
+from .lifecycle import ACTIVE_STATES, NewRun, Run, new_run_values
 from .runs import RunStore
 from .schema import jobs, runs
 
@@ -144,18 +141,9 @@ class FireStore:
                     if start_on is not None and outcome.started is None:
                         outcome.started = self.runs.create(new, conn, running_on=start_on)
                     else:
-                        rows.append(_queued(new, now))
+                        rows.append(new_run_values(new, now))
                     outcome.recorded.append((item.job_id, new.fire_time))
                     active[item.job_id] = active.get(item.job_id, 0) + 1
         if rows:
             conn.execute(_INSERT_RUNS, rows)
 
-
-def _queued(new: NewRun, now: datetime) -> dict[str, object]:
-    """The row of a queued run, as ``RunStore.create`` writes one."""
-    return {"task": new.task, "kwargs": new.kwargs, "job_id": new.job_id,
-            "fire_time": new.fire_time, "state": RunState.QUEUED.value, "node": None,
-            "started_at": None, "attempt": 1, "max_attempts": new.max_attempts,
-            "retry_backoff": new.retry_backoff, "timeout": new.timeout,
-            "cancel_requested": False, "errors": [], "created_at": now,
-            "scheduled_for": new.scheduled_for}

@@ -1,13 +1,13 @@
-"""A run's states, the records that cross layers, and the rule for settling an attempt
-(final, or back to the queue after an exponential backoff). Pure: no SQL here; ``runs`` applies
-these in its conditional updates.
+"""A run's states, the records that cross layers, and the values a run's row gets when it is
+made and when an attempt settles. Pure: no SQL here; ``runs`` and ``fires`` write these values.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import RowMapping
@@ -31,6 +31,9 @@ ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
 
 @dataclass(frozen=True)
 class Run:
+    """A run as its row holds it: one field per column of ``schema.runs``, by the same name
+    (``tests/unit/test_run_shape.py`` fails when the two differ)."""
+
     id: int
     task: str
     kwargs: dict[str, Any]
@@ -55,8 +58,18 @@ class Run:
     finished_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> Run:
-        values = dict(row)
+    def from_row(cls, row: RowMapping | Mapping[str, Any]) -> Run:
+        return cls._from_values(dict(row))
+
+    @classmethod
+    def inserted(cls, run_id: int, values: Mapping[str, Any]) -> Run:
+        """The run just inserted with ``values`` (``new_run_values``) as reading it back would
+        give it: the columns the insert leaves out are NULL."""
+        return cls._from_values({**_UNWRITTEN, **values, "id": run_id})
+
+    @classmethod
+    def _from_values(cls, values: dict[str, Any]) -> Run:
+        """``values`` is a fresh dict of every column, converted in place."""
         values["state"] = RunState(values["state"])
         values["errors"] = values.get("errors") or []
         return cls(**values)
@@ -64,6 +77,9 @@ class Run:
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+
+_UNWRITTEN = dict.fromkeys((f.name for f in fields(Run)), None)
 
 
 @dataclass(frozen=True)
@@ -91,6 +107,24 @@ class LogEntry:
 def backoff_delay(base: float, attempt: int) -> float:
     """Exponential backoff before attempt ``attempt + 1``: base, 2×base, 4×base… capped."""
     return float(min(MAX_BACKOFF_SECONDS, base * (2 ** max(0, attempt - 1))))
+
+
+def new_run_values(new: NewRun, now: datetime, running_on: str | None = None
+                   ) -> dict[str, Any]:
+    """The row of a run made from ``new`` at ``now``: queued, or already running on the node
+    ``running_on``. Times are in UTC, as the columns give them back."""
+    return {
+        **vars(new),
+        "fire_time": None if new.fire_time is None else new.fire_time.astimezone(UTC),
+        "scheduled_for": new.scheduled_for.astimezone(UTC),
+        "state": (RunState.QUEUED if running_on is None else RunState.RUNNING).value,
+        "node": running_on,
+        "started_at": None if running_on is None else now,
+        "attempt": 1,
+        "cancel_requested": False,
+        "errors": [],
+        "created_at": now,
+    }
 
 
 def settle_values(run: Run, state: RunState, result: Any,
