@@ -1,11 +1,8 @@
-"""The one seam to the database: engine set-up and short, explicit transactions.
+"""The one seam to the database: the engine, and short read and write transactions.
 
-SQLite is used the careful way: WAL so readers never block the writer, a busy timeout so
-writers queue instead of failing, and write transactions opened with ``BEGIN IMMEDIATE`` so two
-writers never deadlock upgrading a read lock. PostgreSQL gets ordinary transactions plus a
-transaction-level advisory lock where a read-then-write must be atomic across hosts.
-
-The schema is Alembic's (``scheduler_app.migrations``); ``migrate()`` applies it under a lock.
+SQLite runs in WAL mode with one writer at a time (``BEGIN IMMEDIATE``, writers queued on a
+lock); PostgreSQL takes an advisory lock where a read-then-write must be atomic across hosts.
+``migrate()`` brings the schema to this code's revision. Why: docs/ARCHITECTURE.md, "The store".
 """
 
 from __future__ import annotations
@@ -48,8 +45,7 @@ class Database:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if self.url.database in (None, "", ":memory:"):
                 raise ValueError("an in-memory SQLite database cannot be shared; give a file path")
-        # A pre-ping finds connections a server dropped; a SQLite file never drops one, and
-        # the ping cost a millisecond per checkout on the hot path (measured in bench/).
+        # A pre-ping finds connections a server dropped; a SQLite file never drops one.
         kwargs.update(pool_size=pool_size, max_overflow=2 * pool_size,
                       pool_pre_ping=not self.is_sqlite)
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
@@ -84,11 +80,7 @@ class Database:
         only matters on PostgreSQL, where it becomes ``pg_advisory_xact_lock``.
         """
         if self.is_sqlite:
-            # Writers queue here, not in SQLite's busy handler, which sleeps 1, 2, 5, 10… ms
-            # between retries: under contention those sleeps were most of a write's latency
-            # and its p99 (bench/README.md). Threads of this process queue on a thread lock,
-            # then the processes sharing the file on a lock file, which the kernel hands to
-            # the next waiter the moment it is released.
+            # Writers queue here, not in SQLite's busy handler.
             with self._hold_writers(), self.engine.connect().execution_options(
                     sqlite_immediate=True) as conn, conn.begin():
                 yield conn
@@ -185,12 +177,8 @@ class Database:
     def poll(self, statement: sa.Select[Any]) -> Any:
         """The single value of a constant ``statement`` that a loop asks again and again.
 
-        Every node's scheduler loop and run dispatcher ask once a second, busy or idle; through
-        a pooled SQLAlchemy connection each such read cost 1.5-2.5 ms of CPU when the thread
-        woke with cold caches, most of an idle node's CPU (bench/README.md, "Scale"). On SQLite
-        the statement is compiled once and run on the thread's own driver connection, a read
-        needing no transaction of its own in WAL mode; its column type still converts the
-        value. Elsewhere it is an ordinary read.
+        On SQLite the statement is compiled once and run on the thread's own driver
+        connection, converted by its column's type; elsewhere it is an ordinary read.
         """
         if not self.is_sqlite:
             with self.read() as conn:
@@ -248,19 +236,13 @@ class _FileLock:
 
 
 class _Checkpointer:
-    """Copies the write-ahead log back into the database file from a background thread.
+    """Copies the write-ahead log back into the database file from a background thread, so
+    no commit waits for a checkpoint.
 
-    SQLite does this by itself in whichever commit finds the log past 1,000 pages, and that
-    commit waits for the copy and its fsyncs: measured here, it put a create-and-finish's p99
-    at 10 ms and its p99.9 at 44 ms, against 1.7 ms and 5 ms with no checkpoints at all
-    (bench/README.md). So ``interval`` seconds after a write, this thread copies what it can
-    with a ``PASSIVE`` checkpoint, which never blocks a writer; while nothing is written, it
-    sleeps. While writers keep appending, such a checkpoint never quite catches up, and the
-    log can only start over once one has: so when the log is past ``RESTART_PAGES``, the
-    thread holds the writers back for a last checkpoint of the little that is left. SQLite's
-    own checkpoint stays as a backstop at ``BACKSTOP_PAGES``, should this thread fall behind.
-
-    Started by the first write of each process (a thread does not survive ``fork``).
+    ``interval`` seconds after a write, a ``PASSIVE`` checkpoint; past ``RESTART_PAGES`` of
+    log, one more with the writers held back, so the log can start over. SQLite's own
+    checkpoint is the backstop at ``BACKSTOP_PAGES``. Started by the first write of each
+    process (a thread does not survive ``fork``).
     """
 
     RESTART_PAGES = 1_000
@@ -339,8 +321,8 @@ def _configure_sqlite(engine: Engine) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
-        # Straight to the driver: through exec_driver_sql, building an execution context for
-        # this one statement cost ~40 µs, once per transaction (bench/README.md).
+        # Straight to the driver: no execution context for this one statement, as it runs
+        # once per transaction.
         raw = conn.connection.dbapi_connection
         assert raw is not None
         raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")

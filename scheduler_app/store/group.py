@@ -1,21 +1,6 @@
-"""Group commit: the small writes of many threads share one transaction and one commit.
-
-Every run is two short write transactions (created, finished), and on SQLite there is one
-writer at a time: under load the threads of a node queued for the write lock and each paid for
-its own ``BEGIN IMMEDIATE``, statistics upsert and ``COMMIT`` (bench/README.md). Here a thread
-that finds no commit in progress becomes the *leader*: it writes its own operation and those
-of every thread that queued meanwhile in one transaction, flushes their statistics in one
-upsert, commits, and hands each its result. Threads that arrive while it commits wait and
-form the next batch. Alone, a thread leads a batch of one at once, so an idle node pays
-nothing for this; under load the cost of a commit is shared by the batch.
-
-Durability is unchanged: ``run`` returns only after the transaction holding the operation
-committed, so a run-now request still answers after its run is stored.
-
-An operation must only read and write through the connection it is given, raise before it
-writes when it refuses (``QueueFull``), and never call ``run`` itself. If any operation of a
-batch raises, the whole transaction is rolled back and each operation is retried alone in its
-own, so one failure reaches only its own caller and never leaves another's writes half-done.
+"""Group commit: the small writes of a process's threads share one transaction and one
+commit; each call returns once the transaction holding its operation committed.
+The design: docs/ARCHITECTURE.md, "The store".
 """
 
 from __future__ import annotations
@@ -68,6 +53,12 @@ class GroupCommit:
 
     def run(self, operation: Operation[T], *, serialised: bool = False) -> T:
         """Run ``operation(conn, tally)`` in a committed write transaction; return its value.
+
+        The operation may share the transaction with other threads' operations. It must only
+        read and write through the connection it is given, raise before it writes when it
+        refuses (``QueueFull``), and never call ``run`` itself. If any operation of a batch
+        raises, the batch is rolled back and each operation retried alone, so a failure
+        reaches only its own caller.
 
         ``serialised``: the operation reads then writes and must be atomic with other such
         writers across hosts (PostgreSQL's ``LOCK_CLAIM`` advisory lock; on SQLite every write

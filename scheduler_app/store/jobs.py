@@ -1,7 +1,6 @@
-"""The job table: one row per scheduled job, its spec as JSON, its next fire time as a number.
-
-The spec (task, kwargs, trigger as given, options) is everything needed to rebuild the
-APScheduler job; ``scheduler.jobstore`` does that translation. Here are only the queries.
+"""The job table's queries: one row per scheduled job, its spec (task, kwargs, trigger as
+given, options) as JSON, its next fire time as epoch seconds. ``scheduler.jobstore`` turns a
+spec into an APScheduler job.
 """
 
 from __future__ import annotations
@@ -127,12 +126,8 @@ class JobStoreQueries:
              after: JobKey | None = None) -> list[JobRecord]:
         """Jobs by next run time, paused ones last, then by id; ``after`` is the keyset cursor
         (the key of the last job of the previous page), so pages neither repeat nor skip jobs
-        when others fire or change in between.
-
-        Scheduled jobs, then paused ones: two range scans of ``ix_scheduler_jobs_next_run`` in
-        one read transaction. A single query ordered by ``next_run_time IS NULL`` has no index
-        to follow and sorted the whole table for every page (10 ms a page with 10,000 jobs,
-        45 ms deep into them; bench/scale.py)."""
+        when others fire or change in between. Scheduled jobs, then paused ones: two range
+        scans of ``ix_scheduler_jobs_next_run`` in one read transaction, never a sort."""
         where = [] if task is None else [jobs.c.task == task]
         scheduled = (sa.select(jobs).where(jobs.c.next_run_time.is_not(None), *where)
                      .order_by(jobs.c.next_run_time, jobs.c.id))

@@ -1,14 +1,6 @@
-"""The queries behind the dashboard's overview: how many runs ended how, and when.
-
-Windows are judged by ``finished_at`` for the final states ("failed in the last hour" means
-it failed then, whenever it was queued) and by the current state for ``queued`` and
-``running``, which are counted as they are now. Each query is one indexed statement
-(``ix_scheduler_runs_finished``, ``ix_scheduler_runs_state_due``), so the page stays cheap on a
-large table.
-
-Runs per minute are bucketed in SQL, by dialect: SQLite stores naive UTC text, so
-``strftime('%s', ...)`` turns it into epoch seconds; PostgreSQL has ``extract(epoch ...)``.
-Any other backend buckets the finish times in Python.
+"""The queries behind the dashboard's overview: runs queued and running now, runs finished
+by final state since a time and per minute, and the latest failures. Each is one indexed
+statement, so the page stays cheap on a large table.
 """
 
 from __future__ import annotations
@@ -104,7 +96,9 @@ class OverviewQueries:
             return [Run.from_row(r) for r in rows], int(total)
 
     def _minute_bucket(self) -> Any:
-        """An SQL expression for the epoch minute a run finished in, or None."""
+        """An SQL expression for the epoch minute a run finished in, or None (the caller then
+        buckets in Python). SQLite stores naive UTC text, which ``strftime('%s', ...)`` turns
+        into epoch seconds."""
         if self.db.dialect == "sqlite":
             seconds = sa.cast(sa.func.strftime("%s", runs.c.finished_at), sa.Integer)
             return seconds // 60

@@ -1,16 +1,7 @@
-"""The service's tables, in SQLAlchemy Core. The database is the truth about jobs and runs.
-
-Times are stored as aware UTC datetimes (``UTCDateTime`` makes SQLite give them back aware).
-The ``jobs`` table replaces APScheduler's pickled job store with a JSON job spec, so no row is
-ever unpickled and a row written by other code can always be read and reported.
-
-Every table's name starts with ``TABLE_PREFIX``, and so does every index's and unique
-constraint's after its ``ix_`` or ``uq_`` (``ix_scheduler_runs_task``): the service lives in
-its host app's database, beside that app's own ``jobs`` or ``runs`` tables, and on PostgreSQL
-index names are schema-wide.
-
-This module is the schema the code expects now; ``scheduler_app/migrations`` is how a database
-gets there. A change here needs a new revision there (a test compares the two).
+"""The service's tables, in SQLAlchemy Core: the schema this code expects now, every name
+starting with ``TABLE_PREFIX``. ``scheduler_app/migrations`` is how a database gets there: a
+change here needs a new revision there (a test compares the two). Why these names and types:
+docs/ARCHITECTURE.md, "The store".
 """
 
 from __future__ import annotations
@@ -132,10 +123,9 @@ nodes = sa.Table(
 )
 
 
-# Cumulative totals behind /metrics' counters and histograms, one row per (metric, task, label):
-# ``label`` is a run's final state for ``runs_finished``, a bucket's upper bound (or ``sum``)
-# for a histogram, empty for plain counters. Rows are only ever incremented, in the same
-# transaction as the change they count, so pruning runs never makes a counter go back.
+# Cumulative totals behind /metrics, one row per (metric, task, label): ``label`` is a run's
+# final state for ``runs_finished``, a bucket's upper bound (or ``sum``) for a histogram, empty
+# for plain counters. Rows are only ever incremented.
 stats = sa.Table(
     f"{TABLE_PREFIX}stats",
     metadata,

@@ -1,18 +1,6 @@
-"""Cumulative run statistics, kept in the database so every node reports the same totals.
-
-Why not prometheus_client's own ``Counter`` and ``Histogram``: they live in one process's
-memory, so under ``gunicorn -w 4`` or across hosts a scrape would show whichever worker
-answered, and every restart would reset them to zero. Here each increment is an upsert into
-the ``stats`` table made in the same transaction as the state change it counts
-(``RunStore.finish``, ``settle_lost``, ``request_cancel``, ``claim``). The totals are as durable
-as the runs themselves, survive pruning, and any node can read them at scrape time.
-
-A histogram keeps one row per bucket, counting the observations that fell *in* that bucket
-(not the cumulative count), plus a ``sum`` row. That is one row updated per observation instead
-of one per bucket above it; ``snapshot()`` adds them up. A bound that is no longer in the bucket
-list (a later version changed it) is folded into the next bound up, so no total goes back.
-
-Gauges (runs queued and running now, nodes alive, jobs) are counted from their own tables.
+"""Cumulative run statistics behind ``/metrics``, kept in the database so every node reports
+the same totals: ``Tally`` adds to them in the transaction of the change it counts, and
+``StatsStore.snapshot`` reads them with the gauges. Why: docs/ARCHITECTURE.md, "The store".
 """
 
 from __future__ import annotations
@@ -121,8 +109,7 @@ _INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.in
 @functools.cache
 def _upsert(dialect: str) -> Any:
     """The dialect's ``INSERT … ON CONFLICT DO UPDATE`` adding to the value; None where there
-    is none. Built once: constructing it (its ``excluded`` columns) on every flush was a tenth
-    of a run-now request's CPU (bench/README.md)."""
+    is none. Built once per dialect, not on every flush."""
     insert = _INSERTS.get(dialect)
     if insert is None:
         return None

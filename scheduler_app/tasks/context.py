@@ -1,10 +1,6 @@
-"""The run context: what a running task receives as its first argument.
-
-It is deliberately free of I/O. ``progress`` and ``log`` only record into memory; the node's
-maintenance loop writes what changed to the database a few times a second, so a task calling
-``ctx.progress`` in a tight loop costs a lock and an assignment, not a database write.
-Cancellation is cooperative: the node sets the flag (a user's cancel, a timeout, a shutdown)
-and the task sees it through ``cancelled`` / ``check_cancelled()``.
+"""The run context: what a running task receives as its first argument, and the run bound to
+the current thread. It does no I/O: ``progress`` and ``log`` record into memory for the node
+to write; cancelling sets a flag the task looks at (docs/ARCHITECTURE.md, "The store").
 """
 
 from __future__ import annotations
@@ -68,7 +64,7 @@ class RunContext:
     # -- what tasks call -------------------------------------------------------------------
     def progress(self, done: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the run has got; ``total`` makes a percentage. Cheap to call often:
-        a check of the types and one assignment, no lock (bench/README.md measures it).
+        a check of the types and one assignment, no lock.
         ``x - x == 0`` is the finiteness test: false for infinities and NaN, and cheaper than
         a call to ``math.isfinite``."""
         if type(done) is not int and not (type(done) is float and done - done == 0):
