@@ -3,25 +3,30 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# make run binds HOST:PORT when either is given (make run PORT=8001, HOST=0.0.0.0 make run),
+# the other defaulting to 127.0.0.1 / 8000; with neither, gunicorn.conf.py binds GUNICORN_BIND
+# (default 127.0.0.1:8000).
+BIND_ARGS := $(if $(HOST)$(PORT),--bind $(or $(HOST),127.0.0.1):$(or $(PORT),8000))
 
 .PHONY: run test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
 
 $(BIN)/python:
+	@echo "creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed-runtime: requirements.txt | $(BIN)/python
+	@echo "installing pinned requirements into $(VENV) (first run: about a minute)"
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: requirements.txt requirements-dev.txt | $(BIN)/python
+	@echo "installing pinned requirements and test tools into $(VENV) (first run: a minute or two)"
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@ $(VENV)/.installed-runtime
 
 run: $(VENV)/.installed-runtime
-	$(BIN)/gunicorn -c gunicorn.conf.py --bind $(HOST):$(PORT) wsgi:app
+	$(BIN)/gunicorn -c gunicorn.conf.py $(BIND_ARGS) wsgi:app
 
 # Lint and types first (seconds), then the whole suite.
 test: lint

@@ -1,5 +1,5 @@
 """gunicorn settings for this service. Every knob can be overridden on the command line
-(``make run`` passes ``--bind``) or with GUNICORN_CMD_ARGS.
+(``make run HOST=… PORT=…`` passes ``--bind``) or with GUNICORN_CMD_ARGS.
 
 The scheduler is started in each worker after it forks (``post_worker_init``), never in the
 master, and stopped gracefully when the worker exits (``worker_exit``): running tasks are asked
