@@ -6,7 +6,7 @@ gap, on SQLite and PostgreSQL alike (bench/scale.py measures the latency)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,15 +20,21 @@ from tests.conftest import migrated_store
 STATES = [RunState.SUCCEEDED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED]
 
 
+def an_hour_ago() -> datetime:
+    """Jobs made before ``add_runs``' runs: a job's last run is created after its row."""
+    return utcnow() - timedelta(hours=1)
+
+
 @pytest.fixture
 def sqlite_store(db_url: str) -> Iterator[Store]:
     yield from migrated_store(db_url)
 
 
-def add_jobs(store: Store, specs: list[tuple[str, float | None]], task: str = "demo.echo"
-             ) -> None:
-    """Jobs by (id, next run time in epoch seconds or None for paused), written directly."""
-    now = utcnow()
+def add_jobs(store: Store, specs: list[tuple[str, float | None]], task: str = "demo.echo",
+             created_at: datetime | None = None) -> None:
+    """Jobs by (id, next run time in epoch seconds or None for paused), written directly,
+    created ``created_at`` (now by default)."""
+    now = created_at or utcnow()
     with store.db.write() as conn:
         conn.execute(jobs.insert(), [
             {"id": job_id, "task": task, "spec": {"task": task, "kwargs": {}},
@@ -94,7 +100,7 @@ def test_a_cursor_among_paused_jobs_with_paused_false_ends_the_list(store: Store
 
 # -- the last run of each job -----------------------------------------------------------------
 def test_last_runs_is_the_newest_run_of_each_job(store: Store) -> None:
-    add_jobs(store, [("j1", None), ("j2", None), ("idle", None)])
+    add_jobs(store, [("j1", None), ("j2", None), ("idle", None)], created_at=an_hour_ago())
     add_runs(store, 40, ["j1", "j2", None, "gone"])  # "gone": a job deleted since
     newest = {}
     for run in store.runs.find(limit=100):
@@ -144,7 +150,8 @@ def plans(store: Store, call: Callable[[], Any]) -> list[str]:
 def test_list_queries_follow_an_index(sqlite_store: Store) -> None:
     store = sqlite_store
     base = utcnow().timestamp() + 3600
-    add_jobs(store, [(f"job-{i:03d}", None if i % 10 == 0 else base + i) for i in range(200)])
+    add_jobs(store, [(f"job-{i:03d}", None if i % 10 == 0 else base + i) for i in range(200)],
+             created_at=an_hour_ago())
     add_runs(store, 400, [f"job-{i:03d}" for i in range(0, 200, 3)] + [None])
 
     for state in RunState:

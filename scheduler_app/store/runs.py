@@ -111,10 +111,13 @@ class RunStore:
             return [Run.from_row(r) for r in conn.execute(query).mappings()]
 
     def last_runs(self, job_ids: Sequence[str]) -> dict[str, Run]:
-        """The newest run of each given job (of those still in the job table).
+        """The newest run of each given job (of those still in the job table), if it was
+        created at or after the job's row: a run older than the row belongs to a deleted job
+        that had the same id, and a job recreated since its id last ran has no last run yet.
 
         One index seek per job (``max(id)`` of its ``ix_scheduler_runs_job`` entries), so a
-        page of jobs costs the same however many runs each job has."""
+        page of jobs costs the same however many runs each job has. Ids grow with creation
+        time, so when the newest run of the id is older than the row, all of them are."""
         if not job_ids:
             return {}
         with self.db.read() as conn:
@@ -414,7 +417,8 @@ def _last_runs_query() -> sa.Select[Any]:
     newest = (sa.select(sa.func.max(older.c.id)).where(older.c.job_id == jobs.c.id)
               .correlate(jobs).scalar_subquery())
     return (sa.select(runs).select_from(jobs.join(runs, runs.c.id == newest))
-            .where(jobs.c.id.in_(sa.bindparam("job_ids", expanding=True))))
+            .where(jobs.c.id.in_(sa.bindparam("job_ids", expanding=True)),
+                   runs.c.created_at >= jobs.c.created_at))
 
 
 _LAST_RUNS = _last_runs_query()
