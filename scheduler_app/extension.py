@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 
 from flask import Flask, current_app, has_app_context
 
-from . import alerts, cli, declared_jobs, metrics, migrations, routes
+from . import alerts, cli, declared_jobs, metrics, routes
 from .enqueue import TaskFunction
 from .errors import ConfigError, InvalidRequest
 from .handles import RunHandle
@@ -129,6 +129,10 @@ class Scheduler:
         svc = self.services(app)
         target = self.app_of(svc)
         if svc.scheduler.started:
+            return
+        problem = svc.store.db.schema_problem()
+        if problem is not None:  # the tables are not there yet: say so, do not crash the worker
+            log.error("the scheduler is not started: %s", problem)
             return
         svc.scheduler.start(paused=paused, as_worker=as_worker)
         register = getattr(threading, "_register_atexit", atexit.register)
@@ -300,11 +304,9 @@ def _prepare_schema(settings: Settings, db: Database) -> None:
     if settings.schema_auto_upgrade:
         db.migrate()
         return
-    current, head = db.schema_revision(), migrations.head()
-    behind = current is None or (current != head and migrations.is_known(current))
-    if behind:
-        log.error("the database schema is at %s and this code needs %s: run "
-                  "'flask scheduler db upgrade'", current or "nothing", head)
+    problem = db.schema_problem()
+    if problem is not None:
+        log.error("%s", problem)
 
 
 def _check_prune_cron(settings: Settings) -> None:

@@ -232,6 +232,8 @@ def _readable(message: str, value: object) -> str:
         return message
     if isinstance(value, str) and "URL" in message:
         return message
+    if message.startswith("Input should be "):  # "Input should be a valid integer"
+        return f"must be {message.removeprefix('Input should be ')}, got {value!r}"
     return f"must be valid ({message.lower()}), got {value!r}"
 
 

@@ -129,6 +129,15 @@ class Database:
         with self.engine.connect() as conn:
             return migrations.current(conn)
 
+    def schema_problem(self) -> str | None:
+        """Why this code cannot run on the database's schema (it is behind, or was never
+        migrated), in words an operator can act on; None when it can."""
+        current, head = self.schema_revision(), migrations.head()
+        if current == head or (current is not None and not migrations.is_known(current)):
+            return None  # up to date, or migrated by newer code (which only adds)
+        return (f"the database schema is at {current or 'nothing (never migrated)'} and this "
+                f"code needs {head}: run 'flask scheduler db upgrade'")
+
     def _migrate_locked(self) -> str | None:
         """PostgreSQL: a session-level advisory lock, taken on the migrating connection and
         held across the whole upgrade; the server releases it if this process dies."""
