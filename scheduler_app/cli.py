@@ -361,11 +361,13 @@ def scheduler_worker() -> None:
 
 @scheduler_cli.command("nodes")
 def scheduler_nodes() -> None:
-    """List nodes with their heartbeats."""
+    """List nodes with their heartbeats: alive, stopped (exited cleanly) or lost (silent past
+    NODE_LEASE_SECONDS), as the dashboard says."""
     svc = services()
     rows = []
     for node in svc.store.nodes.all():
         view = node_view(node, svc.settings.lease_seconds)
-        rows.append([view["id"], view["role"], "alive" if view["alive"] else "dead",
+        state = "alive" if view["alive"] else "stopped" if view["stopped_at"] else "lost"
+        rows.append([view["id"], view["role"], state,
                      f"{view['running']}/{view['capacity']}", view["heartbeat_at"]])
     _table(rows, ["NODE", "ROLE", "STATE", "BUSY", "HEARTBEAT"])

@@ -105,4 +105,28 @@ def test_worker_command_runs_jobs_and_stops_gracefully(tmp_path):
             worker.wait()
     nodes = subprocess.run([FLASK, "--app", "wsgi", "scheduler", "nodes"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60).stdout
-    assert "worker" in nodes and "dead" in nodes and "alive" not in nodes
+    # A worker stopped with SIGTERM exited cleanly: "stopped", not "lost" (nor "alive").
+    assert "worker" in nodes and "stopped" in nodes and "alive" not in nodes \
+        and "lost" not in nodes
+
+
+def test_nodes_are_alive_stopped_or_lost_in_the_cli_and_the_dashboard(app):
+    """One vocabulary: alive, stopped (exited cleanly), lost (silent past its lease)."""
+    from datetime import UTC, datetime, timedelta
+
+    from scheduler_app.store.schema import nodes
+
+    store = services(app).store
+    store.nodes.register("test:1:stopped", "test", 1, "all", 4)
+    store.nodes.mark_stopped("test:1:stopped")
+    store.nodes.register("test:2:silent", "test", 2, "worker", 4)
+    with store.db.write() as conn:
+        conn.execute(nodes.update().where(nodes.c.id == "test:2:silent").values(
+            heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
+    listed = {line.split()[0]: line.split()[2]
+              for line in cli(app, "scheduler", "nodes").output.splitlines()[1:]}
+    assert listed["test:1:stopped"] == "stopped" and listed["test:2:silent"] == "lost"
+    assert "alive" in listed.values() and "dead" not in listed.values()
+    card = app.test_client().get("/", headers={"Accept": "text/html",
+                                                     "X-Dashboard-Fragment": "1"}).text
+    assert "1 stopped" in card and "1 lost" in card and " dead" not in card
