@@ -6,8 +6,13 @@ master, and stopped gracefully when the worker exits (``worker_exit``): running 
 to stop and, if they do not within SHUTDOWN_GRACE_SECONDS, handed back to the queue.
 """
 
+import json
+import logging
 import math
 import os
+from datetime import UTC, datetime
+
+from gunicorn import glogging
 
 # Loopback only by default: exposing the API to a network is a deliberate choice
 # (set GUNICORN_BIND=0.0.0.0:8000, and configure FLASK_API_TOKENS first).
@@ -37,6 +42,35 @@ graceful_timeout = int(os.environ.get(
 timeout = 60
 # Access log to stderr ("-") by default; GUNICORN_ACCESSLOG="" turns it off.
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+
+
+class JsonLogger(glogging.Logger):
+    """gunicorn's own lines (boots, exits, signals) and its access log as the app's JSON lines
+    (``time``, ``level``, ``logger``, ``message``, ``process``, ``thread``), so that with
+    FLASK_LOG_FORMAT=json every line on stderr is one JSON object."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(_JsonFormatter())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record):
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
+            "process": record.process, "thread": record.threadName}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+if os.environ.get("FLASK_LOG_FORMAT", "").strip().lower() == "json":
+    logger_class = JsonLogger
+    # The time is the entry's own; the message keeps the request, status, size and duration.
+    access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
 def post_worker_init(worker):

@@ -8,6 +8,7 @@ drift from the service. Also: ``GET /``'s list of endpoints names every route of
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -199,3 +200,20 @@ def test_the_index_lists_every_route_of_the_standalone_app(make_app) -> None:
     answer = app.test_client().get("/", headers={"Accept": "application/json"}).json
     assert {"method": "GET", "path": "/metrics"} in [
         {k: e[k] for k in ("method", "path")} for e in answer["endpoints"]]
+
+
+# -- FLASK_LOG_FORMAT=json covers gunicorn's lines too --------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_json_log_format_makes_every_line_of_gunicorn_json(tmp_path: Path) -> None:
+    with Servers(tmp_path) as servers:
+        server = servers.gunicorn({"LOG_FORMAT": "json", "GUNICORN_ACCESSLOG": "-"})
+        assert server.get("/api/runs/424242").status_code == 404
+        server.stop()
+        lines = [line for line in server.log_path.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # each line is one JSON object
+    loggers = {entry["logger"] for entry in entries}
+    assert {"gunicorn.error", "gunicorn.access", "scheduler_app.scheduler.node"} <= loggers
+    access = [e for e in entries if e["logger"] == "gunicorn.access"]
+    assert any('"GET /api/runs/424242 HTTP/1.1" 404' in e["message"] for e in access)
+    assert all({"time", "level", "message", "process"} <= set(e) for e in entries)
