@@ -170,6 +170,30 @@ def test_list_queries_follow_an_index(sqlite_store: Store) -> None:
     assert "SCAN scheduler_runs" not in plan, plan
 
 
+def test_one_tasks_job_pages_follow_the_task_index(sqlite_store: Store) -> None:
+    """GET /api/jobs?task=...: both parts of the list, and every kind of cursor, are one range
+    of ``ix_scheduler_jobs_task_next_run`` in list order, never that task's jobs sorted."""
+    store = sqlite_store
+    base = utcnow().timestamp() + 3600
+    for task in ("demo.echo", "demo.sleep"):
+        add_jobs(store, [(f"{task}-{i:03d}", None if i % 10 == 0 else base + i)
+                         for i in range(200)], task=task)
+    key = store.jobs.key(store.jobs.page(limit=50, task="demo.sleep")[-1])
+    calls = [lambda: store.jobs.page(limit=50, task="demo.sleep"),
+             lambda: store.jobs.page(limit=50, task="demo.sleep", after=key),
+             lambda: store.jobs.page(limit=500, task="demo.sleep"),
+             lambda: store.jobs.page(limit=50, task="demo.sleep", paused=False),
+             lambda: store.jobs.page(limit=50, task="demo.sleep", paused=True),
+             lambda: store.jobs.page(limit=50, task="demo.sleep", after=(None, "demo.sleep-010"))]
+    for call in calls:
+        for plan in plans(store, call):
+            assert "ix_scheduler_jobs_task_next_run (task=?" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+    assert [r.id for r in store.jobs.page(limit=500, task="demo.sleep")] == [
+        f"demo.sleep-{i:03d}" for i in range(200) if i % 10] + [
+        f"demo.sleep-{i:03d}" for i in range(0, 200, 10)]
+
+
 # -- the trigger's sentence -------------------------------------------------------------------
 def test_cron_sentences_are_built_once_per_expression() -> None:
     from scheduler_app.scheduler import triggers

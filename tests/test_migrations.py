@@ -35,10 +35,19 @@ def unprefixed(name: str) -> str:
     return name.replace(TABLE_PREFIX, "", 1)
 
 
+# How the revisions after 0004 changed the schema module's tables: undone, they give 0004's.
+INDEXES_ADDED_SINCE_0004 = {"ix_scheduler_jobs_task_next_run"}
+INDEXES_DROPPED_SINCE_0004 = {"ix_scheduler_jobs_task": ("scheduler_jobs", ["task"])}
+
+
 def legacy_metadata() -> sa.MetaData:
-    """The schema module's tables under the names they had before revision 0004."""
+    """The schema module's tables as revision 0004 left them, under the names they had before
+    it."""
     legacy = sa.MetaData()
     for table in metadata.sorted_tables:
+        dropped = [sa.Index(unprefixed(name), *columns)
+                   for name, (on, columns) in INDEXES_DROPPED_SINCE_0004.items()
+                   if on == table.name]
         sa.Table(
             unprefixed(table.name), legacy,
             *(sa.Column(column.name, column.type, *(
@@ -47,7 +56,8 @@ def legacy_metadata() -> sa.MetaData:
                 nullable=column.nullable, autoincrement=column.autoincrement)
               for column in table.columns),
             *(sa.Index(unprefixed(str(index.name)), *(c.name for c in index.columns))
-              for index in table.indexes),
+              for index in table.indexes if index.name not in INDEXES_ADDED_SINCE_0004),
+            *dropped,
             *(sa.UniqueConstraint(*(c.name for c in unique.columns),
                                   name=unprefixed(str(unique.name)))
               for unique in table.constraints if isinstance(unique, sa.UniqueConstraint)))

@@ -105,7 +105,8 @@ jobs = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),
     # Due jobs, the next fire time, and the job list's order (next run time, then id).
     sa.Index(f"ix_{TABLE_PREFIX}jobs_next_run", "next_run_time", "id"),
-    sa.Index(f"ix_{TABLE_PREFIX}jobs_task", "task"),
+    # The same order for one task's jobs (GET /api/jobs?task=...).
+    sa.Index(f"ix_{TABLE_PREFIX}jobs_task_next_run", "task", "next_run_time", "id"),
 )
 
 nodes = sa.Table(
