@@ -39,7 +39,8 @@ lint: $(VENV)/.installed-dev
 
 # Benchmarks (not tests): each starts what it measures on loopback and writes its section of
 # bench/README.md and its key of bench/results.json. `make bench` runs them all (~30 min);
-# BENCH_ARGS=--quick makes any one of them short.
+# BENCH_ARGS=--quick makes any one of them short, and writes to bench/work/ (ignored by git)
+# instead, so one-repeat numbers never replace the committed ones.
 bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
 
 bench-dispatch: $(VENV)/.installed-dev
@@ -57,7 +58,8 @@ bench-cluster: $(VENV)/.installed-dev
 bench-enqueue: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.enqueue $(BENCH_ARGS)
 
-# Under two minutes: dispatch latency, throughput and ctx.progress against the baselines.
+# Under two minutes: dispatch latency, throughput and ctx.progress against the baselines;
+# results in bench/work/ (README.md, results.json), not the committed bench/README.md.
 bench-quick: $(VENV)/.installed-dev
 	$(BIN)/python -m bench.run --quick
 

@@ -35,13 +35,14 @@ from typing import Any
 import requests
 
 from bench.run import (
-    RESULTS,
     Probe,
     Server,
     machine,
     measured_on,
     percentile,
+    quick_output,
     replace_readme_section,
+    results_file,
     systems,
 )
 from scheduler_app.store import schema
@@ -169,6 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="20 s windows, fewer cases")
     args = parser.parse_args()
+    quick_output(args.quick)
     window, warmup = (20, 5) if args.quick else (60, 10)
     cases = [(2, False), (2, True), (1, False)]
     results: list[dict[str, Any]] = []
@@ -176,11 +178,11 @@ def main() -> None:
         entry = measure(workers, aligned, window, warmup)
         results.append(entry)
         print(json.dumps(entry), flush=True)
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data = json.loads(results_file().read_text()) if results_file().exists() else {}
     data["accuracy"] = {"cases": results, "machine": machine(), "target_p99_ms": TARGET_P99_MS,
                         "settings": {"jobs": JOBS, "interval_s": 1, "window_s": window,
                                      "warmup_s": warmup, "quick": args.quick}}
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    results_file().write_text(json.dumps(data, indent=2) + "\n")
     write_section(data["accuracy"])
 
 

@@ -31,7 +31,15 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from bench.run import RESULTS, Server, System, machine, measured_on, replace_readme_section
+from bench.run import (
+    Server,
+    System,
+    machine,
+    measured_on,
+    quick_output,
+    replace_readme_section,
+    results_file,
+)
 from scheduler_app.store import schema
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -128,6 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="300 runs, one repeat")
     args = parser.parse_args()
+    quick_output(args.quick)
     count, repeats = (300, 1) if args.quick else (600, 3)
     cases: list[dict[str, Any]] = []
     with scratch_database() as url:
@@ -153,12 +162,12 @@ def main() -> None:
             engine.dispose()
     summary = summarise(cases)
     print(json.dumps(summary, indent=2))
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data = json.loads(results_file().read_text()) if results_file().exists() else {}
     data["cluster"] = {**summary, "cases": cases, "machine": machine(),
                        "settings": {"runs": count, "repeats": repeats, "task_seconds": SECONDS,
                                     "client_threads": CLIENT_THREADS, "worker_threads": 4,
                                     "quick": args.quick}}
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    results_file().write_text(json.dumps(data, indent=2) + "\n")
     write_section(data["cluster"])
 
 

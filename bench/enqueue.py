@@ -46,14 +46,15 @@ import requests
 from flask import Flask
 
 from bench.run import (
-    RESULTS,
     Probe,
     Server,
     _own_cpu_seconds,
     machine,
     measured_on,
     percentile,
+    quick_output,
     replace_readme_section,
+    results_file,
     server_cpu_seconds,
     systems,
 )
@@ -200,6 +201,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print the results; leave results.json and README.md alone")
     args = parser.parse_args()
+    quick_output(args.quick)
     rounds = args.rounds or (2 if args.quick else 5)
     count = args.count or (100 if args.quick else 500)
     warmup = 20 if args.quick else 50
@@ -240,9 +242,9 @@ def main() -> None:
                            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps({"ratios": results["ratios"], "settings": results["settings"]}, indent=2))
     if not args.no_write:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data = json.loads(results_file().read_text()) if results_file().exists() else {}
         data["enqueue"] = results
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        results_file().write_text(json.dumps(data, indent=2) + "\n")
         write_section(results)
 
 

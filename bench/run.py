@@ -5,7 +5,8 @@ Every system under test is started here, on loopback, behind gunicorn; a Python 
 system: dispatch latency (request sent → task's first line; sequential requests, p50/p99) and
 end-to-end throughput (N runs from 8 client threads, until the last task has started). Each
 measurement is repeated; medians are reported, with the ratios the performance issue sets
-targets for. Results go to bench/results.json and the table in bench/README.md.
+targets for. Results go to bench/results.json and the table in bench/README.md (with --quick,
+to bench/work/, which git ignores).
 
     .venv/bin/python -m bench.run            # full: what bench/README.md reports
     .venv/bin/python -m bench.run --quick    # under two minutes: re-check the ratios
@@ -40,6 +41,30 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".venv" / "bin"
 RESULTS = ROOT / "bench" / "results.json"
 README = ROOT / "bench" / "README.md"
+# Where --quick runs write instead (ignored by git): one-repeat numbers never replace the
+# committed bench/README.md and bench/results.json.
+QUICK_DIR = ROOT / "bench" / "work"
+_quick = False
+
+
+def quick_output(quick: bool) -> None:
+    """Send this process's results and README sections to bench/work/ when ``quick``."""
+    global _quick
+    _quick = quick
+    if quick:
+        QUICK_DIR.mkdir(parents=True, exist_ok=True)
+        print(f"--quick: results go to {QUICK_DIR.relative_to(ROOT)}/ "
+              "(bench/README.md and bench/results.json are left alone)")
+
+
+def results_file() -> Path:
+    """bench/results.json, or bench/work/results.json for a --quick run."""
+    return QUICK_DIR / "results.json" if _quick else RESULTS
+
+
+def readme_file() -> Path:
+    """bench/README.md, or bench/work/README.md for a --quick run."""
+    return QUICK_DIR / "README.md" if _quick else README
 
 
 # -- the probe listener -----------------------------------------------------------------------
@@ -295,6 +320,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--only", nargs="*", help="system names to run")
     args = parser.parse_args()
+    quick_output(args.quick)
     repeats, n_dispatch, n_tput = (1, 100, 600) if args.quick else (3, 300, 3000)
     probe = Probe()
     results: dict[str, Any] = {"systems": {}}
@@ -333,8 +359,8 @@ def main() -> None:
                            "throughput_runs": n_tput, "client_threads": 8}
     if not args.only:
         # Other scripts (bench.accuracy, bench.scale…) keep their results under their own keys.
-        kept = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        RESULTS.write_text(json.dumps({**kept, **results}, indent=2) + "\n")
+        kept = json.loads(results_file().read_text()) if results_file().exists() else {}
+        results_file().write_text(json.dumps({**kept, **results}, indent=2) + "\n")
         write_table(results)
     print(json.dumps(results["ratios"], indent=2))
 
@@ -415,14 +441,15 @@ def write_table(results: dict[str, Any]) -> None:
 def replace_readme_section(name: str, body: str) -> None:
     """Replace bench/README.md's text between ``<!-- name:start -->`` and ``<!-- name:end -->``
     (each benchmark owns one such section), or add the section at the end."""
-    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    readme = readme_file()
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start in text:
         head, rest = text.split(start, 1)
         text = f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
     else:
         text += f"\n{start}\n{body}\n{end}\n"
-    README.write_text(text)
+    readme.write_text(text)
 
 
 if __name__ == "__main__":

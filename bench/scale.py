@@ -38,12 +38,13 @@ from typing import Any
 import requests
 
 from bench.run import (
-    RESULTS,
     Server,
     machine,
     measured_on,
     percentile,
+    quick_output,
     replace_readme_section,
+    results_file,
     systems,
 )
 from scheduler_app.store import schema
@@ -361,6 +362,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print the results; leave results.json and README.md alone")
     args = parser.parse_args()
+    quick_output(args.quick)
     quick = args.quick
     n_runs = args.runs or (100_000 if quick else 1_000_000)
     n_requests = args.requests or (200 if quick else 500)
@@ -421,9 +423,9 @@ def main() -> None:
     results["machine"] = machine()
     print(json.dumps(results["targets"], indent=2))
     if not args.no_write:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data = json.loads(results_file().read_text()) if results_file().exists() else {}
         data["scale"] = results
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        results_file().write_text(json.dumps(data, indent=2) + "\n")
         write_section(results)
 
 
