@@ -217,3 +217,14 @@ def test_json_log_format_makes_every_line_of_gunicorn_json(tmp_path: Path) -> No
     access = [e for e in entries if e["logger"] == "gunicorn.access"]
     assert any('"GET /api/runs/424242 HTTP/1.1" 404' in e["message"] for e in access)
     assert all({"time", "level", "message", "process"} <= set(e) for e in entries)
+
+
+def test_the_readme_names_the_real_schema_head() -> None:
+    from scheduler_app.migrations import head
+
+    text = README.read_text()
+    section = text[text.index("### Upgrading the schema"):text.index("### Prometheus")]
+    current = head()
+    assert f"behind head {current};" in section and f"{current} (head): upgraded" in section \
+        and f"The head is `{current}` today" in section, \
+        f"README's 'Upgrading the schema' must show the real head, {current}"
