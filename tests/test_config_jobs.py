@@ -121,7 +121,7 @@ def test_a_passed_one_off_date_is_skipped_not_fatal(make_app: Callable[..., Flas
      r"JOBS\[1\] \(id 'bad'\): minute: .*59"),
     ({"id": "bad", "task": "demo.echo", "kwargs": {"value": 1},
       "trigger": {"type": "cron", "expr": "99 * * * *"}},
-     r"JOBS\[1\] \(id 'bad'\): trigger\.expr: invalid crontab expression"),
+     r"JOBS\[1\] \(id 'bad'\): trigger\.minute: 99 is out of range 0-59"),
     ({"id": "bad", "func": "demo.sleep", "kwargs": {"seconds": "soon"}, "trigger": "interval",
       "minutes": 1}, r"JOBS\[1\] \(id 'bad'\): kwargs\.seconds: "),
     ({"id": "bad", "func": "demo.echo", "args": [1]}, r"JOBS\[1\] \(id 'bad'\): trigger: is "

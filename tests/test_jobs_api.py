@@ -298,7 +298,7 @@ def test_patch_trigger_of_paused_job_keeps_it_paused(api: Any) -> None:
     ({"kwargs": {}}, "kwargs.value"),
     ({"kwargs": {"value": 1, "extra": True}}, "kwargs.extra"),
     ({"kwargs": [1]}, "kwargs"),
-    ({"trigger": {"type": "cron", "expr": "99 * * * *"}}, "trigger.expr"),
+    ({"trigger": {"type": "cron", "expr": "99 * * * *"}}, "trigger.minute"),
     ({"trigger": {"type": "interval", "seconds": 0}}, "trigger.seconds"),
     ({"trigger": {"type": "interval", "days": 900_000_000}}, "trigger"),
     ({"trigger": {"type": "date", "run_date": "2030-01-01T00:00:00"}}, "trigger.run_date"),
@@ -486,5 +486,5 @@ def test_every_bad_field_is_reported_at_once(make_app: Any) -> None:
         "trigger": {"type": "cron", "expr": "99 * * * *"}})
     assert response.status_code == 400
     fields = [d["field"] for d in response.json["error"]["details"]]
-    assert fields == ["kwargs.seconds", "trigger.expr"]
+    assert fields == ["kwargs.seconds", "trigger.minute"]
     assert api.get("/api/jobs").json["items"] == []

@@ -54,7 +54,7 @@ def test_count_and_the_other_trigger_types(client):
 
 
 @pytest.mark.parametrize(("body", "field"), [
-    ({"trigger": {"type": "cron", "expr": "61 * * * *"}}, "trigger.expr"),
+    ({"trigger": {"type": "cron", "expr": "61 * * * *"}}, "trigger.minute"),
     ({"trigger": {"type": "cron", "expr": "* * *"}}, "trigger.expr"),
     ({"trigger": {"type": "cron", "expr": "0 2 * * *", "timezone": "Mars/Base"}},
      "trigger.timezone"),

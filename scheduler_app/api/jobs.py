@@ -31,7 +31,8 @@ def create_job() -> Any:
     """Schedule a task with a cron, interval or date trigger.
 
     An existing id is a 409 conflict (job_limit_reached when MAX_JOBS jobs exist); an unknown
-    task, invalid kwargs or an invalid trigger is a 400 naming each bad field."""
+    task, invalid kwargs or an invalid trigger is a 400 naming every bad field at once, a bad
+    cron field by its name and range (``trigger.minute``: ``99 is out of range 0-59``)."""
     record = services().jobs.create(parse_model(JobCreate, json_body()))
     return _view(record), 201, {
         "Location": url_for("scheduler_app.api.jobs.get_job", job_id=record.id)}
@@ -60,8 +61,9 @@ def get_job(job_id: str) -> dict[str, Any]:
 @operation({200: Job}, body=JobPatch, errors=(409,))
 def update_job(job_id: str) -> dict[str, Any]:
     """Change a job; a new trigger reschedules it (a paused job stays paused)."""
-    services().jobs.get(job_id)  # an unknown id is 404 before the body is judged
-    return _view(services().jobs.update(job_id, parse_model(JobPatch, json_body())))
+    record = services().jobs.get(job_id)  # an unknown id is 404 before the body is judged
+    patch = parse_model(JobPatch, json_body(), task=record.task)
+    return _view(services().jobs.update(job_id, patch))
 
 
 @bp.delete("/jobs/<job_id>")

@@ -3,9 +3,10 @@
 ``{"trigger": {...}, "count": 5}`` → ``{"trigger": <as it would be stored>, "description":
 "At 02:00", "fire_times": [...]}``: the next ``count`` fire times from now, as ISO 8601 UTC
 times (fewer when the trigger ends sooner; none for a date in the past). The trigger is judged
-by the same ``build_trigger`` that job creation uses, so a bad one is the same 400 naming the
-field (``trigger.expr``). Nothing is stored. It is a POST, so it takes an admin, like every
-change: the dashboard's job form, its only caller, is shown to admins only.
+by the same ``build_trigger`` that job creation uses, so a bad one is the same 400 naming
+every bad field and its range (``trigger.minute``: ``99 is out of range 0-59``). Nothing is
+stored. It is a POST, so it takes an admin, like every change: the dashboard's job form, its
+only caller, is shown to admins only.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def preview_trigger() -> dict[str, Any]:
     try:
         spec, trigger = build_trigger(request.trigger, services().settings.timezone)
     except TriggerError as exc:
-        raise InvalidRequest.field(exc.field, exc.message) from None
+        raise InvalidRequest(str(exc), details=exc.problems) from None
     times: list[datetime] = []
     previous: datetime | None = None
     now = utcnow()

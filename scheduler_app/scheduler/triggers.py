@@ -1,8 +1,12 @@
 """Trigger specs (the JSON a client sends) → APScheduler trigger objects, and back to words.
 
-A spec is validated field by field so a bad one names what is wrong (``trigger.expr``,
-``trigger.seconds``…). The spec, not the trigger object, is what the job table stores, so the
-API can show the trigger "as given" and rebuild it without unpickling anything.
+A spec is validated field by field so a bad one names what is wrong (``trigger.seconds``…),
+every bad field at once. Each cron field is checked here against its range, in both the
+``expr`` and the field-by-field form, and named ``trigger.<field>`` in both: ``"99 25 * * *"``
+is ``trigger.minute: 99 is out of range 0-59`` and ``trigger.hour: 25 is out of range 0-23``
+(only a wrong number of crontab fields is ``trigger.expr``). The spec, not the trigger object,
+is what the job table stores, so the API can show the trigger "as given" and rebuild it
+without unpickling anything.
 
 Crontab expressions use standard crontab weekday numbers (0 or 7 = Sunday). APScheduler 3's
 ``CronTrigger.from_crontab`` counts 0 as Monday (its issue 286), so a numeric weekday field is
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import zoneinfo
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -33,12 +39,21 @@ _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 
 class TriggerError(ValueError):
-    """A trigger spec is invalid; ``field`` names the offending field (``trigger.expr``)."""
+    """A trigger spec is invalid; ``problems`` names every offending field, in the API's
+    ``details`` shape (``[{"field": "trigger.minute", "message": "99 is out of range 0-59"}]``),
+    and ``field`` and ``message`` are the first one's."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str,
+                 problems: list[dict[str, str]] | None = None) -> None:
         self.field = field
         self.message = message
-        super().__init__(f"{field}: {message}")
+        self.problems = problems or [{"field": field, "message": message}]
+        super().__init__("; ".join(f"{p['field']}: {p['message']}" for p in self.problems))
+
+    @classmethod
+    def of(cls, problems: list[dict[str, str]]) -> TriggerError:
+        """One error naming every problem (at least one)."""
+        return cls(problems[0]["field"], problems[0]["message"], problems)
 
 
 def build_trigger(spec: object, default_timezone: str) -> tuple[dict[str, Any], BaseTrigger]:
@@ -131,7 +146,10 @@ def _time(spec: dict[str, Any], key: str) -> datetime | None:
 
 
 def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTrigger]:
-    tz = _timezone(spec, default_tz)
+    """A cron trigger; every bad field is named at once, as ``trigger.<field>`` in both the
+    ``expr`` and the field-by-field form (``trigger.minute``, never APScheduler's sentence)."""
+    problems: list[dict[str, str]] = []
+    tz = _collect(problems, lambda: _timezone(spec, default_tz))
     if "expr" in spec:
         _check_keys(spec, {"type", "expr", "timezone"})
         expr = spec["expr"]
@@ -143,33 +161,39 @@ def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTr
                 "trigger.expr",
                 f"a crontab expression has 5 fields (minute hour day month weekday); "
                 f"got {len(fields)}")
+        values = dict(zip(CRONTAB_FIELDS, fields, strict=True))
+        for name in CRONTAB_FIELDS[:4]:
+            _collect_message(problems, name, _field_problem(name, values[name]))
         try:
-            weekday = _crontab_weekdays(fields[4])
-            trigger = CronTrigger(minute=fields[0], hour=fields[1], day=fields[2],
-                                  month=fields[3], day_of_week=weekday, timezone=tz)
+            values["day_of_week"] = _crontab_weekdays(values["day_of_week"])
         except ValueError as exc:
-            raise TriggerError("trigger.expr", f"invalid crontab expression: {exc}") from None
+            _collect_message(problems, "day_of_week", str(exc))
+        if problems or tz is None:
+            raise TriggerError.of(problems)
+        trigger = _cron_trigger(values, timezone=tz)
         normal = {"type": "cron", "expr": " ".join(fields)}
     else:
         _check_keys(spec, {"type", "timezone", "start_date", "end_date", *CRON_FIELDS})
-        values: dict[str, Any] = {}
+        values = {}
         given: dict[str, Any] = {}
         for name in CRON_FIELDS:
             if name in spec:
                 value = spec[name]
                 if isinstance(value, bool) or not isinstance(value, str | int):
-                    raise TriggerError(f"trigger.{name}", "must be a string or an integer")
+                    _collect_message(problems, name, "must be a string or an integer")
+                    continue
                 values[name] = str(value)
                 given[name] = value
-        if not values:
+                _collect_message(problems, name, _field_problem(name, str(value)))
+        if not values and not problems:
             raise TriggerError("trigger", "a cron trigger needs 'expr' or at least one field")
-        start, end = _time(spec, "start_date"), _time(spec, "end_date")
+        start = _collect(problems, lambda: _time(spec, "start_date"))
+        end = _collect(problems, lambda: _time(spec, "end_date"))
         if start and end and end <= start:
-            raise TriggerError("trigger.end_date", "must be after start_date")
-        try:
-            trigger = CronTrigger(timezone=tz, start_date=start, end_date=end, **values)
-        except ValueError as exc:
-            raise TriggerError(_cron_field(values), str(exc)) from None
+            _collect_message(problems, "end_date", "must be after start_date")
+        if problems or tz is None:
+            raise TriggerError.of(problems)
+        trigger = _cron_trigger(values, timezone=tz, start_date=start, end_date=end)
         normal = {"type": "cron", **given}
         if start:
             normal["start_date"] = start.isoformat()
@@ -180,21 +204,110 @@ def _cron(spec: dict[str, Any], default_tz: str) -> tuple[dict[str, Any], BaseTr
     return normal, trigger
 
 
-def _cron_field(values: dict[str, str]) -> str:
-    """APScheduler's message does not name the field; find it by trying each one alone."""
-    for name, value in values.items():
-        try:
-            CronTrigger(**{name: value})
-        except ValueError:
-            return f"trigger.{name}"
-    return "trigger"
+CRONTAB_FIELDS = ("minute", "hour", "day", "month", "day_of_week")
+# APScheduler's ranges (``cron.fields.MIN_VALUES``/``MAX_VALUES``); day_of_week 0 = Monday.
+CRON_RANGES = {"year": (1970, 9999), "month": (1, 12), "day": (1, 31), "week": (1, 53),
+               "day_of_week": (0, 6), "hour": (0, 23), "minute": (0, 59), "second": (0, 59)}
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+                "dec")
+_NUMERIC_PART = re.compile(r"(?P<first>\*|\d+)(?:-(?P<last>\d+))?(?:/(?P<step>\d+))?")
+_NAME_PART = re.compile(r"(?P<first>[a-z]+)(?:-(?P<last>[a-z]+))?", re.IGNORECASE)
+_POSITION_PART = re.compile(r"(?:1st|2nd|3rd|4th|5th|last) +(?:mon|tue|wed|thu|fri|sat|sun)",
+                            re.IGNORECASE)
+
+
+def _field_problem(name: str, value: str) -> str | None:
+    """What is wrong with one cron field in APScheduler's syntax (a list of ``*``, ``*/n``,
+    ``a``, ``a-b``, ``a-b/n``, ``a/n``; month and weekday names; ``last`` and ``2nd mon`` for
+    the day), checked against the field's range; None when nothing is."""
+    low, high = CRON_RANGES[name]
+    value = value.strip()
+    if not value:
+        return f"is empty; use a value in {low}-{high}"
+    for part in re.split(r" *, *", value):
+        problem = _part_problem(name, part, low, high)
+        if problem:
+            return problem
+    return None
+
+
+def _part_problem(name: str, part: str, low: int, high: int) -> str | None:
+    numeric = _NUMERIC_PART.fullmatch(part)
+    if numeric:
+        first, last, step = numeric["first"], numeric["last"], numeric["step"]
+        if first == "*" and last is not None:
+            return _unrecognised(part, low, high)
+        for number in (first, last):
+            if number is not None and number != "*" and not low <= int(number) <= high:
+                return f"{int(number)} is out of range {low}-{high}"
+        start = low if first == "*" else int(first)
+        end = int(last) if last is not None else (start if step is None else high)
+        if start > end:
+            return f"{part}: a range must run from low to high"
+        if step is not None:
+            if int(step) == 0:
+                return f"{part}: a step must be at least 1"
+            # APScheduler's rule: a step no longer than the span it walks
+            span = high - low if first == "*" else (int(last) if last else high) - start
+            if int(step) > span:
+                return f"{part}: the step {int(step)} is larger than the range {start}-{end}"
+        return None
+    names = {"month": _MONTH_NAMES, "day_of_week": tuple(_DAY_NAMES[1:] + _DAY_NAMES[:1])}
+    named = _NAME_PART.fullmatch(part)
+    if named and name in names:
+        ends = [n.lower() for n in (named["first"], named["last"]) if n is not None]
+        unknown = [n for n in ends if n not in names[name]]
+        if unknown:
+            return f"{unknown[0]!r} is not a {name.replace('_', ' ')} name"
+        if len(ends) == 2 and names[name].index(ends[0]) > names[name].index(ends[1]):
+            return f"{part}: a range must run from low to high"
+        return None
+    if name == "day" and (part.lower() == "last" or _POSITION_PART.fullmatch(part)):
+        return None
+    return _unrecognised(part, low, high)
+
+
+def _unrecognised(part: str, low: int, high: int) -> str:
+    return (f"{part!r} is not a value, range (a-b), step (*/n) or list (a,b) "
+            f"in range {low}-{high}")
+
+
+def _cron_trigger(values: dict[str, str], **options: Any) -> CronTrigger:
+    """APScheduler's CronTrigger from fields already checked; should it still refuse one,
+    the field is found by trying each alone, and its message passed on."""
+    try:
+        return CronTrigger(**values, **options)
+    except ValueError as exc:
+        for name, value in values.items():
+            try:
+                CronTrigger(**{name: value})
+            except ValueError as alone:
+                raise TriggerError(f"trigger.{name}", str(alone)) from None
+        raise TriggerError("trigger", str(exc)) from None
+
+
+T = TypeVar("T")
+
+
+def _collect(problems: list[dict[str, str]], check: Callable[[], T]) -> T | None:
+    """The check's value, or None with its problems added."""
+    try:
+        return check()
+    except TriggerError as exc:
+        problems.extend(exc.problems)
+    return None
+
+
+def _collect_message(problems: list[dict[str, str]], field: str, message: str | None) -> None:
+    if message:
+        problems.append({"field": f"trigger.{field}", "message": message})
 
 
 def _crontab_weekdays(field: str) -> str:
     """Rewrite a crontab weekday field (0/7 = Sunday) as names APScheduler reads the same way.
 
     Ranges are walked on crontab's 0-7 scale, so ``5-7`` is Friday to Sunday and ``7-7`` is
-    Sunday; ``N/step`` runs from N to Saturday.
+    Sunday; ``N/step`` runs from N to Saturday. A bad field is a ValueError saying why.
     """
     if field in ("*", "?"):
         return "*"
@@ -203,34 +316,39 @@ def _crontab_weekdays(field: str) -> str:
         base, _, step_text = part.partition("/")
         step = 1
         if step_text:
-            if not step_text.isdigit() or not 1 <= int(step_text) <= 7:
-                raise ValueError(f"bad step in weekday field {part!r} (1-7)")
+            if not step_text.isdecimal():
+                raise ValueError(_unrecognised(part, 0, 7))
+            if int(step_text) == 0:
+                raise ValueError(f"{part}: a step must be at least 1")
+            if int(step_text) > 7:
+                raise ValueError(f"{part}: the step {int(step_text)} is larger than the "
+                                 "range 0-7")
             step = int(step_text)
         if base == "*":
             low, high = 0, 6
         elif "-" in base:
             first, _, last = base.partition("-")
-            low, high = _weekday(first), _weekday(last)
+            low, high = _weekday(first, part), _weekday(last, part)
             if low > high:
-                raise ValueError(f"weekday range {base!r} runs backwards")
+                raise ValueError(f"{base}: a range must run from low to high")
         else:
-            low = _weekday(base)
+            low = _weekday(base, part)
             high = max(low, 6) if step_text else low
         days.update(d % 7 for d in range(low, high + 1, step))
     return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
 
-def _weekday(text: str) -> int:
+def _weekday(text: str, part: str) -> int:
     """A weekday on crontab's scale: 0-7 as given (7 stays 7), names as 0 (sun) to 6 (sat)."""
     text = text.strip().lower()
-    if text.isdigit() and len(text) <= 2:
+    if text.isdecimal():
         value = int(text)
         if value > 7:
-            raise ValueError(f"weekday {text} is out of range 0-7")
+            raise ValueError(f"{value} is out of range 0-7")
         return value
     if text[:3] in _DAY_NAMES and text in (text[:3], _DAY_NAMES_FULL[text[:3]]):
         return _DAY_NAMES.index(text[:3])
-    raise ValueError(f"unknown weekday {text!r}")
+    raise ValueError(_unrecognised(part, 0, 7))
 
 
 _DAY_NAMES_FULL = {"sun": "sunday", "mon": "monday", "tue": "tuesday", "wed": "wednesday",

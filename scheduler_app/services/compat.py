@@ -17,7 +17,7 @@ from ..store import JobRecord
 from ..tasks import Task, UnknownTask, registry
 from ..timeutil import iso, utcnow
 from .jobs import JobService
-from .models import JobCreate, JobPatch, parse_model
+from .models import JobCreate, JobPatch, collect, invalid, parse_model
 
 # Flask-APScheduler's trigger arguments per trigger (``utils.pop_trigger``).
 TRIGGER_ARGS: dict[str, tuple[str, ...]] = {
@@ -36,24 +36,41 @@ _BASE_RENAMES = {"task": "func", "trigger.type": "trigger"}
 
 
 def create_request(body: dict[str, Any]) -> tuple[JobCreate, bool, dict[str, str]]:
+    """The request a body describes, or an InvalidRequest naming every bad field at once
+    (past a bad trigger name, which decides what the other fields mean)."""
     kind, inline = _trigger_kind(body)
     kind = kind or "date"  # APScheduler's default: run once, now (or at the given run_date)
-    _reject_unknown(body, CREATE_KEYS, kind)
+    problems: list[dict[str, str]] = []
+    collect(problems, lambda: _reject_unknown(body, CREATE_KEYS, kind))
     replace = body.get("replace_existing", False)
     if not isinstance(replace, bool):
-        raise InvalidRequest.field("replace_existing", "must be true or false")
+        problems.append({"field": "replace_existing", "message": "must be true or false"})
+    renames = dict(_BASE_RENAMES)
+    values = {key: body[key] for key in ("id", *OPTIONS) if key in body}
+    task = collect(problems, lambda: _func(body))
+    kwargs = None if task is None else collect(problems, lambda: _arguments(body, task, renames))
+    if task is not None and kwargs is not None:  # else the task and its arguments are judged
+        values["task"], values["kwargs"] = task.name, kwargs
+    trigger = collect(problems, lambda: _trigger_spec(body, kind, inline, renames))
+    if trigger is not None:
+        values["trigger"] = trigger
+    try:
+        with client_fields(renames):
+            request = parse_model(JobCreate, values)
+    except InvalidRequest as exc:
+        left_out = {"func"} if "task" not in values else set()
+        left_out |= {"trigger"} if trigger is None else set()
+        problems.extend(d for d in exc.details if d.get("field") not in left_out)
+    if problems:
+        raise invalid(problems)
+    return request, replace, renames
+
+
+def _func(body: dict[str, Any]) -> Task:
     if "func" not in body:
         raise InvalidRequest.field("func", "is required: a registered task's name or its "
                                            "module:function reference")
-    task = registered_task(body["func"])
-    renames = dict(_BASE_RENAMES)
-    values = {key: body[key] for key in ("id", *OPTIONS) if key in body}
-    values["task"] = task.name
-    values["kwargs"] = _arguments(body, task, renames)
-    values["trigger"] = _trigger_spec(body, kind, inline, renames)
-    with client_fields(renames):
-        request = parse_model(JobCreate, values)
-    return request, replace, renames
+    return registered_task(body["func"])
 
 
 def patch_values(body: dict[str, Any], record: JobRecord
@@ -215,7 +232,7 @@ def modify(jobs: JobService, job_id: str, body: dict[str, Any]) -> JobRecord:
     if body and not values:  # only keys that change nothing, like the job's own id
         return record
     with client_fields(renames):
-        return jobs.update(job_id, parse_model(JobPatch, values))
+        return jobs.update(job_id, parse_model(JobPatch, values, task=record.task))
 
 
 def _create(jobs: JobService, request: JobCreate, replace: bool) -> JobRecord:

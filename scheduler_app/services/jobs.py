@@ -24,7 +24,7 @@ from ..store import JobExists, JobRecord, Run, Store
 from ..store.jobs import JobKey
 from ..tasks import UnknownTask, registry
 from ..timeutil import utcnow
-from .models import JobCreate, JobPatch
+from .models import JobCreate, JobPatch, collect, invalid
 from .runs import RunService, resolve_task, unstorable, validate_kwargs
 from .views import job_view
 
@@ -47,7 +47,7 @@ class JobService:
         try:
             return build_trigger(spec, self.settings.timezone)
         except TriggerError as exc:
-            raise InvalidRequest.field(exc.field, exc.message) from None
+            raise InvalidRequest(str(exc), details=exc.problems) from None
 
     def _first_fire(self, trigger_spec: dict[str, Any], trigger: BaseTrigger,
                     grace: float | None) -> datetime:
@@ -64,19 +64,15 @@ class JobService:
     # -- writes -----------------------------------------------------------------------------
     def _spec(self, request: JobCreate) -> tuple[JobSpec, datetime]:
         """The stored definition a create request describes, and its first fire time."""
-        task = resolve_task(request.task)
-        problems: list[dict[str, str]] = []
-        max_bytes = self.settings.kwargs_max_bytes
-        for check in (lambda: validate_kwargs(task, request.kwargs, max_bytes),
-                      lambda: self._trigger(request.trigger)):
-            try:
-                check()
-            except InvalidRequest as exc:  # report every bad field at once
-                problems.extend(exc.details or [])
-        if problems:
-            raise InvalidRequest("; ".join(f"{p['field']}: {p['message']}" for p in problems),
-                                 details=problems)
-        trigger_spec, trigger = self._trigger(request.trigger)
+        problems: list[dict[str, str]] = []  # report every bad field at once
+        task = collect(problems, lambda: resolve_task(request.task))
+        if task is not None:
+            max_bytes = self.settings.kwargs_max_bytes
+            collect(problems, lambda: validate_kwargs(task, request.kwargs, max_bytes))
+        built = collect(problems, lambda: self._trigger(request.trigger))
+        if problems or task is None or built is None:
+            raise invalid(problems)
+        trigger_spec, trigger = built
         spec = JobSpec(
             name=request.name or request.id or task.name,
             task=task.name,
@@ -105,16 +101,22 @@ class JobService:
         changes = patch.model_dump(exclude_unset=True)
         if not changes:
             raise InvalidRequest.field("body", "name at least one field to change")
-        if any(v is None for v in changes.values()):
-            bad = next(k for k, v in changes.items() if v is None)
-            raise InvalidRequest.field(bad, "must not be null")
+        nulls = [k for k, v in changes.items() if v is None]
+        if nulls:
+            raise invalid([{"field": k, "message": "must not be null"} for k in nulls])
 
         def change(record: JobRecord, spec: JobSpec) -> tuple[JobSpec, datetime | None]:
             task = resolve_task(spec.task)
             data = spec.to_json()
             data.update({k: v for k, v in changes.items() if k != "trigger"})
+            problems: list[dict[str, str]] = []  # report every bad field at once
             if "kwargs" in changes:
-                validate_kwargs(task, changes["kwargs"], self.settings.kwargs_max_bytes)
+                collect(problems, lambda: validate_kwargs(
+                    task, changes["kwargs"], self.settings.kwargs_max_bytes))
+            if "trigger" in changes:
+                collect(problems, lambda: self._trigger(changes["trigger"]))
+            if problems:
+                raise invalid(problems)
             next_run = record.next_run_time
             if "trigger" in changes:
                 trigger_spec, trigger = self._trigger(changes["trigger"])

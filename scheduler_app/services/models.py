@@ -5,14 +5,16 @@ field name is an error, not a silently ignored key. The same models feed the Ope
 (``api.openapi``), so what is documented is what is validated.
 
 A trigger is the one field pydantic does not judge: ``scheduler.triggers.build_trigger`` does, so
-that a bad cron expression names ``trigger.expr``. Its documented shape comes from the
-``*TriggerSpec`` models below, attached to the field as its JSON Schema only. They describe what
-``build_trigger`` accepts and must never be stricter than it: the fuzzing test sends data that
-violates them and fails if the API accepts it.
+that a bad cron field is named with its range (``trigger.minute``). Its documented shape comes
+from the ``*TriggerSpec`` models below, attached to the field as its JSON Schema only. They
+describe what ``build_trigger`` accepts and must never be stricter than it: the fuzzing test
+sends data that violates them and fails if the API accepts it. An invalid body is answered with
+every problem at once: its own fields, and its task, kwargs and trigger (``parse_model``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 import pydantic
@@ -20,8 +22,11 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from ..errors import InvalidRequest
+from ..scheduler.triggers import TriggerError, build_trigger
+from ..tasks import ArgumentError, Task, UnknownTask, registry
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 JobId = Annotated[str, Field(min_length=1, max_length=191,
                              pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
@@ -160,9 +165,11 @@ class JobPatch(_Strict):
     misfire_grace_time: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
 
-def parse_model(model: type[M], data: object) -> M:
+def parse_model(model: type[M], data: object, *, task: str | None = None) -> M:
     """Validate a decoded JSON body against a request model, or raise InvalidRequest naming
-    each bad field."""
+    every bad field at once: the model's own fields and, when the body is invalid, also its
+    ``kwargs`` (against the task's signature: the body's ``task``, else ``task``, the job's) and
+    its ``trigger``, which the services would otherwise judge only once the rest is valid."""
     if not isinstance(data, dict):
         raise InvalidRequest.field("body", "must be a JSON object")
     try:
@@ -173,5 +180,54 @@ def parse_model(model: type[M], data: object) -> M:
             field = ".".join(str(p) for p in error["loc"]) or "body"
             message = "unexpected field" if error["type"] == "extra_forbidden" else error["msg"]
             details.append({"field": field, "message": message})
-        summary = "; ".join(f"{d['field']}: {d['message']}" for d in details)
-        raise InvalidRequest(summary, details=details) from None
+    details.extend(content_problems(model, data, task, reported={
+        d["field"].split(".")[0] for d in details}))
+    raise invalid(details) from None
+
+
+def collect(problems: list[dict[str, str]], check: Callable[[], T]) -> T | None:
+    """The check's value, or None with the fields its InvalidRequest names added to
+    ``problems``: how a validation goes on past its first bad field."""
+    try:
+        return check()
+    except InvalidRequest as exc:
+        problems.extend(exc.details or [{"field": "body", "message": exc.message}])
+        return None
+
+
+def invalid(problems: list[dict[str, str]]) -> InvalidRequest:
+    """One InvalidRequest naming every problem (``field: message; ...``)."""
+    return InvalidRequest("; ".join(f"{p['field']}: {p['message']}" for p in problems),
+                          details=problems)
+
+
+def content_problems(model: type[BaseModel], data: dict[str, Any], task: str | None,
+                     reported: Collection[str] = ()) -> list[dict[str, str]]:
+    """What is wrong with a body's ``task``, ``kwargs`` and ``trigger`` beyond their JSON
+    types, skipping the fields in ``reported``: an unknown task, arguments that do not fit
+    its signature (size limits aside: the service checks those), a bad trigger."""
+    problems: list[dict[str, str]] = []
+    fields = model.model_fields
+    found: Task | None = None
+    name = data.get("task", task) if "task" in fields else task
+    if isinstance(name, str) and "task" not in reported:
+        try:
+            found = registry.get(name)
+        except UnknownTask:
+            if "task" in data:
+                problems.append({"field": "task",
+                                 "message": f"unknown task {name!r}; GET /api/tasks lists them"})
+    kwargs = data.get("kwargs", {} if "task" in fields else None)
+    if found is not None and "kwargs" in fields and "kwargs" not in reported \
+            and isinstance(kwargs, dict):
+        try:
+            found.validate(kwargs)
+        except ArgumentError as exc:
+            problems.extend(exc.problems)
+    trigger = data.get("trigger")
+    if "trigger" in fields and "trigger" not in reported and isinstance(trigger, dict):
+        try:
+            build_trigger(trigger, "UTC")  # the default zone changes no verdict
+        except TriggerError as exc:
+            problems.extend(exc.problems)
+    return problems

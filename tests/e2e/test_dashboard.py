@@ -60,7 +60,10 @@ def test_create_a_cron_job_from_the_form(open_page, server: Server):
 
     cron = page.get_by_label("Cron expression")
     cron.fill("61 * * * *")  # a bad minute: the preview names the field, nothing is listed
-    expect(page.locator("#cron-error")).to_contain_text("invalid crontab expression")
+    expect(page.locator("#cron-error")).to_contain_text("minute: 61 is out of range 0-59")
+    cron.fill("61 25 * * *")  # two bad fields: both are named
+    expect(page.locator("#cron-error")).to_contain_text(
+        "minute: 61 is out of range 0-59; hour: 25 is out of range 0-23")
     expect(page.locator("#preview-times li")).to_have_count(0)
 
     cron.fill("*/15 * * * *")

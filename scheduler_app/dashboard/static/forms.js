@@ -1,6 +1,6 @@
 /* Forms built from a task's JSON Schema (GET /api/tasks): "Run a task" and "New job", the
  * latter with a live preview of its cron expression's next fire times
- * (POST /api/triggers/preview). Problems the API names (kwargs.seconds, trigger.expr) are
+ * (POST /api/triggers/preview). Problems the API names (kwargs.seconds, trigger.minute) are
  * shown under their fields. */
 import {
   $, $$, url, el, viewerZone, formatTime, timeNode, api, flashAfterNavigation, busy, reportError,
@@ -253,6 +253,18 @@ export function initRunForm() {
 }
 
 // -- the job form and its cron preview --------------------------------------------------
+const CRON_FIELDS = ["minute", "hour", "day", "month", "day_of_week"];
+
+/* The API names a bad crontab field (trigger.minute: "99 is out of range 0-59"); the form has
+   one input for the expression, so each is shown there as "minute: 99 is out of range 0-59". */
+function onCronInput(problems) {
+  return problems.map((problem) => {
+    const name = String(problem.field || "").replace(/^trigger\./, "");
+    if (!problem.field || !CRON_FIELDS.includes(name) || problem.field === name) return problem;
+    return { field: "trigger.expr", message: `${name}: ${problem.message}` };
+  });
+}
+
 export function initJobForm() {
   const form = $("#job-form");
   if (!form) return;
@@ -323,9 +335,9 @@ export function initJobForm() {
       list.replaceChildren();
       description.textContent = "";
       status.textContent = "Fix the schedule to see when it fires.";
-      for (const problem of error.details || []) {
+      for (const problem of onCronInput(error.details || [])) {
         const node = form.querySelector(`[data-error-for="${CSS.escape(problem.field)}"]`);
-        if (node) node.textContent = problem.message;
+        if (node) node.textContent = node.textContent ? `${node.textContent}; ${problem.message}` : problem.message;
         const input = form.querySelector(`[data-field="${CSS.escape(problem.field)}"]`);
         if (input) input.setAttribute("aria-invalid", "true");
       }
@@ -372,7 +384,7 @@ export function initJobForm() {
         flashAfterNavigation(`Created the job ${job.name}: ${job.trigger.description}.`, "success");
         location.assign(url(`/jobs?created=${encodeURIComponent(job.id)}`));
       } catch (error) {
-        showErrors(form, error.details || [], error.message);
+        showErrors(form, onCronInput(error.details || []), error.message);
       }
     });
   });
