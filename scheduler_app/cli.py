@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .cli_db import db_cli
 from .errors import ServiceError
@@ -35,6 +35,19 @@ runs_cli = AppGroup("runs", help="Runs: list, show, cancel, read logs.")
 scheduler_cli = AppGroup("scheduler", help="Background tasks, jobs, runs and nodes.")
 for _group in (tasks_cli, jobs_cli, runs_cli, db_cli):
     scheduler_cli.add_command(_group)
+
+
+@with_appcontext
+def _require_schema() -> None:
+    """Before any command that reads or writes runs and jobs: one line telling the operator
+    to upgrade, instead of a database traceback, when the schema is not there yet."""
+    problem = services().store.db.schema_problem()
+    if problem is not None:
+        raise click.ClickException(problem)
+
+
+for _group in (tasks_cli, jobs_cli, runs_cli):
+    _group.callback = _require_schema
 
 
 def init_app(app: Flask) -> None:
@@ -342,6 +355,7 @@ def runs_logs(run_id: int, follow: bool) -> None:
 def scheduler_worker() -> None:
     """Run a worker-only node: fires jobs and executes runs, serves no HTTP. Stops gracefully
     on SIGTERM or Ctrl-C (running tasks get SHUTDOWN_GRACE_SECONDS, then are handed back)."""
+    _require_schema()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     svc = services(app)
     if not svc.settings.executes:
@@ -363,6 +377,7 @@ def scheduler_worker() -> None:
 def scheduler_nodes() -> None:
     """List nodes with their heartbeats: alive, stopped (exited cleanly) or lost (silent past
     NODE_LEASE_SECONDS), as the dashboard says."""
+    _require_schema()
     svc = services()
     rows = []
     for node in svc.store.nodes.all():
