@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from scheduler_app.errors import ConfigError
 from scheduler_app.services import services
 from tests.test_extension import add, make_host, scheduler  # noqa: F401 (make_host: fixture)
 
@@ -240,3 +241,30 @@ def test_add_job_names_every_problem_at_once(make_host: Callable[..., Flask]  # 
                      "kwargs.a", "max_instances"):
             assert part in message
         assert scheduler.get_job("bad") is None
+
+
+# -- JOBS in the configuration ------------------------------------------------------------------
+
+def test_a_declared_job_names_every_problem(make_app: Callable[..., Flask]) -> None:
+    with pytest.raises(ConfigError) as error:
+        make_app(start=False, JOBS=[{
+            "id": "bad", "task": "demo.sleep", "kwargs": {"seconds": "soon"},
+            "max_instances": 0, "trigger": {"type": "cron", "expr": "99 25 * * *"}}])
+    message = str(error.value)
+    for part in ("trigger.minute: 99 is out of range 0-59", "trigger.hour: 25 is out of range "
+                 "0-23", "kwargs.seconds", "max_instances"):
+        assert part in message, message
+
+
+def test_a_builtin_api_patch_names_every_problem(client: Any) -> None:
+    created = client.post("/scheduler/jobs", json={
+        "id": "m", "func": "demo.sleep", "kwargs": {"seconds": 1}, "trigger": "cron",
+        "hour": "9"})
+    assert created.status_code == 200, created.json
+    response = client.patch("/scheduler/jobs/m", json={
+        "max_instances": 0, "kwargs": {"seconds": "soon"}, "trigger": "cron", "minute": "99",
+        "hour": "25"})
+    found = {d["field"]: d["message"] for d in details(response)}
+    assert sorted(found) == ["hour", "kwargs.seconds", "max_instances", "minute"]
+    assert found["minute"] == "99 is out of range 0-59"
+    assert str(client.get("/scheduler/jobs/m").json["hour"]) == "9"
