@@ -248,7 +248,7 @@ def _part_problem(name: str, part: str, low: int, high: int) -> str | None:
             if int(step) == 0:
                 return f"{part}: a step must be at least 1"
             # APScheduler's rule: a step no longer than the span it walks
-            span = high - low if first == "*" else (int(last) if last else high) - start
+            span = high - low if first == "*" else (int(last or 0) or high) - start
             if int(step) > span:
                 return f"{part}: the step {int(step)} is larger than the range {start}-{end}"
         return None
