@@ -19,6 +19,7 @@ from scheduler_app.timeutil import utcnow
 from tests.test_migrations import (
     LEGACY,
     downgrade_to,
+    legacy_columns,
     schema_diff,
     table_names,
     unprefixed,
@@ -77,7 +78,8 @@ def everything(db: Database, tables: sa.MetaData) -> dict[str, list[tuple[Any, .
     """Every row of every table, by the table's name before 0004."""
     with db.engine.connect() as conn:
         return {unprefixed(t.name): [tuple(r) for r in conn.execute(
-            sa.select(t).order_by(*t.primary_key.columns))] for t in tables.sorted_tables}
+            sa.select(*legacy_columns(t)).order_by(*t.primary_key.columns))]
+            for t in tables.sorted_tables}
 
 
 def catalog(db: Database) -> set[str]:

@@ -75,6 +75,9 @@ class Run(_Exact):
     started_at: AwareDatetime | None
     finished_at: AwareDatetime | None
     duration_s: float | None
+    waiting: str | None = Field(
+        description="Why a queued run is not picked up, when no live node has its task "
+                    "(\"no live node has task 'reports.build'\"); null otherwise")
 
 
 class LogLine(_Exact):

@@ -12,6 +12,7 @@ from flask import Flask
 from ..errors import InvalidRequest
 from ..settings import Settings
 from ..store import NewRun, Run, Store
+from ..tasks import TaskRegistry, registry
 from .firepass import FirePass
 from .jobstore import SpecJobStore
 from .loop import PollingScheduler
@@ -21,9 +22,12 @@ from .runner import Runner
 
 class Engine:
     def __init__(self, app: Flask, settings: Settings, store: Store, *,
-                 node_id: str | None = None, companions: Sequence[Companion] = ()) -> None:
+                 node_id: str | None = None, companions: Sequence[Companion] = (),
+                 tasks: TaskRegistry = registry) -> None:
         """Build every part (nothing starts). ``node_id``: made here unless the caller made
-        it first (to give it to a companion); ``companions`` run alongside the node."""
+        it first (to give it to a companion); ``companions`` run alongside the node;
+        ``tasks``: the tasks this node executes, this process's registry unless given (a test
+        gives two nodes of one process different ones)."""
         self.settings = settings
         self.store = store
         self.node = Node(app, store, node_id or new_node_id(), role=settings.role,
@@ -31,7 +35,8 @@ class Engine:
                          heartbeat_seconds=settings.heartbeat_seconds,
                          lease_seconds=settings.lease_seconds,
                          tick_seconds=settings.tick_seconds, poll_seconds=settings.poll_seconds,
-                         max_log_lines=settings.run_log_max_lines, companions=companions)
+                         max_log_lines=settings.run_log_max_lines, companions=companions,
+                         tasks=tasks)
         self.runner: Runner | None = self.node.runner
         self.jobstore = SpecJobStore(store.jobs, settings.timezone)
         self._loop = PollingScheduler(
@@ -86,8 +91,10 @@ class Engine:
 
     def run_here(self, new: NewRun) -> Run | None:
         """If a thread is free here, write ``new`` already claimed by this node and start it at
-        once; None otherwise (the caller queues it for whichever node frees up first)."""
-        if self.runner is None or not self._started or not self.runner.reserve():
+        once; None otherwise (the caller queues it for whichever node frees up first). Only
+        a task this node executes: the services check it against this process's registry."""
+        if self.runner is None or not self._started or new.task not in self.runner.tasks \
+                or not self.runner.reserve():
             return None
         try:
             run = self.store.runs.create(new, running_on=self.node.id)

@@ -17,6 +17,7 @@ from typing import Protocol
 from flask import Flask
 
 from ..store import Run, Store
+from ..tasks import TaskRegistry, registry
 from ..timeutil import utcnow
 from .runner import Runner
 
@@ -47,7 +48,9 @@ class Node:
     def __init__(self, app: Flask, store: Store, node_id: str, *, role: str, executes: bool,
                  capacity: int, heartbeat_seconds: float, lease_seconds: float,
                  tick_seconds: float, poll_seconds: float, max_log_lines: int,
-                 companions: Sequence[Companion] = ()) -> None:
+                 companions: Sequence[Companion] = (), tasks: TaskRegistry = registry) -> None:
+        """``tasks``: the tasks this node executes (this process's registry); its row says
+        which, so a run whose task no live node has can say why it waits."""
         self.store = store
         self.id = node_id
         self.role = role
@@ -63,7 +66,8 @@ class Node:
         self._sleeping = False  # the maintenance thread waits for the next heartbeat
         self._thread: threading.Thread | None = None
         self.runner = Runner(app, store, node_id, capacity, poll_seconds=poll_seconds,
-                             max_log_lines=max_log_lines, events=self) if executes else None
+                             max_log_lines=max_log_lines, events=self,
+                             tasks=tasks) if executes else None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, role: str | None = None) -> None:
@@ -101,7 +105,11 @@ class Node:
 
     def _register(self) -> None:
         self.store.nodes.register(self.id, self.host, self.pid, self.role,
-                                  self.capacity if self.runner else 0)
+                                  self.capacity if self.runner else 0, self._task_names())
+
+    def _task_names(self) -> frozenset[str] | None:
+        """What this node's row says it executes: None for a node that executes nothing."""
+        return None if self.runner is None else self.runner.task_names()
 
     # -- what the runner tells this node (RunEvents) ----------------------------------------
     def run_started(self) -> None:
@@ -167,7 +175,7 @@ class Node:
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + self.heartbeat_seconds
                     running = self.runner.running if self.runner else 0
-                    if not self.store.nodes.heartbeat(self.id, running):
+                    if not self.store.nodes.heartbeat(self.id, running, self._task_names()):
                         self._register()
                     if self.runner is not None:
                         self.settle_lost_runs()

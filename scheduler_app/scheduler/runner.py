@@ -1,6 +1,7 @@
 """The runner: executes runs on a bounded thread pool. It claims queued runs (only as many as it
-has free threads), or is handed a run already written claimed by this node into a thread it
-reserved; it runs each task in the app's context and settles its outcome."""
+has free threads, and only of the tasks registered in this process), or is handed a run already
+written claimed by this node into a thread it reserved; it runs each task in the app's context
+and settles its outcome."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from flask import Flask
 
 from ..logs import bind_run, install_run_log_handler
 from ..store import Run, RunState, Store
-from ..tasks import ArgumentError, Cancelled, RunContext, UnknownTask, registry
+from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
 
@@ -47,8 +48,12 @@ class _Active:
 
 class Runner:
     def __init__(self, app: Flask, store: Store, node_id: str, capacity: int, *,
-                 poll_seconds: float, max_log_lines: int, events: RunEvents) -> None:
+                 poll_seconds: float, max_log_lines: int, events: RunEvents,
+                 tasks: TaskRegistry = registry) -> None:
+        """``tasks``: the tasks this runner executes (this process's registry); it claims
+        runs of those only."""
         self.app = app
+        self.tasks = tasks
         self.store = store
         self.node_id = node_id
         self.capacity = capacity
@@ -198,13 +203,22 @@ class Runner:
         runs: list[Run] = []
         try:
             if free > 0:
-                runs = self.store.runs.claim(self.node_id, free, _task_limits())
+                runs = self.store.runs.claim(self.node_id, free, self._task_limits(),
+                                             tasks=self.task_names())
             for run in runs:
                 self._submit(run, reserved=True)
         finally:
             with self._lock:
                 self._reserved -= free - len(runs)
         return free, len(runs)
+
+    def task_names(self) -> frozenset[str]:
+        """The names of the tasks this runner executes, as registered now (a task module may
+        be imported after the node started)."""
+        return frozenset(t.name for t in self.tasks.all())
+
+    def _task_limits(self) -> dict[str, int]:
+        return {t.name: t.max_running for t in self.tasks.all() if t.max_running is not None}
 
     # -- the fast path: a run written already claimed by this node ----------------------------
     def reserve(self) -> bool:
@@ -281,15 +295,17 @@ class Runner:
             self.events.run_settled(settled)
 
     def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
-        return call_task(self.app, run, ctx)
+        return call_task(self.app, run, ctx, self.tasks)
 
 
-def call_task(app: Flask, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
-    """One attempt of ``run``: its task called inside ``app``'s app context (torn down after).
-    Returns the outcome (state, result, error); state None: stopped by a shutdown."""
+def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = registry
+              ) -> tuple[RunState | None, Any, Any]:
+    """One attempt of ``run``: its task (from ``tasks``) called inside ``app``'s app context
+    (torn down after). Returns the outcome (state, result, error); state None: stopped by a
+    shutdown."""
     set_current_run(ctx)
     try:
-        task = registry.get(run.task)
+        task = tasks.get(run.task)
         kwargs = task.validate(run.kwargs)
         with app.app_context():
             value = task.fn(ctx, **kwargs)
@@ -332,7 +348,3 @@ def _jsonable(value: Any) -> Any:
 
 def _error(kind: str, message: str, tb: str | None) -> dict[str, Any]:
     return {"type": kind, "message": message, "traceback": tb}
-
-
-def _task_limits() -> dict[str, int]:
-    return {t.name: t.max_running for t in registry.all() if t.max_running is not None}

@@ -5,10 +5,14 @@ One place, so the HTTP API, the CLI and the dashboard show the same fields.
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
+from flask import current_app, g, has_app_context
+
 from ..scheduler.triggers import describe
-from ..store import NodeRecord, Run
+from ..store import NodeRecord, Run, RunState
 from ..store.jobs import JobRecord
 from ..store.lifecycle import LogEntry
 from ..tasks import Task
@@ -20,7 +24,8 @@ def run_view(run: Run) -> dict[str, Any]:
     """A run as the API shows it. Spelled out, not derived from ``Run``: the contract fixes
     these names and their order, and they are not the row's (one ``progress`` object, a
     computed ``duration_s``, no ``retry_backoff``). ``api.schemas.Run`` describes the same
-    keys; ``tests/unit/test_run_shape.py`` checks that the two agree."""
+    keys; ``tests/unit/test_run_shape.py`` checks that the two agree. ``waiting`` is the one
+    field not read from the run: see ``waiting``."""
     progress = None
     if run.progress_done is not None:
         p = Progress(run.progress_done, run.progress_total, run.progress_message)
@@ -51,7 +56,43 @@ def run_view(run: Run) -> dict[str, Any]:
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "duration_s": duration,
+        "waiting": waiting(run),
     }
+
+
+# The key the services are kept under in ``app.extensions`` (``services.EXTENSION_KEY``; this
+# module is imported by the package, so it cannot import the name from there).
+_EXTENSION_KEY = "scheduler_app"
+# How long the live nodes' task names read for one app context are reused (a CLI command that
+# watches a run keeps one app context for minutes).
+_LIVE_TASKS_SECONDS = 1.0
+
+
+def waiting(run: Run) -> str | None:
+    """Why a queued run is not being picked up, when the reason is that no live node executes
+    its task (a node claims only runs of the tasks registered in its process); None otherwise.
+
+    Read from the nodes table at most once a second per app context (one request), and only for
+    queued runs, so a page of finished runs costs nothing; None outside this service's app."""
+    if run.state is not RunState.QUEUED or not has_app_context():
+        return None
+    live = _live_tasks()
+    if live is None or run.task in live:
+        return None
+    return f"no live node has task {run.task!r}"
+
+
+def _live_tasks() -> frozenset[str] | None:
+    svc = current_app.extensions.get(_EXTENSION_KEY)
+    if svc is None:
+        return None
+    cached: tuple[float, frozenset[str] | None] | None = g.get("_scheduler_app_live_tasks")
+    if cached is not None and time.monotonic() - cached[0] < _LIVE_TASKS_SECONDS:
+        return cached[1]
+    stale_before = utcnow() - timedelta(seconds=svc.settings.lease_seconds)
+    live: frozenset[str] | None = svc.store.nodes.live_tasks(stale_before)
+    g._scheduler_app_live_tasks = (time.monotonic(), live)
+    return live
 
 
 def job_view(record: JobRecord, last_run: Run | None, problem: str | None) -> dict[str, Any]:

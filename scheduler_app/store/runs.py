@@ -5,7 +5,7 @@ and row values are in ``lifecycle``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -130,14 +130,28 @@ class RunStore:
         return self.db.poll(_NEXT_DUE)  # type: ignore[no-any-return]
 
     # -- executing --------------------------------------------------------------------------
-    def claim(self, node: str, limit: int, task_limits: dict[str, int]) -> list[Run]:
+    def claim(self, node: str, limit: int, task_limits: dict[str, int],
+              tasks: Collection[str] | None = None) -> list[Run]:
         """Move up to ``limit`` due queued runs to ``running`` on ``node``, oldest due first.
+
+        ``tasks``: the names of the tasks ``node`` can run; runs of other tasks are left
+        queued for a node that has them, rather than failed here as unknown (during a rolling
+        deploy that adds a task, the old nodes would use up the new runs' attempts). None:
+        any task.
 
         ``task_limits`` caps concurrently running runs per task name across every node; the
         count and the claim happen in one serialised transaction so the cap holds.
         """
-        if limit <= 0:
+        if limit <= 0 or (tasks is not None and not tasks):
             return []
+        if tasks is not None:
+            # A due run of a task no node here has is seen at every poll: ask with a read
+            # whether one of ours is due, and take the write lock only then.
+            with self.db.read() as conn:
+                if conn.execute(sa.select(runs.c.id).where(
+                        runs.c.state == RunState.QUEUED.value, runs.c.scheduled_for <= utcnow(),
+                        runs.c.task.in_(sorted(tasks))).limit(1)).first() is None:
+                    return []
         with self.db.write(lock=LOCK_CLAIM) as conn:
             now = utcnow()  # read once the lock is held, so it is after any earlier finish
             running: dict[str, int] = {}
@@ -155,7 +169,9 @@ class RunStore:
                 .order_by(runs.c.scheduled_for, runs.c.id)
                 .limit(limit * 4)
             )
-            if full:
+            if tasks is not None:
+                query = query.where(runs.c.task.in_(sorted(set(tasks) - set(full))))
+            elif full:
                 query = query.where(runs.c.task.not_in(full))
             chosen: list[int] = []
             for run_id, task in conn.execute(query).all():

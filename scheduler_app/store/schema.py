@@ -121,6 +121,9 @@ nodes = sa.Table(
     sa.Column("stopped_at", UTCDateTime, nullable=True),
     sa.Column("running", sa.Integer, nullable=False, default=0),
     sa.Column("capacity", sa.Integer, nullable=False, default=0),
+    # The names of the tasks this node executes (a JSON list), so a queued run whose task no
+    # live node has can say so. NULL: the node executes nothing, or its code predates 0006.
+    sa.Column("tasks", sa.JSON, nullable=True),
 )
 
 
