@@ -112,7 +112,7 @@ def test_create_interval_job(api: Any) -> None:
     job = create(api, trigger={"type": "interval", "minutes": 10})
     assert job["trigger"]["type"] == "interval"
     assert job["trigger"]["minutes"] == 10
-    assert job["trigger"]["description"] == "every 10 minutes"
+    assert job["trigger"]["description"] == "Every 10 minutes"
     next_run = parse_time(job["next_run_time"])
     assert before + timedelta(minutes=10) <= next_run <= datetime.now(UTC) + timedelta(minutes=10)
     assert job["paused"] is False

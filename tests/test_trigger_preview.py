@@ -38,7 +38,7 @@ def test_count_and_the_other_trigger_types(client):
     interval = client.post(PREVIEW, json={"trigger": {"type": "interval", "minutes": 5},
                                           "count": 3}).json
     steps = [datetime.fromisoformat(t) for t in interval["fire_times"]]
-    assert interval["description"] == "every 5 minutes"
+    assert interval["description"] == "Every 5 minutes"
     assert [b - a for a, b in zip(steps, steps[1:], strict=False)] == [timedelta(minutes=5)] * 2
 
     soon = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()

@@ -82,7 +82,8 @@ def crontab_as_fields(expr: str) -> dict[str, Any] | None:
 
 
 def describe(spec: dict[str, Any]) -> str:
-    """A human sentence for a stored spec: 'Every 5 minutes', 'every 30 seconds'…"""
+    """A human sentence for a stored spec, capitalised like cron_descriptor's: 'At 02:00',
+    'Every 5 minutes', 'Once at 2026-12-24T18:00:00+00:00'."""
     kind = spec.get("type")
     if kind == "cron":
         expr = spec.get("expr") or _as_crontab(spec)
@@ -95,9 +96,9 @@ def describe(spec: dict[str, Any]) -> str:
     if kind == "interval":
         parts = [f"{_num(spec[u])} {u[:-1] if spec[u] == 1 else u}"
                  for u in INTERVAL_UNITS if spec.get(u)]
-        return "every " + " ".join(parts)
+        return "Every " + " ".join(parts)
     if kind == "date":
-        return f"once at {spec.get('run_date')}"
+        return f"Once at {spec.get('run_date')}"
     return "unknown trigger"
 
 
