@@ -154,11 +154,8 @@ def _func_name(func: object) -> object:
     """A function object (a Python config file may hold one) stands for the task registered
     from it; any other function is reported by its reference as not a registered task."""
     if callable(func) and hasattr(func, "__module__") and hasattr(func, "__qualname__"):
-        ref = f"{func.__module__}:{func.__qualname__}"
-        for task in registry.all():
-            if task.fn is func or task.ref == ref:
-                return task.name
-        return ref
+        task = registry.of_function(func)
+        return task.name if task is not None else f"{func.__module__}:{func.__qualname__}"
     return func
 
 

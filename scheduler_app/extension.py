@@ -289,9 +289,9 @@ def _task_name(func: Any) -> Any:
     if isinstance(func, Task):
         return func.name
     if callable(func):
-        for task in registry.all():
-            if task.function is func or task.fn is func:
-                return task.name
+        task = registry.of_function(func)
+        if task is not None:
+            return task.name
         raise InvalidRequest.field("func", f"{getattr(func, '__qualname__', func)!r} is not a "
                                            "registered task; decorate it with @scheduler.task")
     return func

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .errors import AlreadyFinished
-from .services.views import run_view
+from .services.views import progress_view, run_view
 from .store import Run
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ class RunHandle:
     @property
     def progress(self) -> dict[str, Any] | None:
         """``{"done", "total", "percent", "message"}`` as last reported, or None."""
-        progress: dict[str, Any] | None = run_view(self._run)["progress"]
-        return progress
+        return progress_view(self._run)
 
     @property
     def attempt(self) -> int:

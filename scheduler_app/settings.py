@@ -208,11 +208,9 @@ def load_settings(config: Mapping[str, Any], instance_path: str) -> Settings:
                 break
     if not values.get("database_url"):
         values["database_url"] = "sqlite:///" + os.path.join(instance_path, "scheduler.sqlite3")
-    for name in ("misfire_grace_time", "retry_backoff", "alert_timeout", "alert_backoff",
-                 "heartbeat_seconds", "lease_seconds", "poll_seconds", "tick_seconds",
-                 "shutdown_grace_seconds"):
+    for name, field in Settings.model_fields.items():
         value = values.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if field.annotation is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)  # strict mode: an int is a fine number of seconds
     try:
         settings = Settings.model_validate(values)

@@ -176,22 +176,7 @@ def test_upgrade_from_previous_revision_keeps_every_row(db: Database) -> None:
     upgrade_to(db, migrations.BASELINE)
     now = utcnow()
     with db.engine.begin() as conn:
-        conn.execute(LEGACY.tables["runs"].insert(), [
-            {"id": 1, "task": "demo.echo", "kwargs": {"value": [1, "ü"]}, "job_id": "nightly",
-             "fire_time": now, "state": "succeeded", "attempt": 1, "max_attempts": 1,
-             "retry_backoff": 2.0, "timeout": None, "cancel_requested": False,
-             "progress_done": 1.0, "progress_total": 1.0, "progress_message": "done",
-             "result": {"ok": True}, "error": None, "errors": [], "node": "h:1:a",
-             "created_at": now, "scheduled_for": now, "started_at": now, "finished_at": now},
-            {"id": 2, "task": "demo.fail", "kwargs": {}, "job_id": None, "fire_time": None,
-             "state": "queued", "attempt": 2, "max_attempts": 3, "retry_backoff": 2.0,
-             "timeout": 5.0, "cancel_requested": False, "progress_done": None,
-             "progress_total": None, "progress_message": None, "result": None,
-             "error": {"type": "RuntimeError", "message": "boom", "traceback": "tb"},
-             "errors": [{"type": "RuntimeError", "attempt": 1}], "node": None,
-             "created_at": now, "scheduled_for": now + timedelta(hours=1), "started_at": None,
-             "finished_at": None},
-        ])
+        conn.execute(LEGACY.tables["runs"].insert(), legacy_run_rows(now))
         conn.execute(LEGACY.tables["run_logs"].insert(), [
             {"run_id": 1, "at": now, "level": "INFO", "message": f"line {i}"} for i in range(3)])
         conn.execute(LEGACY.tables["jobs"].insert(), [{
@@ -340,3 +325,25 @@ def test_flask_db_upgrade_command_in_a_real_process(tmp_path: Path) -> None:
         assert version_rows(db) == [migrations.head()]
     finally:
         db.dispose()
+
+
+def legacy_run_rows(now: Any, ids: bool = True) -> list[dict[str, Any]]:
+    """Two runs as the tables before 0004 held them: a succeeded fire of job ``nightly`` and a
+    failed attempt queued for a retry (ids 1 and 2, given or from the id sequence)."""
+    rows = [
+        {"task": "demo.echo", "kwargs": {"value": [1, "ü"]}, "job_id": "nightly",
+         "fire_time": now, "state": "succeeded", "attempt": 1, "max_attempts": 1,
+         "retry_backoff": 2.0, "timeout": None, "cancel_requested": False,
+         "progress_done": 1.0, "progress_total": 1.0, "progress_message": "done",
+         "result": {"ok": True}, "error": None, "errors": [], "node": "h:1:a",
+         "created_at": now, "scheduled_for": now, "started_at": now, "finished_at": now},
+        {"task": "demo.fail", "kwargs": {}, "job_id": None, "fire_time": None,
+         "state": "queued", "attempt": 2, "max_attempts": 3, "retry_backoff": 2.0,
+         "timeout": 5.0, "cancel_requested": False, "progress_done": None,
+         "progress_total": None, "progress_message": None, "result": None,
+         "error": {"type": "RuntimeError", "message": "boom", "traceback": "tb"},
+         "errors": [{"type": "RuntimeError", "attempt": 1}], "node": None,
+         "created_at": now, "scheduled_for": now + timedelta(hours=1), "started_at": None,
+         "finished_at": None},
+    ]
+    return [{"id": n, **row} for n, row in enumerate(rows, 1)] if ids else rows

@@ -5,7 +5,6 @@ still cascading, and the downgrade bringing the old names back."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from tests.test_migrations import (
     LEGACY,
     downgrade_to,
     legacy_columns,
+    legacy_run_rows,
     schema_diff,
     table_names,
     unprefixed,
@@ -42,22 +42,7 @@ def fill(db: Database) -> None:
     now = utcnow()
     tables = LEGACY.tables
     with db.engine.begin() as conn:
-        conn.execute(tables["runs"].insert(), [
-            {"task": "demo.echo", "kwargs": {"value": [1, "ü"]}, "job_id": "nightly",
-             "fire_time": now, "state": "succeeded", "attempt": 1, "max_attempts": 1,
-             "retry_backoff": 2.0, "timeout": None, "cancel_requested": False,
-             "progress_done": 1.0, "progress_total": 1.0, "progress_message": "done",
-             "result": {"ok": True}, "error": None, "errors": [], "node": "h:1:a",
-             "created_at": now, "scheduled_for": now, "started_at": now, "finished_at": now},
-            {"task": "demo.fail", "kwargs": {}, "job_id": None, "fire_time": None,
-             "state": "queued", "attempt": 2, "max_attempts": 3, "retry_backoff": 2.0,
-             "timeout": 5.0, "cancel_requested": False, "progress_done": None,
-             "progress_total": None, "progress_message": None, "result": None,
-             "error": {"type": "RuntimeError", "message": "boom", "traceback": "tb"},
-             "errors": [{"type": "RuntimeError", "attempt": 1}], "node": None,
-             "created_at": now, "scheduled_for": now + timedelta(hours=1), "started_at": None,
-             "finished_at": None},
-        ])
+        conn.execute(tables["runs"].insert(), legacy_run_rows(now, ids=False))
         conn.execute(tables["run_logs"].insert(), [
             {"run_id": 1, "at": now, "level": "INFO", "message": f"line {i}"} for i in range(3)])
         conn.execute(tables["jobs"].insert(), [{

@@ -20,17 +20,21 @@ from ..tasks.context import Progress
 from ..timeutil import iso, utcnow
 
 
+def progress_view(run: Run) -> dict[str, Any] | None:
+    """A run's last reported progress as the API shows it, or None."""
+    if run.progress_done is None:
+        return None
+    p = Progress(run.progress_done, run.progress_total, run.progress_message)
+    return {"done": p.done, "total": p.total, "percent": p.percent, "message": p.message}
+
+
 def run_view(run: Run) -> dict[str, Any]:
     """A run as the API shows it. Spelled out, not derived from ``Run``: the contract fixes
     these names and their order, and they are not the row's (one ``progress`` object, a
     computed ``duration_s``, no ``retry_backoff``). ``api.schemas.Run`` describes the same
     keys; ``tests/unit/test_run_shape.py`` checks that the two agree. ``waiting`` is the one
     field not read from the run: see ``waiting``."""
-    progress = None
-    if run.progress_done is not None:
-        p = Progress(run.progress_done, run.progress_total, run.progress_message)
-        progress = {"done": p.done, "total": p.total, "percent": p.percent,
-                    "message": p.message}
+    progress = progress_view(run)
     duration = None
     if run.started_at is not None:
         end = run.finished_at or utcnow()

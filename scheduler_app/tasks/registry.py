@@ -215,6 +215,15 @@ class TaskRegistry:
                 return task
         raise UnknownTask(f"{ref!r} is not a registered task")
 
+    def of_function(self, function: Callable[..., Any]) -> Task | None:
+        """The task registered from ``function`` (the developer's function, or the one the
+        runner calls), or None."""
+        ref = f"{getattr(function, '__module__', '')}:{getattr(function, '__qualname__', '')}"
+        for task in self._tasks.values():
+            if task.function is function or task.fn is function or task.ref == ref:
+                return task
+        return None
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._tasks
 
