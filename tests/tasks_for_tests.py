@@ -81,3 +81,15 @@ def long_then_quick(ctx: RunContext, seconds: float = 30.0) -> dict[str, int]:
     if ctx.attempt == 1:
         ctx.sleep(seconds)
     return {"attempt": ctx.attempt}
+
+
+@task(name="testing.log_around_gate")
+def log_around_gate(ctx: RunContext, gate: str) -> str:
+    """Logs a line, waits for the named gate, logs another: lets a test flush between them."""
+    ctx.log("before the gate")
+    gates.setdefault(f"{gate}.logged", threading.Event()).set()
+    event = gates.setdefault(gate, threading.Event())
+    if not event.wait(5):
+        raise TimeoutError(f"gate {gate} never opened")
+    ctx.log("after the gate")
+    return gate

@@ -10,7 +10,8 @@ import logging
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -44,6 +45,10 @@ class _Active:
     run: Run
     ctx: RunContext
     deadline: Any  # datetime | None
+    # Held from taking a run's pending log lines until they are committed, by the tick's
+    # flush and by the finish alike: without it, lines the finish took after the tick's could
+    # commit first, and the run's log (read in insert order) would read out of order.
+    writing: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Runner:
@@ -137,14 +142,15 @@ class Runner:
 
     def flush(self, active: _Active) -> None:
         """Write a run's pending progress and log lines (throttled by the caller's cadence)."""
-        progress = active.ctx.take_progress()
-        if progress is not None:
-            self.store.runs.save_progress(active.run.id, progress.done, progress.total,
-                                          progress.message)
-        lines = active.ctx.take_logs()
-        if lines:
-            self.store.runs.add_logs(active.run.id, [(ln.at, ln.level, ln.message)
-                                                     for ln in lines])
+        with active.writing:
+            progress = active.ctx.take_progress()
+            if progress is not None:
+                self.store.runs.save_progress(active.run.id, progress.done, progress.total,
+                                              progress.message)
+            lines = active.ctx.take_logs()
+            if lines:
+                self.store.runs.add_logs(active.run.id, [(ln.at, ln.level, ln.message)
+                                                         for ln in lines])
 
     def flush_all(self) -> None:
         for active in self.active():
@@ -269,12 +275,15 @@ class Runner:
                 self.store.runs.hand_back(run.id, self.node_id)
                 settled = None
             else:
-                progress = ctx.take_progress()
-                settled = self.store.runs.finish(
-                    run.id, self.node_id, state, result=result, error=error,
-                    progress=None if progress is None else (
-                        progress.done, progress.total, progress.message),
-                    logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()])
+                # After any flush of this run in flight has committed, so its last lines
+                # follow the ones the tick took before them.
+                with active.writing if active is not None else nullcontext():
+                    progress = ctx.take_progress()
+                    settled = self.store.runs.finish(
+                        run.id, self.node_id, state, result=result, error=error,
+                        progress=None if progress is None else (
+                            progress.done, progress.total, progress.message),
+                        logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()])
         except Exception:
             log.exception("could not record the outcome of run %s", run.id, extra=extra)
             settled = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -110,3 +111,39 @@ def test_a_run_stopped_by_shutdown_is_handed_back_not_failed(make_runner, sqlite
     back = sqlite_store.runs.get(run.id)
     assert (back.state, back.node, back.attempt) == (RunState.QUEUED, None, 1)
     assert events.settled == []  # not an outcome: another node retries the same attempt
+
+
+def test_a_runs_log_reads_in_the_order_its_lines_were_written(make_runner, sqlite_store, gate,
+                                                              monkeypatch):
+    """The tick's flush takes a run's first line and is slow to commit it (a busy group commit);
+    meanwhile the task logs its last line and ends. The finish waits for that flush, so the
+    first line is never stored after the last."""
+    logged = gates["unit.logged"] = threading.Event()
+    runner, events = make_runner()
+    run = start_here(runner, sqlite_store, task="testing.log_around_gate",
+                     kwargs={"gate": "unit"})
+    assert logged.wait(5), "the task never logged its first line"
+
+    flushing, release = threading.Event(), threading.Event()
+    add_logs = sqlite_store.runs.add_logs
+
+    def slow_add_logs(run_id, lines):
+        lines = list(lines)
+        flushing.set()
+        release.wait(5)
+        add_logs(run_id, lines)
+
+    monkeypatch.setattr(sqlite_store.runs, "add_logs", slow_add_logs)
+    flush = threading.Thread(target=runner.flush_all)
+    flush.start()
+    assert flushing.wait(5), "the flush never took the first line"
+    gate.set()  # the task logs its last line and returns while the first is being written
+    # Give an unordered finish every chance to commit first: it would within milliseconds.
+    deadline = time.monotonic() + 1.0
+    while events.settled_run(run.id) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    flush.join(5)
+    assert settled(events, run).state is RunState.SUCCEEDED
+    assert [entry.message for entry in sqlite_store.runs.logs(run.id)] == [
+        "before the gate", "after the gate"]
