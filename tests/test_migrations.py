@@ -39,6 +39,7 @@ def unprefixed(name: str) -> str:
 INDEXES_ADDED_SINCE_0004 = {"ix_scheduler_jobs_task_next_run"}
 INDEXES_DROPPED_SINCE_0004 = {"ix_scheduler_jobs_task": ("scheduler_jobs", ["task"])}
 COLUMNS_ADDED_SINCE_0004 = {("scheduler_nodes", "tasks")}
+TABLES_ADDED_SINCE_0004 = {"scheduler_alerts"}
 
 
 def legacy_metadata() -> sa.MetaData:
@@ -46,6 +47,8 @@ def legacy_metadata() -> sa.MetaData:
     it."""
     legacy = sa.MetaData()
     for table in metadata.sorted_tables:
+        if table.name in TABLES_ADDED_SINCE_0004:
+            continue
         dropped = [sa.Index(unprefixed(name), *columns)
                    for name, (on, columns) in INDEXES_DROPPED_SINCE_0004.items()
                    if on == table.name]

@@ -60,11 +60,11 @@ def fill(db: Database) -> None:
 
 
 def everything(db: Database, tables: sa.MetaData) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, by the table's name before 0004."""
+    """Every row of every table 0004 knew, by the table's name before 0004."""
     with db.engine.connect() as conn:
         return {unprefixed(t.name): [tuple(r) for r in conn.execute(
             sa.select(*legacy_columns(t)).order_by(*t.primary_key.columns))]
-            for t in tables.sorted_tables}
+            for t in tables.sorted_tables if unprefixed(t.name) in LEGACY.tables}
 
 
 def catalog(db: Database) -> set[str]:

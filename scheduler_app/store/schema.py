@@ -147,3 +147,28 @@ misfire_marks = sa.Table(
     sa.Column("job_id", sa.String(191), primary_key=True),
     sa.Column("fire_time", sa.Float, nullable=False),
 )
+
+# Webhook alerts, written in the same transaction as the end of the run they announce, so one is
+# never lost with the node that settled the run; any live node posts them (``alerts.py``).
+# ``event`` is the run's final state; ``state`` is ``pending`` until ``delivered`` or
+# ``given_up``. A pending alert is due at ``next_attempt_at``; while a node posts it
+# (``claimed_by``), that time is the end of the node's lease, after which another node may take
+# it. Kept as long as the run it belongs to (pruning deletes both; a run whose alert is pending
+# is not pruned).
+alerts = sa.Table(
+    f"{TABLE_PREFIX}alerts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("run_id", BigId, sa.ForeignKey(runs.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("claimed_by", sa.String(200), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("run_id", "event", name=f"uq_{TABLE_PREFIX}alerts_run_event"),
+    # The pending alerts due now, oldest first: what every node's sender asks for.
+    sa.Index(f"ix_{TABLE_PREFIX}alerts_due", "state", "next_attempt_at"),
+)
