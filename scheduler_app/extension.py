@@ -72,10 +72,10 @@ class Scheduler:
         db = Database(settings.database_url, pool_size=max(10, settings.worker_threads + 6))
         try:
             _prepare_schema(settings, db)
-            store = Store(db)
+            store = Store(db, alert_on=alerts.recorded_events(settings))
             node_id = new_node_id()
             engine = Engine(app, settings, store, node_id=node_id,
-                            companions=alerts.companions(settings, node_id))
+                            companions=alerts.companions(settings, store, node_id))
             svc = Services.build(settings, store, engine, self)
             svc.install(app)
             # A bad JOBS entry or decorated job stops start-up here, before any write.

@@ -198,6 +198,51 @@ def test_a_run_settled_as_lost_alerts_from_the_settling_node(make_app: Callable[
     assert body["node"] == "ghost:1:abc" and body["sent_by"] == services(app).scheduler.node.id
 
 
+def test_a_run_cancelled_while_queued_alerts_once_a_node_runs(make_app: Callable[..., Flask],
+                                                               receiver: Receiver) -> None:
+    """The cancel request ends the run and writes its alert in one transaction; no node runs
+    yet, so the alert waits in the database until one starts."""
+    app = make_app(start=False, ALERT_WEBHOOK_URL=receiver.url, ALERT_ON="cancelled", **FAST)
+    client = app.test_client()
+    run = _run(client, "demo.echo", value=1)
+    assert client.post(f"/api/runs/{run['id']}/cancel").get_json()["state"] == "cancelled"
+    assert services(app).store.alerts.pending_count() == 1
+    start_scheduler(app)
+    body = wait_for(lambda: receiver.delivered, message="the alert")[0]
+    assert (body["id"], body["event"], body["state"]) == (run["id"], "run.cancelled",
+                                                          "cancelled")
+    wait_for(lambda: services(app).store.alerts.pending_count() == 0,
+             message="the alert to be marked delivered")
+
+
+def test_a_stopped_node_leaves_its_alerts_to_another_node(make_app: Callable[..., Flask],
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    """A node that stops while its receiver refuses drops nothing: the alert stays pending in
+    the database, and another node on it delivers it, once."""
+    receiver = Receiver(statuses=(503,) * 1000)
+    try:
+        first = make_app(ALERT_WEBHOOK_URL=receiver.url, ALERT_MAX_ATTEMPTS=20, **FAST)
+        run = _run(first.test_client(), "demo.fail")
+        wait_for(lambda: len(receiver.attempts) >= 2, message="two refused attempts")
+        stop_scheduler(first)
+        assert "still pending" in caplog.text
+        refused = len(receiver.attempts)
+        assert services(first).store.alerts.pending_count() == 1
+        with receiver.lock:
+            receiver.statuses.clear()  # the receiver is back
+
+        second = make_app(ALERT_WEBHOOK_URL=receiver.url, **FAST)
+        body = wait_for(lambda: receiver.delivered, message="the alert")[0]
+        assert (body["id"], body["event"]) == (run["id"], "run.failed")
+        assert body["sent_by"] == services(second).scheduler.node.id != body["node"]
+        wait_for(lambda: services(second).store.alerts.pending_count() == 0,
+                 message="the alert to be marked delivered")
+        assert len(receiver.attempts) == refused + 1 and len(receiver.delivered) == 1
+    finally:
+        receiver.close()
+
+
 # -- never in the way -------------------------------------------------------------------------
 
 class Silent:
@@ -261,6 +306,9 @@ def test_bad_alert_settings_stop_start_up(make_app: Callable[..., Flask],
     assert "s3cret" not in str(error.value)
 
 
-def test_no_url_no_sender(make_app: Callable[..., Flask]) -> None:
-    make_app()
+def test_no_url_no_sender_and_no_alert(make_app: Callable[..., Flask]) -> None:
+    app = make_app()
     assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    client = app.test_client()
+    _wait_state(client, _run(client, "demo.fail")["id"], "failed")
+    assert services(app).store.alerts.pending_count() == 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+from .alerts import AlertStore, ClaimedAlert
 from .db import Database
 from .jobs import JobExists, JobRecord, JobStoreQueries
 from .lifecycle import (
@@ -20,9 +23,12 @@ from .stats import StatsStore
 class Store:
     """The query sets over one database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, alert_on: Collection[str] = ()) -> None:
+        """``alert_on``: the final run states whose end writes an alert (none unless this
+        process has ``ALERT_WEBHOOK_URL``)."""
         self.db = db
-        self.runs = RunStore(db)
+        self.alerts = AlertStore(db, alert_on)
+        self.runs = RunStore(db, self.alerts)
         self.jobs = JobStoreQueries(db)
         self.nodes = NodeStore(db)
         self.stats = StatsStore(db)
@@ -30,6 +36,8 @@ class Store:
 
 __all__ = [
     "ACTIVE_STATES",
+    "AlertStore",
+    "ClaimedAlert",
     "FINAL_STATES",
     "Database",
     "JobExists",

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import QueueFull
 from ..timeutil import utcnow
+from .alerts import AlertStore, forget_alerts, has_pending_alert
 from .db import LOCK_CLAIM, Database
 from .group import GroupCommit
 from .lifecycle import (
@@ -44,9 +45,12 @@ _FINISH_CLEANLY = (
 
 
 class RunStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, alerts: AlertStore | None = None) -> None:
+        """``alerts``: where a run's end writes its alert, in the same transaction (none by
+        default)."""
         self.db = db
         self.group = GroupCommit(db)
+        self.alerts = alerts or AlertStore(db)
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, new: NewRun, conn: Connection | None = None,
@@ -258,7 +262,10 @@ class RunStore:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
                 conn.execute(run_logs.insert(), log_rows)
-            return self._settle(conn, tally, run_id, node, state, result, error)
+            settled = self._settle(conn, tally, run_id, node, state, result, error)
+            if settled is not None:
+                self.alerts.record(conn, settled)
+            return settled
 
         return self.group.run(settle)
 
@@ -336,8 +343,11 @@ class RunStore:
             elif before == RunState.RUNNING.value:
                 conn.execute(runs.update().where(runs.c.id == run_id).values(
                     cancel_requested=True))
-            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one()
-        return RunState(before), Run.from_row(row)
+            run = Run.from_row(
+                conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one())
+            if before == RunState.QUEUED.value:
+                self.alerts.record(conn, run)
+        return RunState(before), run
 
     def settle_lost(self, stale_before: datetime, dead_nodes: Sequence[str] = ()) -> list[Run]:
         """Settle runs left ``running`` by nodes that stopped heartbeating (or are known dead).
@@ -375,6 +385,7 @@ class RunStore:
                 ).mappings().first()
                 if updated is not None:
                     settled.append(Run.from_row(updated))
+                    self.alerts.record(conn, settled[-1])
                     tally.node_lost(run.task)
                     if settled[-1].is_final:
                         tally.finished(run.task, RunState.FAILED.value)
@@ -391,8 +402,9 @@ class RunStore:
             return [LogEntry(*row) for row in conn.execute(query).all()]
 
     def prune(self, finished_before: datetime, batch: int = 500) -> int:
-        """Delete finished runs (and their logs) older than the cut-off, in small batches so a
-        big backlog never holds the write lock for long."""
+        """Delete finished runs (and their logs and alerts) older than the cut-off, in small
+        batches so a big backlog never holds the write lock for long. A run whose alert is
+        still pending is kept until the alert is delivered or given up."""
         total = 0
         while True:
             with self.db.write() as conn:
@@ -400,12 +412,14 @@ class RunStore:
                     sa.select(runs.c.id).where(
                         runs.c.state.in_(_values(FINAL_STATES)),
                         runs.c.finished_at < finished_before,
+                        ~has_pending_alert(),
                     ).limit(batch)
                 ).scalars())
                 if not ids:
                     forget_misfire_marks(conn)
                     return total
                 conn.execute(run_logs.delete().where(run_logs.c.run_id.in_(ids)))
+                forget_alerts(conn, ids)
                 conn.execute(runs.delete().where(runs.c.id.in_(ids)))
                 total += len(ids)
 
