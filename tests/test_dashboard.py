@@ -3,6 +3,8 @@ the headers. What the pages do in a browser is in tests/e2e/."""
 
 from __future__ import annotations
 
+import html
+import json
 import re
 
 import pytest
@@ -129,3 +131,38 @@ def test_the_overview_counts_what_happened(make_app):
     assert "1 alive" in page
     fragment = client.get("/", headers={**HTML, "X-Dashboard-Fragment": "1"}).text
     assert "<html" not in fragment and "kaput" in fragment
+
+
+def test_a_jobs_page_is_its_form_editable_by_an_admin_and_read_only_for_a_viewer(secured):
+    admin_auth = {"Authorization": "Bearer admin-token-456"}
+    client = secured.test_client()
+    for job_id in ("nightly", "new"):  # "new" has a page too: /jobs/new is the new-job form
+        created = client.post("/api/jobs", headers=admin_auth, json={
+            "id": job_id, "name": f"Job {job_id}", "task": "demo.sleep",
+            "kwargs": {"seconds": 1},
+            "trigger": {"type": "interval", "minutes": 5}, "max_instances": 2})
+        assert created.status_code == 201, created.json
+    assert client.get("/jobs/nightly/edit", headers=HTML).status_code == 302  # log in first
+
+    admin = secured.test_client()
+    login(admin, "admin-token-456")
+    page = admin.get("/jobs/new/edit", headers=HTML)
+    assert page.status_code == 200 and "<h1>Job new" in page.text
+    assert '<fieldset class="form-body">' in page.text and "Save changes" in page.text
+    job = re.search(r"data-job='([^']*)'", page.text)
+    assert job and json.loads(html.unescape(job.group(1)))["max_instances"] == 2
+    listing = admin.get("/jobs", headers=HTML).text
+    assert 'href="/jobs/nightly/edit"' in listing and 'aria-label="Edit Job nightly"' in listing
+
+    viewer = secured.test_client()
+    login(viewer, "viewer-token-123")
+    viewed = viewer.get("/jobs/nightly/edit", headers=HTML)
+    assert viewed.status_code == 200
+    assert '<fieldset class="form-body" disabled>' in viewed.text
+    form = viewed.text[viewed.text.index('<form id="job-form"'):viewed.text.index('</form>')]
+    assert "Save changes" not in form and '<button type="submit"' not in form
+    assert 'data-editable="false"' in viewed.text and "read-only" in viewed.text
+    assert 'aria-label="Edit' not in viewer.get("/jobs", headers=HTML).text
+
+    missing = viewer.get("/jobs/nope/edit", headers=HTML)
+    assert missing.status_code == 404 and "There is no job &#39;nope&#39;" in missing.text

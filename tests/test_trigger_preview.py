@@ -53,6 +53,32 @@ def test_count_and_the_other_trigger_types(client):
     assert len(many["fire_times"]) == 50
 
 
+def test_an_interval_from_its_start_until_its_end_and_cron_fields_until_theirs(client):
+    """The dashboard previews an interval's start and end, and a cron trigger given field by
+    field: fire times begin at the start and stop at the end."""
+    start = (datetime.now().astimezone() + timedelta(days=1)).replace(microsecond=0)
+    end = start + timedelta(hours=4)
+    interval = client.post(PREVIEW, json={"trigger": {
+        "type": "interval", "hours": 1, "minutes": 30, "start_date": start.isoformat(),
+        "end_date": end.isoformat()}}).json
+    assert interval["description"] == "Every 1 hour 30 minutes"
+    assert [datetime.fromisoformat(t) for t in interval["fire_times"]] == [
+        start, start + timedelta(minutes=90), start + timedelta(minutes=180)]
+
+    soon = datetime.now().astimezone() + timedelta(minutes=30)
+    fields = client.post(PREVIEW, json={"trigger": {
+        "type": "cron", "minute": "*/5", "end_date": soon.isoformat()}, "count": 50}).json
+    fires = [datetime.fromisoformat(t) for t in fields["fire_times"]]
+    assert 5 <= len(fires) <= 6 and all(f.minute % 5 == 0 and f <= soon for f in fires)
+
+    bad = client.post(PREVIEW, json={"trigger": {
+        "type": "interval", "hours": 1, "start_date": end.isoformat(),
+        "end_date": start.isoformat()}})
+    assert bad.status_code == 400
+    assert bad.json["error"]["details"] == [
+        {"field": "trigger.end_date", "message": "must be after start_date"}]
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"trigger": {"type": "cron", "expr": "61 * * * *"}}, "trigger.minute"),
     ({"trigger": {"type": "cron", "expr": "* * *"}}, "trigger.expr"),

@@ -1,10 +1,11 @@
-"""The dashboard's pages: overview, jobs, runs, one run, the two forms, and the login page.
+"""The dashboard's pages: overview, jobs, one job, runs, one run, the forms, and the login page.
 
 Every page needs the ``viewer`` role, judged by ``security.current_role`` like any API read
 (a session after a token login, or a loopback client when no token is configured); a caller
 who is nobody is sent to the login page. Pages only read: every change is made by the page's
 script through the JSON API, so the API's checks (admin role, CSRF token, same origin) are
-the only ones there are. Action buttons are rendered for admins only.
+the only ones there are. Action buttons are rendered for admins only; a viewer gets a job's
+form disabled, with no button that would fail.
 """
 
 from __future__ import annotations
@@ -218,7 +219,26 @@ def new_job() -> Any:
                                message=refused), 403
     svc = services()
     return render_template("dashboard/job_new.html", active="jobs", tasks=registry.all(),
-                           selected=_arg("task"), server_timezone=svc.settings.timezone)
+                           selected=_arg("task"), server_timezone=svc.settings.timezone,
+                           job=None, editable=True)
+
+
+@bp.get("/jobs/<job_id>/edit")
+def job(job_id: str) -> Any:
+    """One job in the form that creates jobs: filled, saved as a PATCH by an admin, read-only
+    for a viewer. Under ``/edit`` so that a job whose id is ``new`` has a page too."""
+    svc = services()
+    try:
+        record = svc.jobs.get(job_id)
+    except NotFound:
+        return render_template("dashboard/message.html", title="Not found",
+                               message=f"There is no job {job_id!r}. It may have been "
+                                       "deleted."), 404
+    view = svc.jobs.views([record])[0]
+    return render_template("dashboard/job.html", active="jobs", job=view, tasks=registry.all(),
+                           selected=view["task"], task_locked=True,
+                           server_timezone=svc.settings.timezone,
+                           editable=g.get("role") == "admin")
 
 
 @bp.get("/login")

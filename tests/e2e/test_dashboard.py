@@ -1,5 +1,6 @@
-"""The dashboard in a real browser: log in, create a job from the form, run a task and watch
-it, cancel, pause and resume, read a traceback, the viewer's read-only view, a phone's width.
+"""The dashboard in a real browser: log in, create a cron job from the form, run a task and
+watch it, cancel, pause and resume, read a traceback, the viewer's read-only view, a phone's
+width. The job form's other triggers and editing are in test_job_form.py.
 
 Every wait is Playwright's polling ``expect`` (or ``wait_for_function``) with a timeout; none
 is a fixed sleep. The README's screenshots are taken in test_screenshots.py, on a server of
@@ -257,7 +258,7 @@ def test_a_viewer_sees_everything_and_no_action(open_page, server: Server):
                                                 "kwargs": {"seconds": 30, "steps": 30}})
     page = open_page(VIEWER_TOKEN)
     expect(page.locator(".role-chip")).to_have_text("viewer")
-    for path in ("/", "/jobs", "/runs", f"/runs/{run['id']}"):
+    for path in ("/", "/jobs", "/runs", f"/runs/{run['id']}", "/jobs/e2e-viewed/edit"):
         page.goto(path)
         expect(page.locator("main h1")).to_be_visible()
         expect(page.locator("[data-action]:not([data-action=logout])")).to_have_count(0)
@@ -276,11 +277,15 @@ def test_a_viewer_sees_everything_and_no_action(open_page, server: Server):
 def test_phone_width_has_no_horizontal_scrolling(open_page, server: Server):
     failed = api(server, "POST", "/api/runs", json={
         "task": "demo.fail", "kwargs": {"message": "a long message " * 12}})
+    api(server, "POST", "/api/jobs", json={
+        "id": "e2e-phone", "task": "demo.sleep", "kwargs": {"seconds": 1},
+        "trigger": {"type": "interval", "hours": 1, "minutes": 30}})
     page = open_page(ADMIN_TOKEN, viewport=PHONE)
     for path in ("/", "/jobs", "/runs", f"/runs/{failed['id']}", "/jobs/new",
-                 "/runs/new?task=demo.sleep", "/login"):
+                 "/jobs/e2e-phone/edit", "/runs/new?task=demo.sleep", "/login"):
         page.goto(path)
         expect(page.locator("main h1")).to_be_visible()
         widths = page.evaluate(
             "() => [document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], (path, widths)
+    api(server, "DELETE", "/api/jobs/e2e-phone")

@@ -4,7 +4,8 @@
  * - formats every <time class="js-time"> in the viewer's time zone (Intl),
  * - keeps runs, one run (with its log) and jobs live by polling the JSON API,
  * - builds argument forms from each task's JSON Schema (GET /api/tasks),
- * - previews a cron expression's next fire times (POST /api/triggers/preview),
+ * - creates and edits jobs with any trigger, previewing its next fire times
+ *   (POST /api/triggers/preview),
  * - sends every change to the JSON API with the session's CSRF token (X-CSRF-Token).
  * The server decides who may do what; the buttons are only rendered for admins.
  */
@@ -14,7 +15,8 @@ import {
 } from "./core.js";
 import { initRunPage, initRunsPage } from "./runs.js";
 import { initJobsPage } from "./jobs.js";
-import { initJobForm, initRunForm } from "./forms.js";
+import { initRunForm } from "./forms.js";
+import { initJobForm } from "./jobform.js";
 
 // -- overview ---------------------------------------------------------------------------
 function initOverview() {
@@ -81,7 +83,7 @@ function start() {
   initLogout();
   const pages = {
     overview: initOverview, runs: initRunsPage, run: initRunPage, jobs: initJobsPage,
-    "job-new": initJobForm, "run-new": initRunForm, login: initLogin,
+    "job-new": initJobForm, job: initJobForm, "run-new": initRunForm, login: initLogin,
   };
   const init = pages[document.body.dataset.page];
   if (init) init();

@@ -1,10 +1,7 @@
-/* Forms built from a task's JSON Schema (GET /api/tasks): "Run a task" and "New job", the
- * latter with a live preview of its cron expression's next fire times
- * (POST /api/triggers/preview). Problems the API names (kwargs.seconds, trigger.minute) are
- * shown under their fields. */
-import {
-  $, $$, url, el, viewerZone, formatTime, timeNode, api, flashAfterNavigation, busy, reportError,
-} from "./core.js";
+/* Forms built from a task's JSON Schema (GET /api/tasks): the argument fields of "Run a task"
+ * and of the job form (jobform.js), read back into kwargs and filled from a job's kwargs, and
+ * the problems the API names (kwargs.seconds, trigger.minute) shown under their fields. */
+import { $, $$, url, el, api, busy, reportError } from "./core.js";
 
 // -- forms from a task's JSON Schema ---------------------------------------------------
 let tasksPromise = null;
@@ -139,7 +136,23 @@ function collectArguments(container, schema) {
   return { kwargs, problems };
 }
 
-function clearErrors(form) {
+/* Puts a job's kwargs into the generated fields: the inverse of collectArguments. */
+function fillArguments(container, schema, kwargs) {
+  for (const [name, raw] of Object.entries(schema.properties || {})) {
+    const input = container.querySelector(`[data-arg="${CSS.escape(name)}"]`);
+    if (!input || !(name in kwargs)) continue;
+    const value = kwargs[name];
+    const info = describeProperty(raw, schema);
+    if (info.kind === "boolean") input.checked = value === true;
+    else if (info.kind === "enum") {
+      const index = info.prop.enum.findIndex((choice) => JSON.stringify(choice) === JSON.stringify(value));
+      input.value = index >= 0 ? String(index) : "";
+    } else if (info.kind === "json") input.value = JSON.stringify(value);
+    else input.value = value === null ? "" : String(value);
+  }
+}
+
+export function clearErrors(form) {
   $$("[data-error-for]", form).forEach((node) => { node.textContent = ""; });
   $$("[aria-invalid]", form).forEach((node) => node.removeAttribute("aria-invalid"));
   const summary = $(".form-errors", form);
@@ -147,7 +160,7 @@ function clearErrors(form) {
 }
 
 /* Shows each problem under its field (kwargs.seconds, trigger.expr…), the rest on top. */
-function showErrors(form, problems, fallback) {
+export function showErrors(form, problems, fallback) {
   clearErrors(form);
   const unplaced = [];
   const placed = [];
@@ -164,6 +177,8 @@ function showErrors(form, problems, fallback) {
     placed.push({ ...problem, input });
     if (input) {
       input.setAttribute("aria-invalid", "true");
+      const folded = input.closest("details");
+      if (folded) folded.open = true;  // an error inside "Advanced" is never hidden
       if (!first && input.matches("input, select, textarea")) first = input;
     }
   }
@@ -190,8 +205,9 @@ function withCode(text) {
   return String(text || "").split("`").map((part, i) => (i % 2 ? el("code", { text: part }) : part));
 }
 
-/* Wires a task <select> to the argument fields of the chosen task. */
-function taskForm(form) {
+/* Wires a task <select> to the argument fields of the chosen task: `ready` resolves once the
+   fields are built, `collect()` reads them ({kwargs, problems}), `fill(kwargs)` sets them. */
+export function taskForm(form) {
   const select = $("#task", form);
   const fieldset = $("#kwargs-fields", form);
   const bodyNode = $(".kwargs-body", fieldset);
@@ -227,6 +243,7 @@ function taskForm(form) {
   return {
     ready,
     collect() { return collectArguments(bodyNode, schema); },
+    fill(kwargs) { fillArguments(bodyNode, schema, kwargs || {}); },
   };
 }
 
@@ -247,144 +264,6 @@ export function initRunForm() {
         location.assign(url(`/runs/${run.id}`));
       } catch (error) {
         showErrors(form, error.details || [], error.message);
-      }
-    });
-  });
-}
-
-// -- the job form and its cron preview --------------------------------------------------
-const CRON_FIELDS = ["minute", "hour", "day", "month", "day_of_week"];
-
-/* The API names a bad crontab field (trigger.minute: "99 is out of range 0-59"); the form has
-   one input for the expression, so each is shown there as "minute: 99 is out of range 0-59". */
-function onCronInput(problems) {
-  return problems.map((problem) => {
-    const name = String(problem.field || "").replace(/^trigger\./, "");
-    if (!problem.field || !CRON_FIELDS.includes(name) || problem.field === name) return problem;
-    return { field: "trigger.expr", message: `${name}: ${problem.message}` };
-  });
-}
-
-export function initJobForm() {
-  const form = $("#job-form");
-  if (!form) return;
-  const task = taskForm(form);
-  const expr = $("#cron-expr", form);
-  const zone = $("#cron-tz", form);
-  const serverZone = form.dataset.serverTimezone;
-  const list = $("#preview-times");
-  const status = $("#preview-status");
-  const description = $("#preview-description");
-  const useMine = $("#use-my-tz", form);
-
-  try {
-    const zones = Intl.supportedValuesOf ? Intl.supportedValuesOf("timeZone") : [];
-    $("#tz-list").replaceChildren(...zones.map((z) => el("option", { value: z })));
-  } catch (_) { /* an old browser: the field is plain text */ }
-  if (viewerZone && viewerZone !== serverZone) {
-    useMine.hidden = false;
-    useMine.textContent = `Use mine (${viewerZone})`;
-    useMine.addEventListener("click", () => { zone.value = viewerZone; schedulePreview(); });
-  }
-  $$(".chip[data-cron]", form).forEach((chip) => chip.addEventListener("click", () => {
-    expr.value = chip.dataset.cron;
-    schedulePreview();
-    expr.focus();
-  }));
-
-  function trigger() {
-    const spec = { type: "cron", expr: expr.value.trim() };
-    if (zone.value.trim()) spec.timezone = zone.value.trim();
-    return spec;
-  }
-
-  let sequence = 0;
-  let timer = null;
-  function schedulePreview() {
-    clearTimeout(timer);
-    timer = setTimeout(preview, 250);
-  }
-
-  async function preview() {
-    const mine = ++sequence;
-    const spec = trigger();
-    for (const f of ["trigger.expr", "trigger.timezone", "trigger"]) {
-      const node = form.querySelector(`[data-error-for="${f}"]`);
-      if (node) node.textContent = "";
-    }
-    expr.removeAttribute("aria-invalid");
-    zone.removeAttribute("aria-invalid");
-    if (!spec.expr) {
-      list.replaceChildren();
-      description.textContent = "";
-      status.textContent = "Type a cron expression to see when it fires.";
-      return;
-    }
-    status.textContent = "Working it out…";
-    try {
-      const data = await api("POST", "/api/triggers/preview", { trigger: spec, count: 5 });
-      if (mine !== sequence) return;
-      description.textContent = data.description || "";
-      const triggerZone = spec.timezone || serverZone;
-      list.replaceChildren(...data.fire_times.map((iso) => el("li", {},
-        timeNode(iso),
-        triggerZone !== viewerZone ? el("div", { class: "muted small", text: `${formatTime(iso, triggerZone)} in ${triggerZone}` }) : null)));
-      status.textContent = data.fire_times.length ? `Shown in your time zone, ${viewerZone}.` : "This expression never fires.";
-    } catch (error) {
-      if (mine !== sequence) return;
-      list.replaceChildren();
-      description.textContent = "";
-      status.textContent = "Fix the schedule to see when it fires.";
-      for (const problem of onCronInput(error.details || [])) {
-        const node = form.querySelector(`[data-error-for="${CSS.escape(problem.field)}"]`);
-        if (node) node.textContent = node.textContent ? `${node.textContent}; ${problem.message}` : problem.message;
-        const input = form.querySelector(`[data-field="${CSS.escape(problem.field)}"]`);
-        if (input) input.setAttribute("aria-invalid", "true");
-      }
-      if (!(error.details || []).length) status.textContent = error.message;
-    }
-  }
-  expr.addEventListener("input", schedulePreview);
-  zone.addEventListener("input", schedulePreview);
-  zone.addEventListener("change", schedulePreview);
-  if (expr.value) schedulePreview();
-
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const submit = $('button[type="submit"]', form);
-    await busy(submit, async () => {
-      const problems = [];
-      const taskName = $("#task", form).value;
-      if (!taskName) problems.push({ field: "task", message: "choose a task" });
-      if (!expr.value.trim()) problems.push({ field: "trigger.expr", message: "a cron expression is required" });
-      const { kwargs, problems: argumentProblems } = task.collect();
-      problems.push(...argumentProblems);
-      const number = (input, field, integer) => {
-        if (input.value.trim() === "") return undefined;
-        const value = Number(input.value);
-        if (!Number.isFinite(value) || (integer && !Number.isInteger(value))) {
-          problems.push({ field, message: integer ? "must be a whole number" : "must be a number" });
-          return undefined;
-        }
-        return value;
-      };
-      const body = { task: taskName, kwargs, trigger: trigger() };
-      const value = (id) => $(`#${id}`, form).value.trim();
-      if (value("job-id")) body.id = value("job-id");
-      if (value("job-name")) body.name = value("job-name");
-      if ($("#job-paused", form).checked) body.paused = true;
-      const maxInstances = number($("#job-max-instances", form), "max_instances", true);
-      if (maxInstances !== undefined) body.max_instances = maxInstances;
-      const grace = number($("#job-grace", form), "misfire_grace_time", false);
-      if (grace !== undefined) body.misfire_grace_time = grace;
-      if (value("job-coalesce")) body.coalesce = value("job-coalesce") === "true";
-      if (problems.length) { showErrors(form, problems); return; }
-      try {
-        const job = await api("POST", "/api/jobs", body);
-        flashAfterNavigation(`Created the job ${job.name}: ${job.trigger.description}.`, "success");
-        location.assign(url(`/jobs?created=${encodeURIComponent(job.id)}`));
-      } catch (error) {
-        showErrors(form, onCronInput(error.details || []), error.message);
       }
     });
   });
