@@ -3,9 +3,9 @@
 One custom collector reads ``store.stats.snapshot()`` at scrape time. Counters and histograms
 are cumulative totals kept in the ``stats`` table, written in the same transaction as the run
 changes they count (``store/stats.py`` says why prometheus_client's in-process metrics would
-be wrong here); gauges are counted from the runs, nodes and jobs tables. So whichever gunicorn
-worker or host answers a scrape, it tells the same cluster-wide truth, and neither a restart
-nor pruning old runs makes a counter go back. Scrape any one node, or all of them behind one
+be wrong here); gauges are counted from the runs, nodes, jobs and alerts tables. So whichever
+gunicorn worker or host answers a scrape, it tells the same cluster-wide truth, and neither a
+restart nor pruning old runs makes a counter go back. Scrape any one node, or all of them behind one
 load balancer address; summing the answers of several nodes would count everything twice.
 
 Per-process metrics (prometheus_client's process and platform collectors) are deliberately
@@ -36,10 +36,12 @@ from . import security
 from .api.errors import error_response
 from .services import services
 from .settings import ROLES
+from .store.alerts import DELIVERED, GIVEN_UP, PENDING
 from .store.stats import Histogram, Snapshot, StatsStore
 from .tasks import registry as task_registry
 
 EXTENSION_KEY = "scheduler_app.metrics"
+ALERT_STATES = (PENDING, DELIVERED, GIVEN_UP)
 
 bp = Blueprint("metrics", __name__)
 
@@ -89,6 +91,13 @@ class DatabaseCollector:
         jobs.add_metric(["scheduled"], snap.jobs_scheduled)
         jobs.add_metric(["paused"], snap.jobs_paused)
         yield jobs
+        alerts = GaugeMetricFamily(
+            "scheduler_alerts", "Webhook alerts in the database, by state: pending (waiting "
+            "for the receiver), delivered or given_up (kept as long as their run).",
+            labels=["state"])
+        for state in ALERT_STATES:
+            alerts.add_metric([state], snap.alerts.get(state, 0))
+        yield alerts
 
 
 def _counters(snap: Snapshot) -> Iterator[Metric]:

@@ -243,6 +243,26 @@ def test_a_stopped_node_leaves_its_alerts_to_another_node(make_app: Callable[...
         receiver.close()
 
 
+def test_metrics_count_the_alerts_by_state(make_app: Callable[..., Flask]) -> None:
+    receiver = Receiver(statuses=(404,))
+    try:
+        app = make_app(ALERT_WEBHOOK_URL=receiver.url, **FAST)
+        client = app.test_client()
+        alerts = services(app).store.alerts
+        _run(client, "demo.fail")  # given up (404)
+        wait_for(lambda: receiver.attempts and alerts.pending_count() == 0,
+                 message="the first alert to be given up")
+        _run(client, "demo.fail")
+        wait_for(lambda: receiver.delivered and alerts.pending_count() == 0,
+                 message="the second alert to be delivered")
+        text = client.get("/metrics").get_data(as_text=True)
+        assert 'scheduler_alerts{state="pending"} 0.0' in text
+        assert 'scheduler_alerts{state="delivered"} 1.0' in text
+        assert 'scheduler_alerts{state="given_up"} 1.0' in text
+    finally:
+        receiver.close()
+
+
 # -- never in the way -------------------------------------------------------------------------
 
 class Silent:

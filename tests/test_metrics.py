@@ -146,6 +146,8 @@ def test_metrics_count_known_runs_exactly(make_app: Callable[..., Flask]) -> Non
     assert value(samples, "scheduler_nodes_alive", role="worker") == 0
     assert value(samples, "scheduler_jobs", state="scheduled") == 2
     assert value(samples, "scheduler_jobs", state="paused") == 1
+    # No ALERT_WEBHOOK_URL: no alert, but the series are there.
+    assert [v for k, v in samples.items() if k[0] == "scheduler_alerts"] == [0, 0, 0]
 
     # Pruning deletes the finished runs; no counter or histogram goes back.
     assert store.runs.prune(utcnow() + timedelta(days=1)) == 9

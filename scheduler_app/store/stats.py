@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ..timeutil import utcnow
 from .db import Database
-from .schema import jobs, misfire_marks, nodes, runs, stats
+from .schema import alerts, jobs, misfire_marks, nodes, runs, stats
 
 RUNS_FINISHED = "runs_finished"
 RUN_DURATION = "run_duration_seconds"
@@ -160,6 +160,7 @@ class Snapshot:
     nodes_alive: Mapping[str, int]  # role -> live nodes
     jobs_scheduled: int
     jobs_paused: int
+    alerts: Mapping[str, int]  # alert state (pending, delivered, given_up) -> alerts
 
 
 class StatsStore:
@@ -213,6 +214,8 @@ class StatsStore:
                 .group_by(nodes.c.role)).all()
             job_total, job_scheduled = conn.execute(
                 sa.select(sa.func.count(), sa.func.count(jobs.c.next_run_time))).one()
+            alert_states = conn.execute(
+                sa.select(alerts.c.state, sa.func.count()).group_by(alerts.c.state)).all()
         counters: dict[str, dict[tuple[str, str], float]] = {}
         for metric, task, label, value in totals:
             counters.setdefault(metric, {})[task, label] = value
@@ -227,6 +230,7 @@ class StatsStore:
             nodes_alive={role: n for role, n in alive},
             jobs_scheduled=int(job_scheduled),
             jobs_paused=int(job_total) - int(job_scheduled),
+            alerts={state: n for state, n in alert_states},
         )
 
 
