@@ -41,6 +41,7 @@ ENDPOINTS = [
     ("GET", "/", "the dashboard in a browser; this list for API clients"),
     ("GET", "/jobs", "dashboard: jobs"),
     ("GET", "/jobs/new", "dashboard: new job form"),
+    ("GET", "/jobs/<id>/edit", "dashboard: one job's form, to edit (admin) or read (viewer)"),
     ("GET", "/runs", "dashboard: runs"),
     ("GET", "/runs/<id>", "dashboard: one run, live"),
     ("GET", "/runs/new", "dashboard: run a task"),
