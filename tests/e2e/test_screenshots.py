@@ -1,5 +1,6 @@
-"""The README's screenshots of the overview, jobs and run pages, on a server of their own so
-that what the other browser tests leave behind does not show. Written to docs/screenshots/
+"""The README's screenshots of the overview, jobs, run and job pages (a job's form with its
+interval previewed, and an edit the API refused), on a server of their own so that what the
+other browser tests leave behind does not show. Written to docs/screenshots/
 only when missing or with UPDATE_SCREENSHOTS=1 (see ``conftest.screenshot``)."""
 
 from __future__ import annotations
@@ -87,6 +88,21 @@ def test_screenshots_for_the_readme(open_page, server: Server):
     page.goto(f"/runs/{long_run['id']}")
     expect(page.locator(".run-status .badge")).to_have_text("running")
     screenshot(page, "run")
+
+    page.goto("/jobs/cache-warmup/edit")
+    expect(page.locator("#job-form[data-ready]")).to_have_count(1)
+    expect(page.locator("#preview-times li")).to_have_count(5)
+    screenshot(page, "job-edit")
+    page.goto("/jobs/hourly-sync/edit")
+    expect(page.locator("#job-form[data-ready]")).to_have_count(1)
+    page.get_by_label("Cron expression").fill("0 9-25 * * 1-5")
+    page.get_by_label("Max instances").fill("0")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#mi-error")).not_to_be_empty()
+    expect(page.locator("#cron-error")).to_have_text("hour: 25 is out of range 0-23")
+    expect(page.locator("#preview-status")).to_have_text("Fix the schedule to see when it fires.")
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "job-error")
     api(server, "POST", f"/api/runs/{long_run['id']}/cancel")
     for job_id in ("nightly-report", "hourly-sync", "cache-warmup", "weekly-digest"):
         api(server, "DELETE", f"/api/jobs/{job_id}")

@@ -223,7 +223,14 @@ export function initJobForm() {
   let timer = null;
   function schedulePreview() {
     clearTimeout(timer);
-    timer = setTimeout(preview, 250);
+    timer = setTimeout(() => { timer = null; preview(); }, 250);
+  }
+  /* A preview still waiting for the typing to stop is shown now, never after a save. */
+  function previewNow() {
+    if (timer === null) return;
+    clearTimeout(timer);
+    timer = null;
+    preview();
   }
 
   function clearTriggerErrors() {
@@ -235,7 +242,8 @@ export function initJobForm() {
     for (const problem of onCronInput(problems, usesExpression)) {
       const node = form.querySelector(`[data-error-for="${CSS.escape(problem.field)}"]`)
         || form.querySelector('[data-error-for="trigger"]');
-      node.textContent = node.textContent ? `${node.textContent}; ${problem.message}` : problem.message;
+      const shown = node.textContent ? node.textContent.split("; ") : [];
+      if (!shown.includes(problem.message)) node.textContent = [...shown, problem.message].join("; ");
       const field = form.querySelector(`[data-field="${CSS.escape(problem.field)}"]`);
       if (field) field.setAttribute("aria-invalid", "true");
     }
@@ -316,6 +324,7 @@ export function initJobForm() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (!editable) return;
+    previewNow();
     const submit = $('button[type="submit"]', form);
     await busy(submit, async () => {
       await loaded;
