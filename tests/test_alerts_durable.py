@@ -163,6 +163,9 @@ def test_an_alert_outlives_the_node_that_settled_its_run(cluster: str, receiver:
                 return Counter((p["id"], p["event"]) for p in accepted)[
                     run["id"], "run.failed"] > 1
             never(duplicated, DUPLICATE_WINDOW, "the alert was delivered twice")
+            accepted = receiver.where(lambda p: p["status"] == 200)
+            assert Counter((p["id"], p["event"]) for p in accepted) == {
+                (run["id"], "run.failed"): 1}
             [row] = alert_rows(db)
             assert (row["state"], row["claimed_by"]) == ("delivered", None)
             assert row["attempts"] >= 2  # the refused one and the delivered one (the held
