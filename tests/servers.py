@@ -48,6 +48,9 @@ def server_env(db_path: Path, settings: Mapping[str, Any] | None = None) -> dict
     env.update(
         PYTHONPATH=str(REPO),
         PYTHONUNBUFFERED="1",
+        # A server that hangs is sent SIGABRT (``Server.wait_exit``): every thread's stack is
+        # then written to its log, so the failure shows where it hung.
+        PYTHONFAULTHANDLER="1",
         FLASK_DATABASE_URL=f"sqlite:///{db_path}",
         FLASK_TASK_MODULES=json.dumps(TASK_MODULES),
         FLASK_NODE_HEARTBEAT_SECONDS="0.5",
@@ -161,7 +164,16 @@ class Server:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout}s:\n{self.log_tail()}")
+            self.dump_stacks()
+            pytest.fail(f"{self.name} did not exit within {timeout}s:\n{self.log_tail(400)}")
+
+    def dump_stacks(self) -> None:
+        """Make every process of the group write all its threads' stacks to the log and end
+        (faulthandler, on through ``PYTHONFAULTHANDLER``), for a test about to fail on a hang."""
+        self.signal_group(signal.SIGABRT)
+        deadline = time.monotonic() + 5
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the process group: SIGTERM, then SIGKILL whatever is left after ``timeout``.

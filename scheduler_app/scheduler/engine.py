@@ -75,9 +75,15 @@ class Engine:
             if not self._started:
                 return
             self._started = False
-            if self._loop.running:
-                self._loop.shutdown(wait=wait)
-            self.node.stop(self.settings.shutdown_grace_seconds)
+            grace = self.settings.shutdown_grace_seconds
+            try:
+                if self._loop.running:
+                    # A pass stuck on a locked database gets the grace, then is left behind
+                    # (its thread is a daemon): waiting for it would keep the node's running
+                    # tasks from being asked to stop, and the process from exiting.
+                    self._loop.shutdown(wait=wait, timeout=grace)
+            finally:
+                self.node.stop(grace)
 
     @property
     def loop_running(self) -> bool:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_PAUSED
+from apscheduler.schedulers.blocking import BlockingScheduler
 
 from ..timeutil import utcnow
 from .executor import RecordOnly
@@ -33,6 +34,19 @@ class PollingScheduler(BackgroundScheduler):  # type: ignore[misc]
         self.poll_seconds = poll_seconds
         super().__init__(jobstores={"default": jobstore}, executors={"default": RecordOnly()},
                          job_defaults=job_defaults, timezone=timezone)
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """APScheduler's ``BackgroundScheduler.shutdown``, but waiting at most ``timeout``
+        seconds for the loop's thread (APScheduler joins it with no limit), and logging it if
+        a pass is still going then."""
+        BlockingScheduler.shutdown(self, wait)  # stops the loop and wakes it
+        thread = self._thread
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("scheduler loop still in a pass %s s after shutdown; not waiting for it",
+                        timeout)
+        else:
+            self._thread = None
 
     def _process_jobs(self) -> float:
         """Replaces ``BaseScheduler._process_jobs``, which ``_main_loop`` calls after each

@@ -82,3 +82,35 @@ def test_run_here_writes_the_run_claimed_by_this_node(make_engine, sqlite_store)
     assert run is not None and run.node == engine.node.id and run.started_at is not None
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r)
     assert (done.state, done.result) == (RunState.SUCCEEDED, 7)
+
+
+def test_shutdown_stops_running_tasks_even_when_the_loop_is_stuck_in_a_pass(
+        make_engine, sqlite_store, monkeypatch):
+    """A fire pass blocked (on a database another process holds locked, say) must not keep
+    the node from asking its running tasks to stop and handing their runs back: APScheduler
+    would wait for its thread with no limit, and the process would never exit."""
+    engine = make_engine(shutdown_grace_seconds=0.3)
+    stuck, release = threading.Event(), threading.Event()
+    fire_pass = engine._loop.fire_pass
+    original = fire_pass.run
+
+    def blocked_pass(now):
+        if engine.started and not release.is_set():
+            stuck.set()
+            release.wait(30)
+        return original(now)
+
+    monkeypatch.setattr(fire_pass, "run", blocked_pass)
+    engine.start()
+    try:
+        run = engine.run_here(new_run(task="demo.sleep", kwargs={"seconds": 30, "steps": 300}))
+        assert run is not None
+        assert stuck.wait(5), "the loop never entered a pass"
+        stopper = threading.Thread(target=engine.shutdown)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive(), "shutdown waited for the stuck pass"
+        back = sqlite_store.runs.get(run.id)
+        assert (back.state, back.node, back.attempt) == (RunState.QUEUED, None, 1)
+    finally:
+        release.set()
