@@ -5,6 +5,7 @@ pass retried; it never ends the thread."""
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -40,7 +41,7 @@ class PollingScheduler(BackgroundScheduler):  # type: ignore[misc]
         seconds for the loop's thread (APScheduler joins it with no limit), and logging it if
         a pass is still going then."""
         BlockingScheduler.shutdown(self, wait)  # stops the loop and wakes it
-        thread = self._thread
+        thread: threading.Thread = self._thread  # type: ignore[has-type]
         thread.join(timeout)
         if thread.is_alive():
             log.warning("scheduler loop still in a pass %s s after shutdown; not waiting for it",
