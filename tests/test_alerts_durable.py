@@ -1,11 +1,11 @@
 """An alert is not lost when its node dies, shown with real processes: gunicorn nodes, a real
 receiver on 127.0.0.1 that refuses at first, and ``kill -9``.
 
-The node that executed and settled a failed run is killed while it is posting the run's alert
-(the receiver holds that POST unanswered, so the node dies holding the alert's lease). Then
-another node starts (the same host restarted on SQLite; another host on PostgreSQL), the
-receiver accepts, and the alert arrives exactly once, from the new node, only after the dead
-node's lease ran out.
+The node that executed and settled a failed run is killed while the receiver refuses: between
+two attempts, or while it is posting the alert (the receiver holds that POST unanswered, so the
+node dies holding the alert's lease). Then another node starts (the same host restarted, or
+another host on PostgreSQL), the receiver accepts, and the alert arrives exactly once, from the
+new node, and never before the dead node's lease ran out.
 """
 
 from __future__ import annotations
@@ -109,13 +109,18 @@ def never(predicate: Callable[[], Any], seconds: float, message: str) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("cluster", ["sqlite, the host restarted", "postgresql, another host"])
-def test_an_alert_outlives_the_node_that_settled_its_run(cluster: str, receiver: Receiver,
-                                                         tmp_path: Any,
+@pytest.mark.parametrize("backend, moment", [
+    ("sqlite", "between attempts"), ("sqlite", "mid-post"), ("postgresql", "mid-post")])
+def test_an_alert_outlives_the_node_that_settled_its_run(backend: str, moment: str,
+                                                         receiver: Receiver, tmp_path: Any,
                                                          request: pytest.FixtureRequest
                                                          ) -> None:
+    """``between attempts``: killed while waiting out the backoff after a refusal, the
+    alert unclaimed; the host restarted takes over the retries. ``mid-post``: killed while its
+    POST is held unanswered, holding the lease; the next node (the host restarted on SQLite,
+    another host on PostgreSQL) sends it only once the lease ran out."""
     settings: dict[str, Any] = {**SETTINGS, "ALERT_WEBHOOK_URL": receiver.url}
-    if cluster.startswith("postgresql"):
+    if backend == "postgresql":
         settings["DATABASE_URL"] = request.getfixturevalue("pg_url")
     with Servers(tmp_path) as servers:
         db = Database(settings.get("DATABASE_URL", f"sqlite:///{servers.db_path}"))
@@ -126,26 +131,45 @@ def test_an_alert_outlives_the_node_that_settled_its_run(cluster: str, receiver:
                                                  "kwargs": {"message": "disk full"}}).json()
             failed = victim.wait_run(run["id"], "failed")
             assert failed["node"] == victim_node  # executed and settled there
-
-            # The receiver refuses at first; then it holds the victim's next attempt, and the
-            # victim is killed while it waits for the answer, holding the alert's lease.
             victim.wait_for(lambda: receiver.where(lambda p: p["status"] == 503),
-                            message="a refused attempt")
-            receiver.set_mode("hold", victim_node)
-            held = victim.wait_for(lambda: receiver.where(lambda p: p["status"] is None),
-                                   timeout=10, message="the victim posting again")[0]
-            victim.signal_group(signal.SIGKILL)
-            victim.wait_exit()
-            killed_at = time.time()
-            assert killed_at - held["at"] < TIMEOUT  # killed before its POST timed out
-            [row] = alert_rows(db)
-            assert (row["run_id"], row["event"], row["state"], row["claimed_by"]) == (
-                run["id"], "failed", "pending", victim_node)
-            lease_end = row["next_attempt_at"].timestamp()
-            assert lease_end > killed_at
+                            message="a refused attempt")  # the receiver refuses at first
 
-            receiver.set_mode("accept")
-            survivor = servers.gunicorn(settings)
+            if moment == "mid-post":
+                # The receiver holds the victim's next attempt unanswered, and the victim is
+                # killed while it waits for the answer, holding the alert's lease.
+                receiver.set_mode("hold", victim_node)
+                held = victim.wait_for(lambda: receiver.where(lambda p: p["status"] is None),
+                                       timeout=10, message="the victim posting again")[0]
+                victim.signal_group(signal.SIGKILL)
+                victim.wait_exit()
+                killed_at = time.time()
+                assert killed_at - held["at"] < TIMEOUT  # killed before its POST timed out
+                [row] = alert_rows(db)
+                assert (row["state"], row["claimed_by"]) == ("pending", victim_node)
+                lease_end = row["next_attempt_at"].timestamp()
+                assert lease_end > killed_at
+                receiver.set_mode("accept")
+                survivor = servers.gunicorn(settings)
+            else:
+                # Killed while it waits out a backoff of more than a second: unclaimed.
+                def backing_off() -> bool:
+                    [row] = alert_rows(db)
+                    return row["claimed_by"] is None and \
+                        row["next_attempt_at"].timestamp() > time.time() + 1.0
+                victim.wait_for(backing_off, message="a backoff of more than a second")
+                victim.signal_group(signal.SIGKILL)
+                victim.wait_exit()
+                killed_at = lease_end = time.time()
+                [row] = alert_rows(db)
+                assert (row["state"], row["claimed_by"]) == ("pending", None)
+                refused_before = row["attempts"]
+                assert refused_before >= 2
+                survivor = servers.gunicorn(settings)
+                survivor_node = survivor.get_json("/readyz")["node"]
+                survivor.wait_for(lambda: receiver.where(lambda p: p["sent_by"] ==
+                                                         survivor_node),
+                                  message="the new node retrying (still refused)")
+                receiver.set_mode("accept")
             survivor_node = survivor.get_json("/readyz")["node"]
             delivered = survivor.wait_for(
                 lambda: receiver.where(lambda p: p["status"] == 200), timeout=LEASE + 15,
@@ -154,7 +178,8 @@ def test_an_alert_outlives_the_node_that_settled_its_run(cluster: str, receiver:
             assert (delivered["sent_by"], delivered["node"]) == (survivor_node, victim_node)
             # Not before the dead node's lease ran out, and nobody posted it meanwhile.
             assert delivered["at"] >= lease_end
-            assert receiver.where(lambda p: held["at"] < p["at"] < lease_end) == []
+            if moment == "mid-post":
+                assert receiver.where(lambda p: held["at"] < p["at"] < lease_end) == []
             survivor.wait_for(lambda: alert_rows(db)[0]["state"] == "delivered",
                               message="the alert to be marked delivered")
 
@@ -167,10 +192,13 @@ def test_an_alert_outlives_the_node_that_settled_its_run(cluster: str, receiver:
             assert Counter((p["id"], p["event"]) for p in accepted) == {
                 (run["id"], "run.failed"): 1}
             [row] = alert_rows(db)
-            assert (row["state"], row["claimed_by"]) == ("delivered", None)
-            assert row["attempts"] >= 2  # the refused one and the delivered one (the held
-            # attempt died with its node and was never written down)
-            print(f"{cluster}: delivered {delivered['at'] - killed_at:.1f} s after kill -9 "
-                  f"(lease ended {lease_end - killed_at:.1f} s after it)")
+            assert (row["run_id"], row["event"], row["state"], row["claimed_by"]) == (
+                run["id"], "failed", "delivered", None)
+            # Every attempt written down counts, whichever node made it (a held attempt died
+            # with its node and was never written down).
+            refused = receiver.where(lambda p: p["status"] == 503)
+            assert row["attempts"] == len(refused) + 1
+            print(f"{backend}, {moment}: delivered {delivered['at'] - killed_at:.1f} s after "
+                  f"kill -9; {len(refused)} refused attempt(s) before")
         finally:
             db.dispose()
