@@ -151,6 +151,14 @@ def test_a_jobs_page_is_its_form_editable_by_an_admin_and_read_only_for_a_viewer
     assert '<fieldset class="form-body">' in page.text and "Save changes" in page.text
     job = re.search(r"data-job='([^']*)'", page.text)
     assert job and json.loads(html.unescape(job.group(1)))["max_instances"] == 2
+    quoted = "It's \"<b>\" & more"  # the job rides in a quoted attribute: nothing breaks out
+    renamed = admin.patch("/api/jobs/new", json={"name": quoted}, headers={
+        "X-CSRF-Token": admin.get("/auth/session").json["csrf_token"]})
+    assert renamed.status_code == 200, renamed.json
+    page = admin.get("/jobs/new/edit", headers=HTML)
+    job = re.search(r"data-job='([^']*)'", page.text)
+    assert job and json.loads(html.unescape(job.group(1)))["name"] == quoted
+    assert "<b>" not in page.text
     listing = admin.get("/jobs", headers=HTML).text
     assert 'href="/jobs/nightly/edit"' in listing and 'aria-label="Edit Job nightly"' in listing
 

@@ -1,6 +1,7 @@
 """The job form in a real browser: creating jobs with an interval (with start and end) and a
 one-off date, editing a job's schedule, arguments and options, an edit the API rejects (each
-problem shown by its field, the job unchanged), and a viewer seeing every field read-only.
+problem shown by its field, the job unchanged), a viewer seeing every field read-only, and the
+odd stored jobs: a cron trigger given field by field, a task this deployment lacks.
 
 The browser runs in Europe/Paris (see conftest), so the times typed into the form are Paris
 times and the API must store the same instants. Waits are Playwright's polling ``expect``;
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from playwright.sync_api import expect
 
+from scheduler_app.store import Database, Store
 from tests.servers import Server
 
 from .conftest import ADMIN_TOKEN, VIEWER_TOKEN, api
@@ -250,3 +252,50 @@ def test_a_viewer_sees_every_field_of_a_job_read_only(open_page, server: Server)
     expect(page.locator("#preview-times li")).to_have_count(1)
     assert posts == []
     api(server, "DELETE", "/api/jobs/e2e-viewed-interval")
+
+
+def test_a_cron_trigger_given_field_by_field_is_kept_until_an_expression_replaces_it(
+        open_page, server: Server):
+    api(server, "POST", "/api/jobs", json={
+        "id": "e2e-fields", "task": "demo.echo", "kwargs": {"value": 1},
+        "trigger": {"type": "cron", "hour": "3", "minute": "15"}})
+    page = open_page(ADMIN_TOKEN)
+    patches: list[object] = []
+    page.on("request", lambda r: patches.append(r.post_data_json)
+            if r.method == "PATCH" else None)
+    open_job(page, "e2e-fields")
+    expect(page.locator("#cron-fields-note")).to_contain_text("hour=3 minute=15")
+    expect(page.get_by_label("Cron expression")).to_have_value("")
+    expect(page.locator("#preview-times li")).to_have_count(5)
+    assert all((t.hour, t.minute) == (3, 15) for t in shown_times(page))  # the server's UTC
+
+    page.get_by_label(re.compile(r"^Name")).fill("E2E fields")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#flash")).to_contain_text("Saved E2E fields")
+    assert patches == [{"name": "E2E fields"}]
+    trigger = api(server, "GET", "/api/jobs/e2e-fields")["trigger"]
+    assert (trigger["hour"], trigger["minute"], "expr" in trigger) == ("3", "15", False)
+
+    expect(page.locator("#job-form[data-ready]")).to_have_count(1)
+    page.get_by_label("Cron expression").fill("30 4 * * *")
+    page.get_by_role("button", name="Save changes").click()
+    expect(page.locator("#flash")).to_contain_text("Saved E2E fields: At 04:30")
+    assert api(server, "GET", "/api/jobs/e2e-fields")["trigger"]["expr"] == "30 4 * * *"
+    api(server, "DELETE", "/api/jobs/e2e-fields")
+
+
+def test_a_job_of_a_task_this_deployment_lacks_shows_its_arguments_as_stored(
+        open_page, server: Server):
+    store = Store(Database(f"sqlite:///{server.db_path}"))
+    store.jobs.insert("e2e-orphan", "reports.old_name", {
+        "name": "E2E orphan", "task": "reports.old_name", "kwargs": {"quarter": "q3"},
+        "trigger": {"type": "cron", "expr": "0 6 * * *"}}, None)
+    page = open_page(VIEWER_TOKEN)
+    open_job(page, "e2e-orphan")
+    expect(page.get_by_label("Task")).to_have_value("reports.old_name")
+    expect(page.locator(".kwargs-placeholder")).to_contain_text(
+        "reports.old_name is not registered in this deployment")
+    expect(page.locator(".kwargs-body pre")).to_contain_text('"quarter": "q3"')
+    expect(page.get_by_label("Cron expression")).to_have_value("0 6 * * *")
+    store.jobs.delete("e2e-orphan")
+    store.db.dispose()

@@ -206,7 +206,8 @@ function withCode(text) {
 }
 
 /* Wires a task <select> to the argument fields of the chosen task: `ready` resolves once the
-   fields are built, `collect()` reads them ({kwargs, problems}), `fill(kwargs)` sets them. */
+   fields are built, `collect()` reads them ({kwargs, problems}), `fill(kwargs)` sets them,
+   `known()` resolves to whether the chosen task is registered here. */
 export function taskForm(form) {
   const select = $("#task", form);
   const fieldset = $("#kwargs-fields", form);
@@ -222,7 +223,9 @@ export function taskForm(form) {
     schema = (task && task.parameters) || { properties: {} };
     description.replaceChildren(...withCode(task ? task.description : ""));
     if (!task) {
-      placeholder.textContent = "Choose a task to see its arguments.";
+      placeholder.textContent = select.value
+        ? `${select.value} is not registered in this deployment: its arguments have no fields here.`
+        : "Choose a task to see its arguments.";
       placeholder.hidden = false;
       return;
     }
@@ -243,6 +246,7 @@ export function taskForm(form) {
   return {
     ready,
     collect() { return collectArguments(bodyNode, schema); },
+    known() { return loadTasks().then((tasks) => tasks.has(select.value)); },
     fill(kwargs) { fillArguments(bodyNode, schema, kwargs || {}); },
   };
 }

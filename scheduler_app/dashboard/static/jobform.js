@@ -313,6 +313,10 @@ export function initJobForm() {
       input("job-coalesce").value = job.coalesce === true ? "true" : job.coalesce === false ? "false" : "";
       await task.ready;
       task.fill(job.kwargs);
+      if (!(await task.known()) && Object.keys(job.kwargs || {}).length) {
+        // No schema to build fields from: the stored arguments are shown as they are, and kept.
+        $(".kwargs-body", form).append(el("pre", { class: "code", text: JSON.stringify(job.kwargs, null, 2) }));
+      }
       baseline = snapshot(read().body);
     }
     showPanel(f);
