@@ -2,11 +2,11 @@
 
 An alert's row is written by ``record`` inside the transaction that ends its run (``RunStore``
 calls it wherever a run reaches a final state), so the run's end and its alert commit together
-or not at all. Any live node's sender then ``claim``\\ s a due alert with a lease, posts it, and
-writes the attempt's outcome (``attempted``). The claim is one conditional update: the alert
-must still be ``pending`` and due, and being claimed makes it due only when the lease ends, so
-two live nodes never post it at once, and a node killed mid-post leaves it to the next node
-once its lease runs out. Why: docs/ARCHITECTURE.md, "Alerts".
+or not at all. Any live node's sender then takes a due alert with a lease (``claim``), posts
+it, and writes the attempt's outcome (``attempted``). The claim is one conditional update: the
+alert must still be ``pending`` and due, and being claimed makes it due only when the lease
+ends, so two live nodes never post it at once, and a node killed mid-post leaves it to the next
+node once its lease runs out. Why: docs/ARCHITECTURE.md, "Alerts: a row with the run's end".
 """
 
 from __future__ import annotations
