@@ -92,12 +92,17 @@ def test_create_a_one_off_date_job(open_page, server: Server):
     page.get_by_label("Run at").fill("2020-01-01T10:00:00")
     expect(page.locator("#preview-status")).to_have_text(
         "This time has passed: it would never fire.")
+    page.get_by_label(re.compile(r"^ID")).fill("e2e-once")
+    page.get_by_role("button", name="Create job").click()  # the API refuses a past date
+    expect(page.locator("#run-date-error")).to_have_text("is in the past")
+    expect(page.get_by_label("Run at")).to_have_attribute("aria-invalid", "true")
+    assert server.get("/api/jobs/e2e-once", headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}"}).status_code == 404
 
     when = tomorrow_at(10)
     page.get_by_label("Run at").fill(when.strftime(LOCAL))
     expect(page.locator("#preview-times li")).to_have_count(1)
     assert shown_times(page) == [when]
-    page.get_by_label(re.compile(r"^ID")).fill("e2e-once")
     page.get_by_role("button", name="Create job").click()
     expect(page).to_have_url(re.compile(r"/jobs\?created=e2e-once$"))
     expect(page.locator('tr[data-job-id="e2e-once"] .cell-trigger')).to_contain_text("Once at")
