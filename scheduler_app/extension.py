@@ -25,6 +25,7 @@ from .errors import ConfigError, InvalidRequest
 from .handles import RunHandle
 from .scheduler.engine import Engine
 from .scheduler.node import new_node_id
+from .scheduler.process_helper import building_helper_app
 from .scheduler.triggers import TriggerError, build_trigger
 from .services import EXTENSION_KEY, Services, compat
 from .services.models import JobCreate
@@ -71,7 +72,8 @@ class Scheduler:
             os.makedirs(app.instance_path, exist_ok=True)
         db = Database(settings.database_url, pool_size=max(10, settings.worker_threads + 6))
         try:
-            _prepare_schema(settings, db)
+            if not building_helper_app():  # the node that started the helper migrated
+                _prepare_schema(settings, db)
             store = Store(db, alert_on=alerts.recorded_events(settings))
             node_id = new_node_id()
             engine = Engine(app, settings, store, node_id=node_id,
@@ -198,7 +200,8 @@ class Scheduler:
         return decorate
 
     def _register(self, function: Callable[..., Any], options: dict[str, Any]) -> TaskFunction:
-        allowed = {"name", "timeout", "max_attempts", "max_running", "retry_backoff"}
+        allowed = {"name", "timeout", "max_attempts", "max_running", "retry_backoff",
+                   "isolation", "memory_limit_mb"}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"@scheduler.task: unknown option(s) {', '.join(unknown)}; "

@@ -88,6 +88,16 @@ class Settings(BaseModel):
     poll_seconds: PositiveFloat = Field(1.0, alias="DISPATCH_POLL_SECONDS")
     # How often a busy node writes progress and logs, delivers cancels and enforces timeouts.
     tick_seconds: PositiveFloat = Field(0.25, alias="TICK_SECONDS")
+    # How runs of tasks that do not say execute: "thread" (in this process) or "process" (a
+    # child process each, which cancel, timeout and a memory limit can stop for real).
+    isolation: Literal["thread", "process"] = Field("thread", alias="ISOLATION")
+    # A process-isolated run asked to stop (cancel, timeout, shutdown) gets this long to stop
+    # itself; then its process group gets SIGTERM, and SIGKILL half a second later.
+    kill_grace_seconds: PositiveFloat = Field(5.0, alias="KILL_GRACE_SECONDS")
+    # The import string the helper of process-isolated runs builds the app from, as `flask
+    # --app` takes it ("wsgi:app", "myapp:create_app()"). None: FLASK_APP, else the app's
+    # import name (its package, where `flask` finds `app` or `create_app`).
+    process_app: str | None = Field(None, alias="PROCESS_APP")
     # On SIGTERM: how long running tasks get to stop before their runs are handed back.
     shutdown_grace_seconds: PositiveFloat = Field(10.0, alias="SHUTDOWN_GRACE_SECONDS")
     # The built-in retention job (maintenance.prune_runs) on this cron; None: none.

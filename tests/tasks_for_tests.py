@@ -93,3 +93,103 @@ def log_around_gate(ctx: RunContext, gate: str) -> str:
         raise TimeoutError(f"gate {gate} never opened")
     ctx.log("after the gate")
     return gate
+
+
+# -- process isolation (tests/test_isolation.py) ------------------------------------------------
+@task(name="testing.proc_report", isolation="process")
+def proc_report(ctx: RunContext, steps: int = 3, fail: bool = False) -> dict[str, Any]:
+    """Reports progress and log lines from a child process, then returns what it sees of its
+    process: its pid, niceness, process group, the app it runs in, and its open files."""
+    import os
+
+    from flask import current_app
+
+    for i in range(steps):
+        ctx.progress(i + 1, steps, f"step {i + 1}")
+        ctx.log(f"ctx line {i}")
+    logging.getLogger("some.library").warning("from a library logger")
+    if fail:
+        raise ValueError("the task failed on purpose")
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return {"pid": os.getpid(), "nice": os.nice(0), "pgid": os.getpgid(0),
+            "app": current_app.import_name, "fds": fds,
+            "database_url": current_app.config.get("SCHEDULER_DATABASE_URL")}
+
+
+@task(name="testing.proc_sleep", isolation="process")
+def proc_sleep(ctx: RunContext, seconds: float = 30.0) -> str:
+    """Sleeps in one C call, never looking at its context: only a signal can stop it."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="testing.proc_sleep_timeout", isolation="process", timeout=1)
+def proc_sleep_timeout(ctx: RunContext, seconds: float = 30.0) -> str:
+    """As proc_sleep, with a 1 s timeout."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="testing.proc_sleep_polite", isolation="process")
+def proc_sleep_polite(ctx: RunContext, seconds: float = 30.0) -> str:
+    """Sleeps through ctx.sleep, so a cancel stops it without a signal."""
+    ctx.sleep(seconds)
+    return "woke up"
+
+
+@task(name="testing.proc_crash", isolation="process", max_attempts=2, retry_backoff=0.05)
+def proc_crash(ctx: RunContext, how: str = "ok", attempts_crashing: int = 2) -> str:
+    """Crashes its process (``abort``, ``null`` read through ctypes, ``exit`` with code 3) on
+    its first ``attempts_crashing`` attempts; ``ok`` returns."""
+    import ctypes
+    import os
+
+    if how != "ok" and ctx.attempt <= attempts_crashing:
+        if how == "abort":
+            os.abort()
+        elif how == "null":
+            ctypes.string_at(0)
+        elif how == "exit":
+            os._exit(3)
+    return f"survived attempt {ctx.attempt}"
+
+
+@task(name="testing.proc_memory", isolation="process", memory_limit_mb=150)
+def proc_memory(ctx: RunContext, mb: int = 400) -> int:
+    """Allocates ``mb`` megabytes, 10 at a time, touching every page; the limit is 150 MB."""
+    held = []
+    for _ in range(mb // 10):
+        held.append(bytearray(10 * 1024 * 1024))
+        time.sleep(0.01)
+    return len(held)
+
+
+@task(name="testing.proc_spin", isolation="process")
+def proc_spin(ctx: RunContext, seconds: float = 1.0) -> int:
+    """Burns CPU in pure Python for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += sum(range(1000))
+    return n
+
+
+@task(name="testing.whereami")
+def whereami(ctx: RunContext) -> int:
+    """The pid of the process the run executes in (isolation: the node's default)."""
+    import os
+
+    return os.getpid()
+
+
+@task(name="testing.whereami_thread", isolation="thread")
+def whereami_thread(ctx: RunContext) -> int:
+    """As whereami, always on a thread of the node."""
+    import os
+
+    return os.getpid()

@@ -14,6 +14,7 @@ from ..settings import Settings
 from ..store import NewRun, Run, Store
 from ..tasks import TaskRegistry, registry
 from .firepass import FirePass
+from .isolation import ProcessIsolation, app_ref
 from .jobstore import SpecJobStore
 from .loop import PollingScheduler
 from .node import Companion, Node, new_node_id
@@ -30,13 +31,17 @@ class Engine:
         gives two nodes of one process different ones)."""
         self.settings = settings
         self.store = store
-        self.node = Node(app, store, node_id or new_node_id(), role=settings.role,
+        node_id = node_id or new_node_id()
+        isolation = ProcessIsolation(
+            app_ref(app, settings.process_app), default=settings.isolation,
+            kill_grace=settings.kill_grace_seconds, node_id=node_id)
+        self.node = Node(app, store, node_id, role=settings.role,
                          executes=settings.executes, capacity=settings.worker_threads,
                          heartbeat_seconds=settings.heartbeat_seconds,
                          lease_seconds=settings.lease_seconds,
                          tick_seconds=settings.tick_seconds, poll_seconds=settings.poll_seconds,
                          max_log_lines=settings.run_log_max_lines, companions=companions,
-                         tasks=tasks)
+                         tasks=tasks, isolation=isolation)
         self.runner: Runner | None = self.node.runner
         self.jobstore = SpecJobStore(store.jobs, settings.timezone)
         self._loop = PollingScheduler(

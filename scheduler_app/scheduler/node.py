@@ -19,6 +19,7 @@ from flask import Flask
 from ..store import Run, Store
 from ..tasks import TaskRegistry, registry
 from ..timeutil import utcnow
+from .isolation import ProcessIsolation
 from .runner import Runner
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class Node:
     def __init__(self, app: Flask, store: Store, node_id: str, *, role: str, executes: bool,
                  capacity: int, heartbeat_seconds: float, lease_seconds: float,
                  tick_seconds: float, poll_seconds: float, max_log_lines: int,
-                 companions: Sequence[Companion] = (), tasks: TaskRegistry = registry) -> None:
+                 companions: Sequence[Companion] = (), tasks: TaskRegistry = registry,
+                 isolation: ProcessIsolation | None = None) -> None:
         """``tasks``: the tasks this node executes (this process's registry); its row says
         which, so a run whose task no live node has can say why it waits."""
         self.store = store
@@ -67,7 +69,7 @@ class Node:
         self._thread: threading.Thread | None = None
         self.runner = Runner(app, store, node_id, capacity, poll_seconds=poll_seconds,
                              max_log_lines=max_log_lines, events=self,
-                             tasks=tasks) if executes else None
+                             tasks=tasks, isolation=isolation) if executes else None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, role: str | None = None) -> None:

@@ -22,6 +22,7 @@ from ..store import Run, RunState, Store
 from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
+from .isolation import ProcessIsolation
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ class _Active:
 class Runner:
     def __init__(self, app: Flask, store: Store, node_id: str, capacity: int, *,
                  poll_seconds: float, max_log_lines: int, events: RunEvents,
-                 tasks: TaskRegistry = registry) -> None:
+                 tasks: TaskRegistry = registry,
+                 isolation: ProcessIsolation | None = None) -> None:
         """``tasks``: the tasks this runner executes (this process's registry); it claims
-        runs of those only."""
+        runs of those only. ``isolation``: where runs of process-isolated tasks execute (None:
+        every run on a thread here)."""
         self.app = app
         self.tasks = tasks
         self.store = store
@@ -65,6 +68,7 @@ class Runner:
         self.poll_seconds = poll_seconds
         self.max_log_lines = max_log_lines
         self.events = events
+        self.isolation = isolation
         self._active: dict[int, _Active] = {}
         self._reserved = 0  # threads promised by reserve() or to a claim in progress
         self._lock = threading.Lock()
@@ -86,6 +90,8 @@ class Runner:
         self._thread = threading.Thread(target=self._dispatch_loop, name="run-dispatcher",
                                         daemon=True)
         self._thread.start()
+        if self.isolation is not None and any(map(self.isolation.applies_to, self.tasks.all())):
+            self.isolation.warm_up()
 
     def stop(self, grace: float) -> None:
         """Stop claiming, ask running tasks to stop, wait up to ``grace`` seconds, then hand
@@ -112,6 +118,8 @@ class Runner:
             if self.store.runs.hand_back(active.run.id, self.node_id):
                 log.warning("run %s handed back: still running at shutdown", active.run.id,
                             extra={"run_id": active.run.id})
+        if self.isolation is not None:
+            self.isolation.close()
 
     def wake(self) -> None:
         self._backlog = True
@@ -304,6 +312,10 @@ class Runner:
             self.events.run_settled(settled)
 
     def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
+        if self.isolation is not None and run.task in self.tasks:
+            task = self.tasks.get(run.task)
+            if self.isolation.applies_to(task):
+                return self.isolation.run(run, ctx, task)
         return call_task(self.app, run, ctx, self.tasks)
 
 

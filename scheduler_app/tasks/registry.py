@@ -53,6 +53,9 @@ class Task:
     ref: str = field(default="")
     function: Callable[..., Any] | None = None
     takes_context: bool = True
+    # "thread", "process", or None: the node's SCHEDULER_ISOLATION decides.
+    isolation: str | None = None
+    memory_limit_mb: int | None = None
 
     def validate(self, kwargs: object) -> dict[str, Any]:
         """Return the arguments converted to the annotated types, or raise ArgumentError.
@@ -77,6 +80,24 @@ class Task:
         schema = self.params_model.model_json_schema()
         schema.pop("title", None)
         return schema
+
+
+ISOLATIONS = ("thread", "process")
+
+
+def _check_isolation(name: str, isolation: object, memory_limit_mb: object) -> None:
+    if isolation is not None and isolation not in ISOLATIONS:
+        raise ValueError(f"task {name}: isolation must be 'thread' or 'process', "
+                         f"got {isolation!r}")
+    if memory_limit_mb is None:
+        return
+    if isinstance(memory_limit_mb, bool) or not isinstance(memory_limit_mb, int) or \
+            memory_limit_mb < 1:
+        raise ValueError(f"task {name}: memory_limit_mb must be a positive whole number of "
+                         f"megabytes, got {memory_limit_mb!r}")
+    if isolation != "process":
+        raise ValueError(f"task {name}: memory_limit_mb needs isolation='process' (a thread "
+                         "shares its process's memory and cannot be limited)")
 
 
 def _problems(exc: pydantic.ValidationError) -> list[dict[str, str]]:
@@ -159,6 +180,8 @@ class TaskRegistry:
         retry_backoff: float | None = None,
         context: bool | None = True,
         full_name: bool = False,
+        isolation: str | None = None,
+        memory_limit_mb: int | None = None,
     ) -> Task:
         """Register ``fn``. ``context``: whether its first parameter takes the run context
         (None: decide from the signature, as ``Scheduler.task`` does). Its default name is
@@ -175,6 +198,7 @@ class TaskRegistry:
             raise ValueError(f"task {task_name}: max_running must be at least 1")
         if retry_backoff is not None and retry_backoff <= 0:
             raise ValueError(f"task {task_name}: retry_backoff must be positive")
+        _check_isolation(task_name, isolation, memory_limit_mb)
         hints = _type_hints(fn)
         takes_context = _takes_context(fn, hints) if context is None else context
         params = list(inspect.signature(fn).parameters.values())
@@ -194,6 +218,8 @@ class TaskRegistry:
             max_running=max_running,
             retry_backoff=retry_backoff,
             ref=f"{fn.__module__}:{fn.__qualname__}",
+            isolation=isolation,
+            memory_limit_mb=memory_limit_mb,
         )
         with self._lock:
             existing = self._tasks.get(task_name)
@@ -249,6 +275,8 @@ def task(
     max_attempts: int = 1,
     max_running: int | None = None,
     retry_backoff: float | None = None,
+    isolation: str | None = None,
+    memory_limit_mb: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -260,6 +288,8 @@ def task(
     max_attempts: int = 1,
     max_running: int | None = None,
     retry_backoff: float | None = None,
+    isolation: str | None = None,
+    memory_limit_mb: int | None = None,
 ) -> F | Callable[[F], F]:
     """Register a function as a task: ``@task`` or ``@task(name="reports.build", timeout=60)``.
 
@@ -274,6 +304,8 @@ def task(
             max_attempts=max_attempts,
             max_running=max_running,
             retry_backoff=retry_backoff,
+            isolation=isolation,
+            memory_limit_mb=memory_limit_mb,
         )
         return f
 

@@ -1,0 +1,235 @@
+"""Process isolation with real processes: a run of an ``isolation="process"`` task executes in
+a child forked by the node's helper, reports like a thread run, and can be stopped for real
+(cancel, timeout, memory limit); a child that crashes fails its attempt and the node carries
+on. Under real gunicorn too."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from scheduler_app import Scheduler
+from scheduler_app.errors import ConfigError
+from scheduler_app.services import services
+from tests.conftest import TASK_MODULES, wait_for
+from tests.servers import Servers
+
+FINAL = ("succeeded", "failed", "cancelled")
+GRACE = 1.0
+
+
+@pytest.fixture
+def iso_app(make_app: Callable[..., Flask], db_url: str) -> Callable[..., Flask]:
+    """An app whose helper rebuilds it on this test's database (the rule for a host app: the
+    helper builds the app from an import string, here the factory with literal arguments)."""
+
+    def build(**overrides: Any) -> Flask:
+        ref = "scheduler_app:create_app(%r)" % (  # noqa: UP031 - a Python literal, on purpose
+            {"DATABASE_URL": db_url, "TASK_MODULES": TASK_MODULES},)
+        settings = {"PROCESS_APP": ref, "KILL_GRACE_SECONDS": GRACE, **overrides}
+        return make_app(**settings)
+
+    return build
+
+
+def submit(app: Flask, task: str, **kwargs: Any) -> int:
+    response = app.test_client().post("/api/runs", json={"task": task, "kwargs": kwargs})
+    assert response.status_code == 202, response.get_json()
+    return int(response.get_json()["id"])
+
+
+def view(app: Flask, run_id: int) -> dict[str, Any]:
+    return app.test_client().get(f"/api/runs/{run_id}").get_json()  # type: ignore[no-any-return]
+
+
+def wait_final(app: Flask, run_id: int, timeout: float = 30.0) -> dict[str, Any]:
+    return wait_for(lambda: (v := view(app, run_id))["state"] in FINAL and v, timeout=timeout,
+                    message=f"run {run_id} to end")  # type: ignore[no-any-return]
+
+
+def log_lines(app: Flask, run_id: int) -> list[str]:
+    body = app.test_client().get(f"/api/runs/{run_id}/logs").get_json()
+    return [line["message"] for line in body["items"]]
+
+
+def helper_pid(app: Flask) -> int:
+    isolation = services(app).scheduler.runner.isolation
+    return wait_for(lambda: isolation.helper_pid, timeout=60, message="the helper")
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, state) of ``pid``'s child processes, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append((int(entry), fields[0]))
+    return found
+
+
+def test_a_process_run_reports_progress_logs_and_result_as_a_thread_run_does(
+        iso_app: Callable[..., Flask], db_url: str) -> None:
+    app = iso_app()
+    run = wait_final(app, submit(app, "testing.proc_report", steps=3))
+    assert run["state"] == "succeeded", run
+    result = run["result"]
+    assert result["pid"] != os.getpid()
+    assert result["pgid"] == result["pid"], "the child leads a process group of its own"
+    assert result["nice"] >= os.nice(0) + 10, "the child runs at a lower CPU priority"
+    assert result["app"] == "scheduler_app"
+    assert result["database_url"] == db_url, "it runs in the host app's context"
+    db_file = db_url.removeprefix("sqlite:///")
+    assert not [fd for fd in result["fds"] if fd.startswith(db_file)], \
+        "no database connection is inherited"
+    assert run["progress"]["done"] == 3 and run["progress"]["total"] == 3
+    assert run["progress"]["message"] == "step 3"
+    assert log_lines(app, run["id"]) == ["ctx line 0", "ctx line 1", "ctx line 2",
+                                         "from a library logger"]
+    # Once ended, the child is reaped: no zombie under the helper.
+    assert not children(helper_pid(app))
+
+    failed = wait_final(app, submit(app, "testing.proc_report", fail=True))
+    assert failed["state"] == "failed"
+    assert failed["error"]["type"] == "ValueError"
+    assert failed["error"]["message"] == "the task failed on purpose"
+    assert "raise ValueError" in failed["error"]["traceback"]
+    assert log_lines(app, failed["id"])[-1] == "from a library logger"
+
+
+def test_a_node_default_of_process_isolates_tasks_that_do_not_say(
+        iso_app: Callable[..., Flask]) -> None:
+    app = iso_app(ISOLATION="process")
+    run = wait_final(app, submit(app, "testing.whereami"))
+    assert run["state"] == "succeeded"
+    assert run["result"] != os.getpid()
+    # A task that says isolation="thread" stays in the node's process.
+    run = wait_final(app, submit(app, "testing.whereami_thread"))
+    assert run["result"] == os.getpid()
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+def test_cancel_and_timeout_stop_a_task_that_never_looks_at_its_context(
+        iso_app: Callable[..., Flask], how: str) -> None:
+    app = iso_app()
+    helper = helper_pid(app)
+    task = "testing.proc_sleep" if how == "cancel" else "testing.proc_sleep_timeout"
+    run_id = submit(app, task, seconds=30)
+    wait_for(lambda: view(app, run_id)["state"] == "running", message="running")
+    child = wait_for(lambda: children(helper), message="the run's child process")[0][0]
+    if how == "cancel":
+        asked = time.monotonic()
+        assert app.test_client().post(f"/api/runs/{run_id}/cancel").status_code == 202
+    else:
+        asked = time.monotonic()  # the timeout (1 s) is already running from its start
+    run = wait_final(app, run_id)
+    took = time.monotonic() - asked
+    limit = GRACE + 1 + (1.0 if how == "timeout" else 0)
+    assert took <= limit, f"stopped after {took:.2f} s, more than {limit} s"
+    if how == "cancel":
+        assert run["state"] == "cancelled"
+    else:
+        assert run["state"] == "failed" and run["error"]["type"] == "Timeout"
+        assert "SIGTERM" in run["error"]["message"]
+    assert not Path(f"/proc/{child}").exists(), "the child is gone, reaped (no zombie)"
+    assert not children(helper)
+
+
+def test_a_cancel_reaches_a_task_that_looks_first(iso_app: Callable[..., Flask]) -> None:
+    app = iso_app(KILL_GRACE_SECONDS=10.0)
+    helper_pid(app)  # started, so the time below is the cancel's alone
+    run_id = submit(app, "testing.proc_sleep_polite", seconds=30)
+    wait_for(lambda: view(app, run_id)["state"] == "running", message="running")
+    asked = time.monotonic()
+    app.test_client().post(f"/api/runs/{run_id}/cancel")
+    assert wait_final(app, run_id)["state"] == "cancelled"
+    assert time.monotonic() - asked < 2, "ctx.sleep woke at the cancel, long before the grace"
+
+
+def test_a_run_over_its_memory_limit_fails_with_memory_limit(
+        iso_app: Callable[..., Flask]) -> None:
+    app = iso_app()
+    run = wait_final(app, submit(app, "testing.proc_memory", mb=400))
+    assert run["state"] == "failed"
+    assert run["error"]["type"] == "MemoryLimit"
+    assert "memory_limit_mb of 150" in run["error"]["message"]
+    assert wait_final(app, submit(app, "testing.proc_report"))["state"] == "succeeded"
+
+
+@pytest.mark.parametrize(("how", "says"), [("abort", "signal SIGABRT (6)"),
+                                           ("null", "signal SIGSEGV (11)"),
+                                           ("exit", "exited with code 3")])
+def test_a_crashing_child_fails_its_attempt_and_the_next_run_succeeds(
+        iso_app: Callable[..., Flask], how: str, says: str) -> None:
+    app = iso_app()
+    run = wait_final(app, submit(app, "testing.proc_crash", how=how))
+    assert run["state"] == "failed", run
+    assert run["attempt"] == 2, "a crash is a failed attempt, retried while attempts remain"
+    assert run["error"]["type"] == "WorkerCrashed"
+    assert says in run["error"]["message"]
+    retried = wait_final(app, submit(app, "testing.proc_crash", how=how, attempts_crashing=1))
+    assert retried["state"] == "succeeded" and retried["result"] == "survived attempt 2"
+    assert wait_final(app, submit(app, "testing.proc_crash"))["state"] == "succeeded"
+    assert not children(helper_pid(app))
+
+
+def test_isolation_options_and_settings_are_checked() -> None:
+    scheduler = Scheduler()
+    with pytest.raises(ValueError, match="isolation must be 'thread' or 'process'"):
+        scheduler.task(name="bad.isolation", isolation="fork")(lambda: None)
+    with pytest.raises(ValueError, match="memory_limit_mb needs isolation='process'"):
+        scheduler.task(name="bad.limit", memory_limit_mb=100)(lambda: None)
+    with pytest.raises(ValueError, match="memory_limit_mb must be a positive"):
+        scheduler.task(name="bad.limit2", isolation="process", memory_limit_mb=0)(lambda: None)
+
+
+@pytest.mark.parametrize(("key", "value"), [("SCHEDULER_ISOLATION", "fork"),
+                                            ("SCHEDULER_KILL_GRACE_SECONDS", 0)])
+def test_bad_isolation_settings_stop_start_up(tmp_path: Path, key: str, value: Any) -> None:
+    app = Flask("host", instance_path=str(tmp_path))
+    app.config[key] = value
+    with pytest.raises(ConfigError, match=key):
+        Scheduler(app)
+
+
+def test_under_gunicorn_a_crash_or_a_hard_cancel_never_hurts_the_worker(
+        tmp_path: Path) -> None:
+    with Servers(tmp_path) as factory:
+        server = factory.gunicorn({"KILL_GRACE_SECONDS": GRACE})
+        server.wait_ready()
+        worker = [n for n in server.get_json("/api/nodes")["items"] if n["alive"]][0]["pid"]
+
+        def run(task: str, **kwargs: Any) -> int:
+            response = server.post("/api/runs", json={"task": task, "kwargs": kwargs})
+            assert response.status_code == 202, response.text
+            return int(response.json()["id"])
+
+        done = server.wait_run(run("testing.proc_report"), *FINAL, timeout=60)
+        assert done["state"] == "succeeded", done
+        assert done["result"]["pid"] not in (worker, server.pid)
+        crashed = server.wait_run(run("testing.proc_crash", how="abort"), *FINAL)
+        assert crashed["error"]["type"] == "WorkerCrashed"
+        assert "SIGABRT" in crashed["error"]["message"]
+        sleeping = run("testing.proc_sleep", seconds=30)
+        server.wait_run(sleeping, "running")
+        asked = time.monotonic()
+        assert server.post(f"/api/runs/{sleeping}/cancel").status_code == 202
+        assert server.wait_run(sleeping, *FINAL)["state"] == "cancelled"
+        assert time.monotonic() - asked <= GRACE + 1
+        assert server.wait_run(run("testing.proc_crash"), *FINAL)["state"] == "succeeded"
+        alive = [n for n in server.get_json("/api/nodes")["items"] if n["alive"]]
+        assert [n["pid"] for n in alive] == [worker], "the same worker serves and runs"
+        helper = [pid for pid, _ in children(worker)]
+        assert len(helper) == 1, "one helper per node"
+        assert not children(helper[0]), "no child left, no zombie"
