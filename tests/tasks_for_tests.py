@@ -193,3 +193,18 @@ def whereami_thread(ctx: RunContext) -> int:
     import os
 
     return os.getpid()
+
+
+@task(name="testing.thread_sleep", timeout=0.5)
+def thread_sleep(ctx: RunContext, seconds: float = 3.0) -> str:
+    """Sleeps on a thread in one C call, never looking at its context: past its timeout, it
+    runs on (a thread cannot be killed)."""
+    time.sleep(seconds)
+    return "woke up"
+
+
+@task(name="testing.thread_sleep_untimed")
+def thread_sleep_untimed(ctx: RunContext, seconds: float = 3.0) -> str:
+    """As thread_sleep, with no timeout."""
+    time.sleep(seconds)
+    return "woke up"

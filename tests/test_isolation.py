@@ -59,7 +59,10 @@ def log_lines(app: Flask, run_id: int) -> list[str]:
 
 
 def helper_pid(app: Flask) -> int:
+    """The node's helper process, started now if no isolated run has started it yet."""
     isolation = services(app).scheduler.runner.isolation
+    if isolation.helper_pid is None:
+        isolation.warm_up()
     return wait_for(lambda: isolation.helper_pid, timeout=60, message="the helper")
 
 
@@ -233,3 +236,36 @@ def test_under_gunicorn_a_crash_or_a_hard_cancel_never_hurts_the_worker(
         helper = [pid for pid, _ in children(worker)]
         assert len(helper) == 1, "one helper per node"
         assert not children(helper[0]), "no child left, no zombie"
+
+
+def test_a_thread_run_that_ignores_its_timeout_or_a_cancel_says_so_on_its_view(
+        make_app: Callable[..., Flask]) -> None:
+    app = make_app()
+    run_id = submit(app, "testing.thread_sleep", seconds=3)
+    wait_for(lambda: view(app, run_id)["state"] == "running", message="running")
+    assert view(app, run_id)["overdue"] is None, "not yet past its timeout"
+    note = wait_for(lambda: view(app, run_id)["overdue"], message="the overdue note")
+    assert note.startswith("Still running")
+    assert "past its 0.5 s timeout" in note
+    assert "runs on a thread, which cannot be stopped" in note
+    page = app.test_client().get(f"/runs/{run_id}").get_data(as_text=True)
+    assert "past its 0.5 s timeout" in page, "the dashboard's run page shows it too"
+    final = wait_final(app, run_id)
+    assert final["overdue"] is None
+    # A cancel that the task ignores reads the same way, without a timeout to be past.
+    cancelled = submit(app, "testing.thread_sleep_untimed", seconds=2)
+    wait_for(lambda: view(app, cancelled)["state"] == "running", message="running")
+    app.test_client().post(f"/api/runs/{cancelled}/cancel")
+    note = view(app, cancelled)["overdue"]
+    assert note.startswith("Still running after it was asked to cancel: it runs on a thread")
+    wait_final(app, cancelled)
+
+
+def test_a_process_run_past_its_timeout_says_it_will_be_stopped(
+        iso_app: Callable[..., Flask]) -> None:
+    app = iso_app(KILL_GRACE_SECONDS=3.0)
+    helper_pid(app)
+    run_id = submit(app, "testing.proc_sleep_timeout", seconds=30)
+    note = wait_for(lambda: view(app, run_id)["overdue"], message="the overdue note")
+    assert "past its 1 s timeout: its process is stopped" in note
+    assert wait_final(app, run_id)["error"]["type"] == "Timeout"

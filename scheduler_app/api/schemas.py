@@ -78,6 +78,11 @@ class Run(_Exact):
     waiting: str | None = Field(
         description="Why a queued run is not picked up, when no live node has its task "
                     "(\"no live node has task 'reports.build'\"); null otherwise")
+    overdue: str | None = Field(
+        description="For a running run asked to stop (a cancel, or past its timeout): that it "
+                    "is still running, how long past its timeout, and whether it will be "
+                    "stopped (a process-isolated run, after the kill grace) or runs on a "
+                    "thread until the task looks at its context; null otherwise")
 
 
 class LogLine(_Exact):

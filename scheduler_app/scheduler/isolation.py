@@ -30,7 +30,7 @@ from flask import Flask
 
 from ..store import Run, RunState
 from ..tasks import RunContext, Task
-from . import process_helper as wire
+from . import process_wire as wire
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,7 @@ and no thread (forking the node itself, a multi-threaded gunicorn worker, is uns
 helper reaps its children (and, as a subreaper, theirs) and tells the node how each ended.
 docs/ARCHITECTURE.md, "Process isolation", says why.
 
-Wire format (``SOCK_SEQPACKET``, so a killed writer never leaves half a record):
-- node → helper, control socket: a fork request (the pickled run spec, the run's socket passed
-  as a file descriptor) answered by ``{"pid": n}`` or ``{"error": "..."}``;
-- child → node, the run's socket: JSON messages in frames ``M`` (more follows) / ``E`` (last);
-- helper → node, the run's socket: one frame ``X`` with ``{"status": <wait status>}``;
-- node → child, the run's socket: ``C`` + the cancel reason.
+The wire format between the three is in ``process_wire``.
 """
 
 from __future__ import annotations
@@ -34,9 +29,8 @@ import threading
 import time
 from typing import Any
 
-CHUNK = 32 * 1024
-RECV_SIZE = CHUNK + 64
-MORE, END, EXIT, CANCEL = b"M", b"E", b"X", b"C"
+from .process_wire import CANCEL, CHUNK, END, EXIT, MORE, RECV_SIZE
+
 CHILD_NICE = 10  # the web worker stays at 0: the kernel gives it about nine tenths of a core
 PROGRESS_EVERY = 0.1  # seconds between progress messages from a child
 

@@ -15,7 +15,7 @@ from ..scheduler.triggers import describe
 from ..store import NodeRecord, Run, RunState
 from ..store.jobs import JobRecord
 from ..store.lifecycle import LogEntry
-from ..tasks import Task
+from ..tasks import Task, registry
 from ..tasks.context import Progress
 from ..timeutil import iso, utcnow
 
@@ -32,8 +32,8 @@ def run_view(run: Run) -> dict[str, Any]:
     """A run as the API shows it. Spelled out, not derived from ``Run``: the contract fixes
     these names and their order, and they are not the row's (one ``progress`` object, a
     computed ``duration_s``, no ``retry_backoff``). ``api.schemas.Run`` describes the same
-    keys; ``tests/unit/test_run_shape.py`` checks that the two agree. ``waiting`` is the one
-    field not read from the run: see ``waiting``."""
+    keys; ``tests/unit/test_run_shape.py`` checks that the two agree. ``waiting`` and
+    ``overdue`` are the fields not read from the run alone: see each."""
     progress = progress_view(run)
     duration = None
     if run.started_at is not None:
@@ -61,6 +61,7 @@ def run_view(run: Run) -> dict[str, Any]:
         "finished_at": iso(run.finished_at),
         "duration_s": duration,
         "waiting": waiting(run),
+        "overdue": overdue(run),
     }
 
 
@@ -84,6 +85,41 @@ def waiting(run: Run) -> str | None:
     if live is None or run.task in live:
         return None
     return f"no live node has task {run.task!r}"
+
+
+def overdue(run: Run) -> str | None:
+    """What a running run that was asked to stop (a cancel, or its timeout passed) is doing
+    about it, in plain words; None for any other run. A thread cannot be killed: such a run
+    keeps running until the task looks at its context or returns, and this says so, and how
+    long past its deadline it is. A process-isolated run is stopped after the kill grace."""
+    if run.state is not RunState.RUNNING:
+        return None
+    past = None
+    if run.timeout is not None and run.started_at is not None:
+        past = (utcnow() - run.started_at).total_seconds() - run.timeout
+    if past is not None and past > 0:
+        what = f"Still running {past:.0f} s past its {run.timeout:g} s timeout"
+    elif run.cancel_requested:
+        what = "Still running after it was asked to cancel"
+    else:
+        return None
+    settings = _settings()
+    task = registry.get(run.task) if run.task in registry else None
+    isolation = (task.isolation if task else None) or (settings.isolation if settings else None)
+    if isolation == "process" and settings is not None:
+        return (f"{what}: its process is stopped (SIGTERM, then SIGKILL) "
+                f"{settings.kill_grace_seconds:g} s after it was asked.")
+    return (f"{what}: it runs on a thread, which cannot be stopped; it ends when the task "
+            "next checks its context (ctx.cancelled, ctx.check_cancelled(), ctx.sleep()) or "
+            "returns. Mark the task isolation=\"process\" to make cancels and timeouts "
+            "stop it.")
+
+
+def _settings() -> Any:
+    if not has_app_context():
+        return None
+    svc = current_app.extensions.get(_EXTENSION_KEY)
+    return None if svc is None else svc.settings
 
 
 def _live_tasks() -> frozenset[str] | None:

@@ -69,7 +69,8 @@ def settings(**overrides: Any) -> Any:
         role="all", worker_threads=2, heartbeat_seconds=5.0, lease_seconds=30.0,
         tick_seconds=0.05, poll_seconds=0.1, run_log_max_lines=100, timezone="UTC",
         retry_backoff=0.01, coalesce=True, misfire_grace_time=60.0, max_instances=1,
-        shutdown_grace_seconds=2.0)
+        shutdown_grace_seconds=2.0, isolation="thread", kill_grace_seconds=1.0,
+        process_app=None)
     values.update(overrides)
     values["executes"] = values["role"] in ("all", "worker")
     return SimpleNamespace(**values)

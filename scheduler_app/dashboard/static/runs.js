@@ -124,6 +124,9 @@ export function initRunPage() {
     $(".cell-duration", root).textContent = formatDuration(run.duration_s);
     $(".cell-started", root).replaceChildren(timeNode(run.started_at));
     $(".cell-finished", root).replaceChildren(timeNode(run.finished_at));
+    const overdue = $(".run-overdue", root);
+    overdue.hidden = !run.overdue;
+    overdue.textContent = run.overdue || "";
     const errorBox = $(".run-error", root);
     errorBox.hidden = !run.error;
     if (run.error) {
