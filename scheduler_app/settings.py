@@ -86,6 +86,10 @@ class Settings(BaseModel):
     lease_seconds: PositiveFloat = Field(30.0, alias="NODE_LEASE_SECONDS")
     # How often a node looks for runs queued elsewhere.
     poll_seconds: PositiveFloat = Field(1.0, alias="DISPATCH_POLL_SECONDS")
+    # Push hand-offs to the node that must act (a run queued, a place freed, a cancel) instead
+    # of waiting for its poll: PostgreSQL LISTEN/NOTIFY, or sockets beside a SQLite file.
+    # false: the poll only (PgBouncer in transaction pooling mode cannot hold a LISTEN).
+    wakeups: bool = Field(True, alias="WAKEUPS")
     # How often a busy node writes progress and logs, delivers cancels and enforces timeouts.
     tick_seconds: PositiveFloat = Field(0.25, alias="TICK_SECONDS")
     # How runs of tasks that do not say execute: "thread" (in this process) or "process" (a

@@ -12,6 +12,7 @@ from flask import Flask
 from ..errors import InvalidRequest
 from ..settings import Settings
 from ..store import NewRun, Run, Store
+from ..store.notify import signals_for
 from ..tasks import TaskRegistry, registry
 from .firepass import FirePass
 from .isolation import ProcessIsolation, app_ref
@@ -41,11 +42,12 @@ class Engine:
                          lease_seconds=settings.lease_seconds,
                          tick_seconds=settings.tick_seconds, poll_seconds=settings.poll_seconds,
                          max_log_lines=settings.run_log_max_lines, companions=companions,
-                         tasks=tasks, isolation=isolation)
+                         tasks=tasks, isolation=isolation,
+                         signals=signals_for(store.db, settings.wakeups))
         self.runner: Runner | None = self.node.runner
         self.jobstore = SpecJobStore(store.jobs, settings.timezone)
         self._loop = PollingScheduler(
-            FirePass(store, self.jobstore, self.runner, self.node.id,
+            FirePass(store, self.jobstore, self.runner, self.node.id, self.node.wakeups,
                      retry_backoff=settings.retry_backoff),
             poll_seconds=settings.poll_seconds, jobstore=self.jobstore,
             job_defaults={"coalesce": settings.coalesce,
@@ -116,12 +118,17 @@ class Engine:
         return run
 
     def runs_queued(self) -> None:
+        """Runs were queued and committed: this node's runner looks at once, and so does every
+        other node's, told through the wake-ups."""
         if self.runner is not None:
             self.runner.wake()
+        self.node.wakeups.runs_queued()
 
     def cancel_requested(self, run_id: int) -> None:
-        if self.runner is not None:
-            self.runner.signal_cancel(run_id)
+        """A cancel of a running run was committed: tell its task now, here or on the node
+        that executes it."""
+        if self.runner is None or not self.runner.signal_cancel(run_id):
+            self.node.wakeups.cancel_requested(run_id)
 
     # -- for api.builtin: Flask-APScheduler's /scheduler routes -----------------------------
     allowed_hosts = ("*",)  # Flask-APScheduler's default; no host is refused here

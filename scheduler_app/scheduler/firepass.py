@@ -12,18 +12,20 @@ from ..store.fires import FireStore, PassOutcome
 from .jobstore import SpecJobStore
 from .plan import Missed, plan_fires
 from .runner import Runner
+from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
 
 class FirePass:
     def __init__(self, store: Store, jobstore: SpecJobStore, runner: Runner | None,
-                 node_id: str, *, retry_backoff: float) -> None:
+                 node_id: str, wakeups: Wakeups, *, retry_backoff: float) -> None:
         self.fires = FireStore(store.runs)
         self.stats = store.stats
         self.jobstore = jobstore
         self.runner = runner
         self.node_id = node_id
+        self.wakeups = wakeups
         self.retry_backoff = retry_backoff
 
     def run(self, now: datetime) -> datetime | None:
@@ -58,6 +60,8 @@ class FirePass:
                 self.runner.release()
             if len(outcome.recorded) > (outcome.started is not None):
                 self.runner.wake()  # runs were queued: claim them as threads free up
+        if len(outcome.recorded) > (outcome.started is not None):
+            self.wakeups.runs_queued()  # and other nodes with a free thread, now
         self._report(outcome, [m for m in plan.missed if m.job_id not in outcome.changed])
         return outcome.next_run_time
 

@@ -17,10 +17,12 @@ from typing import Protocol
 from flask import Flask
 
 from ..store import Run, Store
+from ..store.notify import NoSignals, Signals
 from ..tasks import TaskRegistry, registry
 from ..timeutil import utcnow
 from .isolation import ProcessIsolation
 from .runner import Runner
+from .wakeups import Wakeups
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +52,11 @@ class Node:
                  capacity: int, heartbeat_seconds: float, lease_seconds: float,
                  tick_seconds: float, poll_seconds: float, max_log_lines: int,
                  companions: Sequence[Companion] = (), tasks: TaskRegistry = registry,
-                 isolation: ProcessIsolation | None = None) -> None:
+                 isolation: ProcessIsolation | None = None,
+                 signals: Signals | None = None) -> None:
         """``tasks``: the tasks this node executes (this process's registry); its row says
-        which, so a run whose task no live node has can say why it waits."""
+        which, so a run whose task no live node has can say why it waits. ``signals``: the
+        transport of wake-ups between nodes (none: every hand-off waits for the poll)."""
         self.store = store
         self.id = node_id
         self.role = role
@@ -70,6 +74,7 @@ class Node:
         self.runner = Runner(app, store, node_id, capacity, poll_seconds=poll_seconds,
                              max_log_lines=max_log_lines, events=self,
                              tasks=tasks, isolation=isolation) if executes else None
+        self.wakeups = Wakeups(signals or NoSignals(), node_id, self.runner)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self, role: str | None = None) -> None:
@@ -83,6 +88,7 @@ class Node:
             companion.start()
         if self.runner is not None:
             self.runner.start()
+        self.wakeups.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._maintenance_loop, name="node-maintenance",
                                         daemon=True)
@@ -91,8 +97,12 @@ class Node:
                  extra={"node": self.id})
 
     def stop(self, grace: float) -> None:
+        self.wakeups.stop()
         if self.runner is not None:
+            busy = self.runner.running > 0
             self.runner.stop(grace)
+            if busy:  # runs it handed back: another node takes them now, not at its poll
+                self.wakeups.runs_queued()
         self._stop.set()
         self._nudge.set()
         if self._thread is not None:
@@ -121,6 +131,11 @@ class Node:
             self._nudge.set()
 
     def run_settled(self, run: Run) -> None:
+        try:
+            self.wakeups.run_settled(run)
+        except Exception:
+            log.exception("could not send the wake-up for run %s", run.id,
+                          extra={"run_id": run.id, "node": self.id})
         for companion in self._companions:
             try:
                 companion.run_settled(run)

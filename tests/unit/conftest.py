@@ -70,7 +70,7 @@ def settings(**overrides: Any) -> Any:
         tick_seconds=0.05, poll_seconds=0.1, run_log_max_lines=100, timezone="UTC",
         retry_backoff=0.01, coalesce=True, misfire_grace_time=60.0, max_instances=1,
         shutdown_grace_seconds=2.0, isolation="thread", kill_grace_seconds=1.0,
-        process_app=None)
+        process_app=None, wakeups=True)
     values.update(overrides)
     values["executes"] = values["role"] in ("all", "worker")
     return SimpleNamespace(**values)

@@ -14,7 +14,9 @@ from scheduler_app.scheduler.firepass import FirePass
 from scheduler_app.scheduler.jobspec import JobSpec
 from scheduler_app.scheduler.jobstore import SpecJobStore
 from scheduler_app.scheduler.runner import Runner
+from scheduler_app.scheduler.wakeups import Wakeups
 from scheduler_app.store import RunState, Store
+from scheduler_app.store.notify import NoSignals
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import wait_for
@@ -35,7 +37,8 @@ def add_job(store: Store, job_id: str, seconds_ago: float, *, every: float = 60,
 
 
 def make_pass(store: Store, runner: Runner | None = None) -> FirePass:
-    return FirePass(store, SpecJobStore(store.jobs, "UTC"), runner, NODE, retry_backoff=1.0)
+    return FirePass(store, SpecJobStore(store.jobs, "UTC"), runner, NODE,
+                    Wakeups(NoSignals(), NODE, runner), retry_backoff=1.0)
 
 
 def test_a_pass_records_each_fire_once_and_moves_the_job_on(sqlite_store):

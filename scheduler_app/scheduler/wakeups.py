@@ -1,0 +1,74 @@
+"""Wake-ups: what one node tells the others so a hand-off takes milliseconds, not a poll.
+
+Three events cross processes: runs were queued (by a web node, a retry, a job fired on a busy
+node), a run ended and freed a place other nodes may be waiting for (a task's
+``max_running``), and a cancel was requested for a run another node executes. Each is a short
+message on the store's transport (``store.notify``); a node that hears one acts as its own poll
+or tick would, only now. Messages name their sender, which ignores its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..store import Run, RunState
+from ..store.notify import Signals
+from .runner import Runner
+
+log = logging.getLogger(__name__)
+
+RUNS = "runs"
+CANCEL = "cancel"
+
+
+class Wakeups:
+    """This node's side of the wake-ups: sends them, and (a node that executes) hears them and
+    wakes its runner."""
+
+    def __init__(self, signals: Signals, node_id: str, runner: Runner | None) -> None:
+        self.signals = signals
+        self.node_id = node_id
+        self.runner = runner
+
+    def start(self) -> None:
+        if self.runner is not None:
+            self.signals.listen(self.node_id, self._heard)
+
+    def stop(self) -> None:
+        self.signals.close()
+
+    # -- sent after the writer's commit -----------------------------------------------------
+    def runs_queued(self) -> None:
+        """Runs were queued here: whichever node has a free thread should claim them now."""
+        self.signals.send(f"{RUNS} {self.node_id}")
+
+    def cancel_requested(self, run_id: int) -> None:
+        """A cancel was written for a running run: the node executing it should tell it now."""
+        self.signals.send(f"{CANCEL} {self.node_id} {run_id}")
+
+    def run_settled(self, run: Run) -> None:
+        """A run settled here. Other nodes care when it went back to the queue (a retry), or
+        when its task is limited cluster-wide and a place just freed up."""
+        if run.state is RunState.QUEUED or self._limited(run.task):
+            self.runs_queued()
+
+    def _limited(self, task_name: str) -> bool:
+        if self.runner is None or task_name not in self.runner.tasks:
+            return False
+        return self.runner.tasks.get(task_name).max_running is not None
+
+    # -- heard from other nodes -------------------------------------------------------------
+    def _heard(self, message: str) -> None:
+        kind, _, rest = message.partition(" ")
+        sender, _, arg = rest.partition(" ")
+        if sender == self.node_id or self.runner is None:
+            return
+        if kind == CANCEL:
+            try:
+                run_id = int(arg)
+            except ValueError:
+                log.warning("ignored a malformed wake-up %r", message)
+                return
+            self.runner.signal_cancel(run_id)
+        else:  # "runs", or "hello" after the listener (re)connected: look at the queue
+            self.runner.wake()

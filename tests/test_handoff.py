@@ -1,0 +1,152 @@
+"""Hand-offs between real processes: a web node (gunicorn, ``SCHEDULER_ROLE=web``) takes
+``POST /api/runs`` and a worker (``flask scheduler worker``) executes it. The poll and the tick
+are set to 5 s, so only a wake-up explains a run that starts, or a cancel that lands, within a
+fraction of a second. With wake-ups off (``WAKEUPS=false``) the poll still hands work over.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.servers import BIN, REPO, Server, Servers, server_env
+
+SLOW_POLL = {"DISPATCH_POLL_SECONDS": 5, "TICK_SECONDS": 5, "NODE_HEARTBEAT_SECONDS": 5,
+             "NODE_LEASE_SECONDS": 30, "PRUNE_RUNS_CRON": ""}
+# Far under the 5 s poll, yet loose enough for a loaded 2-core machine.
+FAST = 0.5
+
+
+class Worker:
+    """``flask --app wsgi scheduler worker`` on the test's database, stopped at the end."""
+
+    def __init__(self, servers: Servers, settings: dict[str, Any]) -> None:
+        self.log_path = servers.tmp_path / f"worker-{time.monotonic_ns()}.log"
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [str(BIN / "flask"), "--app", "wsgi", "scheduler", "worker"], cwd=REPO,
+                env=server_env(servers.db_path, settings), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        print(f"----- worker output -----\n{self.log_path.read_text(errors='replace')[-4000:]}")
+
+
+@pytest.fixture
+def split(tmp_path: Any) -> Iterator[Any]:
+    """``split(**settings)``: a web node and a worker node on one database, both ready."""
+    workers: list[Worker] = []
+    with Servers(tmp_path) as servers:
+        def start(**settings: Any) -> tuple[Server, Worker]:
+            web = servers.gunicorn({**SLOW_POLL, **settings, "SCHEDULER_ROLE": "web"})
+            worker = Worker(servers, {**SLOW_POLL, **settings})
+            workers.append(worker)
+            web.wait_for(lambda: worker_alive(web), timeout=30,
+                         message="the worker node to register")
+            return web, worker
+        try:
+            yield start
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def worker_alive(web: Server) -> bool:
+    return any(n["role"] == "worker" and n["alive"] for n in web.get_json("/api/nodes")["items"])
+
+
+def start_delays(web: Server, count: int) -> list[float]:
+    """Seconds from each run's creation to its start on the worker, runs sent one at a time
+    (each after the last finished, so the worker's dispatcher is asleep on its 5 s poll)."""
+    delays = []
+    for i in range(count):
+        response = web.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": i}})
+        assert response.status_code == 202, response.text
+        run = web.wait_run(response.json()["id"], "succeeded", timeout=20)
+        delays.append(stamp(run["started_at"]) - stamp(run["created_at"]))
+    return delays
+
+
+def stamp(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def cancel_delay(web: Server) -> float:
+    """Seconds from a cancel sent to the web node to the run, executing on the worker, ending
+    cancelled."""
+    response = web.post("/api/runs", json={"task": "demo.sleep", "kwargs": {"seconds": 60}})
+    run_id = response.json()["id"]
+    web.wait_run(run_id, "running", timeout=20)
+    sent = time.monotonic()
+    assert web.post(f"/api/runs/{run_id}/cancel").status_code == 202
+    web.wait_run(run_id, "cancelled", timeout=20)
+    return time.monotonic() - sent
+
+
+def test_sqlite_a_run_posted_to_the_web_node_starts_on_the_worker_at_once(split):
+    web, _ = split()
+    delays = start_delays(web, 5)
+    assert max(delays) < FAST, delays
+
+
+def test_sqlite_a_cancel_reaches_the_worker_at_once(split):
+    web, _ = split()
+    assert cancel_delay(web) < FAST + 0.5
+
+
+def test_sqlite_with_wakeups_off_the_poll_still_hands_work_over(split):
+    web, _ = split(WAKEUPS=False, DISPATCH_POLL_SECONDS=1)
+    delays = start_delays(web, 3)
+    assert max(delays) < 3, delays
+    # Waiting for the poll, not woken: a wake-up would start each run within milliseconds.
+    assert max(delays) > 0.05, delays
+
+
+def test_postgresql_a_run_posted_to_the_web_node_starts_on_the_worker_at_once(pg_url, split):
+    web, _ = split(DATABASE_URL=pg_url)
+    delays = start_delays(web, 5)
+    assert max(delays) < FAST, delays
+    assert cancel_delay(web) < FAST + 0.5
+
+
+def test_postgresql_with_wakeups_off_the_poll_still_hands_work_over(pg_url, split):
+    web, _ = split(DATABASE_URL=pg_url, WAKEUPS=False, DISPATCH_POLL_SECONDS=1)
+    delays = start_delays(web, 3)
+    assert max(delays) < 3, delays
+    assert max(delays) > 0.05, delays
+
+
+def test_postgresql_a_dropped_listener_reconnects_and_the_node_stays_up(pg_url, split):
+    web, worker = split(DATABASE_URL=pg_url)
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    listening = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND query LIKE 'LISTEN%'")
+    try:
+        with admin.connect() as conn:
+            before = {row.pid for row in conn.execute(listening)}
+            assert before, "the worker holds no LISTEN connection"
+            for pid in before:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+        def reconnected() -> bool:
+            with admin.connect() as conn:
+                return bool({row.pid for row in conn.execute(listening)} - before)
+        web.wait_for(reconnected, timeout=20, message="the listener to reconnect")
+    finally:
+        admin.dispose()
+    assert worker.proc.poll() is None
+    assert max(start_delays(web, 3)) < FAST
+    assert "reconnecting" in worker.log_path.read_text()
