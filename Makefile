@@ -12,7 +12,9 @@ BENCH_BIN := $(BENCH_VENV)/bin
 # (default 127.0.0.1:8000).
 BIND_ARGS := $(if $(HOST)$(PORT),--bind $(or $(HOST),127.0.0.1):$(or $(PORT),8000))
 
-.PHONY: run test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
+# make run-split: gunicorn's workers as web nodes (FLASK_SCHEDULER_ROLE=web) plus SPLIT_WORKERS
+# (default 1) worker processes (flask scheduler worker); Ctrl-C stops them all (split.py).
+.PHONY: run run-split test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON)"
@@ -39,13 +41,16 @@ $(BENCH_VENV)/.installed: requirements.txt requirements-bench.txt
 run: $(VENV)/.installed-runtime
 	$(BIN)/gunicorn -c gunicorn.conf.py $(BIND_ARGS) wsgi:app
 
+run-split: $(VENV)/.installed-runtime
+	$(BIN)/python split.py $(BIND_ARGS)
+
 # Lint and types first (seconds), then the whole suite.
 test: lint
 	sh tests/e2e/ensure_chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check scheduler_app config tests bench examples wsgi.py gunicorn.conf.py
+	$(BIN)/ruff check scheduler_app config tests bench examples wsgi.py gunicorn.conf.py split.py
 	$(BIN)/mypy
 
 # Benchmarks (not tests): each starts what it measures on loopback and writes its section of

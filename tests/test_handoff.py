@@ -6,6 +6,7 @@ fraction of a second. With wake-ups off (``WAKEUPS=false``) the poll still hands
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -150,3 +151,30 @@ def test_postgresql_a_dropped_listener_reconnects_and_the_node_stays_up(pg_url, 
     assert worker.proc.poll() is None
     assert max(start_delays(web, 3)) < FAST
     assert "reconnecting" in worker.log_path.read_text()
+
+
+def test_run_split_starts_web_and_worker_nodes_and_stops_them_together(tmp_path):
+    """``make run-split`` (``split.py``): one command, a web node and a worker node; runs go to
+    the worker at once; SIGTERM stops both gracefully."""
+    with Servers(tmp_path) as servers:
+        split_server = servers.start(
+            "run-split", lambda port: [str(BIN / "python"), "split.py", "--bind",
+                                       f"127.0.0.1:{port}"], SLOW_POLL)
+        split_server.wait_for(lambda: worker_alive(split_server), timeout=30,
+                              message="the worker node to register")
+        nodes = split_server.get_json("/api/nodes")["items"]
+        assert sorted(n["role"] for n in nodes if n["alive"]) == ["web", "worker"]
+        assert max(start_delays(split_server, 3)) < FAST
+        split_server.signal(signal.SIGTERM)
+        assert split_server.wait_exit(30) == 0
+        alive = [n for n in split_server.db_rows("SELECT id FROM scheduler_nodes "
+                                                 "WHERE stopped_at IS NULL")]
+        assert alive == [], "a node did not stop gracefully"
+
+
+def test_run_split_refuses_a_bad_worker_count():
+    result = subprocess.run([str(BIN / "python"), "split.py"], cwd=REPO, capture_output=True,
+                            text=True, env={**server_env(REPO / "unused.sqlite3"),
+                                            "SPLIT_WORKERS": "none"}, timeout=30)
+    assert result.returncode == 2
+    assert "SPLIT_WORKERS must be a whole number" in result.stderr
