@@ -136,16 +136,15 @@ def test_postgresql_a_dropped_listener_reconnects_and_the_node_stays_up(pg_url, 
     listening = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                         "AND query LIKE 'LISTEN%'")
     try:
+        def listeners() -> set[int]:
+            with admin.connect() as conn:
+                return {row.pid for row in conn.execute(listening)}
+        before = web.wait_for(listeners, message="the worker's LISTEN connection")
         with admin.connect() as conn:
-            before = {row.pid for row in conn.execute(listening)}
-            assert before, "the worker holds no LISTEN connection"
             for pid in before:
                 conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
-        def reconnected() -> bool:
-            with admin.connect() as conn:
-                return bool({row.pid for row in conn.execute(listening)} - before)
-        web.wait_for(reconnected, timeout=20, message="the listener to reconnect")
+        web.wait_for(lambda: listeners() - before, timeout=20, message="the listener to reconnect")
     finally:
         admin.dispose()
     assert worker.proc.poll() is None
