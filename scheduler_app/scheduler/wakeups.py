@@ -47,8 +47,11 @@ class Wakeups:
         self.signals.send(f"{CANCEL} {self.node_id} {run_id}")
 
     def run_settled(self, run: Run) -> None:
-        """A run settled here. Other nodes care when it went back to the queue (a retry), or
-        when its task is limited cluster-wide and a place just freed up."""
+        """A run settled here. It matters when it went back to the queue (a retry: this node's
+        runner looks too, as it would not otherwise until its poll), or when its task is
+        limited cluster-wide and a place just freed up."""
+        if run.state is RunState.QUEUED and self.runner is not None:
+            self.runner.wake()
         if run.state is RunState.QUEUED or self._limited(run.task):
             self.runs_queued()
 

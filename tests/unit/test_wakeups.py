@@ -1,0 +1,50 @@
+"""Wake-ups between two nodes of one process on one SQLite file (real sockets beside it), with
+a 5 s poll: only a wake-up explains a hand-off within a second."""
+
+from __future__ import annotations
+
+import time
+
+from scheduler_app.store import RunState
+from tests.conftest import new_run, wait_for
+
+SLOW = {"poll_seconds": 5.0}
+
+
+def test_a_run_queued_on_a_web_node_is_claimed_by_a_worker_at_once(make_engine, sqlite_store):
+    web = make_engine(role="web", **SLOW)
+    worker = make_engine(**SLOW)
+    worker.start(as_worker=True)
+    web.start()
+    time.sleep(0.2)  # the worker's dispatcher has looked once and sleeps on its 5 s poll
+    run = sqlite_store.runs.create(new_run(kwargs={"value": 1}))
+    web.runs_queued()
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
+    assert done.state is RunState.SUCCEEDED and done.node == worker.node.id
+
+
+def test_a_retry_is_taken_at_once_not_at_the_next_poll(make_engine, sqlite_store):
+    first = make_engine(**SLOW)
+    other = make_engine(**SLOW)
+    first.start()
+    other.start()
+    time.sleep(0.2)
+    run = first.run_here(new_run(task="testing.flaky", kwargs={"succeed_on_attempt": 2},
+                                 max_attempts=2, retry_backoff=0.05))
+    assert run is not None
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
+    assert (done.state, done.attempt) == (RunState.SUCCEEDED, 2)
+
+
+def test_with_wakeups_off_a_worker_waits_for_its_poll(make_engine, sqlite_store):
+    web = make_engine(role="web", poll_seconds=1.0, wakeups=False)
+    worker = make_engine(poll_seconds=1.0, wakeups=False)
+    worker.start(as_worker=True)
+    web.start()
+    time.sleep(0.2)
+    run = sqlite_store.runs.create(new_run(kwargs={"value": 1}))
+    queued = time.monotonic()
+    web.runs_queued()
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=3)
+    assert done.state is RunState.SUCCEEDED
+    assert time.monotonic() - queued > 0.2  # the poll took it, not a wake-up
