@@ -14,7 +14,7 @@ BIND_ARGS := $(if $(HOST)$(PORT),--bind $(or $(HOST),127.0.0.1):$(or $(PORT),800
 
 # make run-split: gunicorn's workers as web nodes (FLASK_SCHEDULER_ROLE=web) plus SPLIT_WORKERS
 # (default 1) worker processes (flask scheduler worker); Ctrl-C stops them all (split.py).
-.PHONY: run run-split test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-handoff
+.PHONY: run run-split test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-handoff bench-isolation
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON)"
@@ -58,7 +58,7 @@ lint: $(VENV)/.installed-dev
 # BENCH_ARGS=--quick makes any one of them short, and writes to bench/work/ (ignored by git)
 # instead, so one-repeat numbers never replace the committed ones. They run in $(BENCH_VENV),
 # never in `make test`.
-bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-handoff
+bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-handoff bench-isolation
 
 # This service beside the baselines, Celery and RQ (which need /usr/bin/redis-server).
 bench-dispatch: $(BENCH_VENV)/.installed
@@ -79,6 +79,10 @@ bench-enqueue: $(BENCH_VENV)/.installed
 # POST /api/runs on a web node → task start on a worker node, wake-ups on and off (issue 12).
 bench-handoff: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python -m bench.handoff $(BENCH_ARGS)
+
+# Process isolation beside thread runs: API latency under CPU-bound runs, hard cancels, cost.
+bench-isolation: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python -m bench.isolation $(BENCH_ARGS)
 
 # A few minutes: dispatch latency, throughput and CPU against the baselines, Celery and RQ;
 # results in bench/work/ (README.md, results.json), not the committed bench/README.md.

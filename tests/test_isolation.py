@@ -90,7 +90,7 @@ def test_a_process_run_reports_progress_logs_and_result_as_a_thread_run_does(
     result = run["result"]
     assert result["pid"] != os.getpid()
     assert result["pgid"] == result["pid"], "the child leads a process group of its own"
-    assert result["nice"] >= os.nice(0) + 10, "the child runs at a lower CPU priority"
+    assert result["nice"] == 19, "the child runs at the lowest CPU priority"
     assert result["app"] == "scheduler_app"
     assert result["database_url"] == db_url, "it runs in the host app's context"
     db_file = db_url.removeprefix("sqlite:///")
@@ -269,3 +269,19 @@ def test_a_process_run_past_its_timeout_says_it_will_be_stopped(
     note = wait_for(lambda: view(app, run_id)["overdue"], message="the overdue note")
     assert "past its 1 s timeout: its process is stopped" in note
     assert wait_final(app, run_id)["error"]["type"] == "Timeout"
+
+
+def test_the_helper_ends_with_its_node_and_a_restarted_node_starts_another(
+        iso_app: Callable[..., Flask]) -> None:
+    from scheduler_app import start_scheduler, stop_scheduler
+
+    app = iso_app()
+    first = helper_pid(app)
+    assert wait_final(app, submit(app, "testing.proc_report"))["state"] == "succeeded"
+    stop_scheduler(app)
+    wait_for(lambda: not Path(f"/proc/{first}").exists(), message="the helper to exit")
+    assert first not in [pid for pid, _ in children(os.getpid())]
+    start_scheduler(app)
+    run = wait_final(app, submit(app, "testing.proc_report"))
+    assert run["state"] == "succeeded"
+    assert helper_pid(app) != first

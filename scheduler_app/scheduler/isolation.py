@@ -140,8 +140,13 @@ class ProcessIsolation:
                 self._helper.wait()
             self._helper = None
 
+    def open(self) -> None:
+        """Accept runs again after ``close`` (a node started again)."""
+        with self._lock:
+            self._closed = False
+
     def close(self) -> None:
-        """Stop the helper (it kills any child left); later runs fail to start."""
+        """Stop the helper (it kills any child left); runs fail to start until ``open``."""
         with self._lock:
             self._closed = True
             self._drop_helper()

@@ -90,8 +90,10 @@ class Runner:
         self._thread = threading.Thread(target=self._dispatch_loop, name="run-dispatcher",
                                         daemon=True)
         self._thread.start()
-        if self.isolation is not None and self.isolation.default == "process":
-            self.isolation.warm_up()  # else the first isolated run starts the helper
+        if self.isolation is not None:
+            self.isolation.open()
+            if self.isolation.default == "process":
+                self.isolation.warm_up()  # else the first isolated run starts the helper
 
     def stop(self, grace: float) -> None:
         """Stop claiming, ask running tasks to stop, wait up to ``grace`` seconds, then hand
