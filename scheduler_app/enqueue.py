@@ -2,7 +2,9 @@
 
 ``build_report.enqueue(customer_id=7)`` validates the arguments as the HTTP API does, writes
 the run, and returns its ``RunHandle``: the run is durable when it returns.
-``using(run_after=..., session=...)`` returns a configured copy, as ``django.tasks`` does.
+``using(run_after=..., session=..., unique_key=..., ...)`` returns a configured copy, as
+``django.tasks`` does; a run whose unique key an active run holds raises ``AlreadyQueued``
+with that run's handle.
 """
 
 from __future__ import annotations
@@ -12,37 +14,50 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequest
+from .errors import AlreadyQueued, InvalidRequest
 from .handles import RunHandle
+from .services.runs import controls_with
 from .tasks import Task
+from .tasks.controls import Controls
 from .timeutil import utcnow
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, scoped_session
 
     from .extension import Scheduler
+    from .services import Services
 
     AnySession = Session | scoped_session[Any]  # Flask-SQLAlchemy's db.session is scoped
 
 
 @dataclass(frozen=True)
 class TaskCall:
-    """A task with the options of one enqueue: when it may start, and whose transaction."""
+    """A task with the options of one enqueue: when it may start, whose transaction, and its
+    concurrency controls."""
 
     scheduler: Scheduler
     task: Task
     run_after: datetime | timedelta | None = None
     session: AnySession | None = None
+    controls: Controls | None = None  # None: the task's own
 
     def using(self, *, run_after: datetime | timedelta | None = None,
-              session: AnySession | None = None) -> TaskCall:
+              session: AnySession | None = None, **controls: Any) -> TaskCall:
         """A copy with these options changed (``run_after``: an aware datetime, or a delay;
-        ``session``: a SQLAlchemy session whose transaction the run joins)."""
+        ``session``: a SQLAlchemy session whose transaction the run joins). ``controls``
+        override the task's concurrency controls for this enqueue: ``unique``, ``unique_key``,
+        ``concurrency_key``, ``concurrency_limit``, ``rate_limit``, ``rate_key`` (None removes
+        one; ``unique=False`` makes the run not unique). A bad one raises a ``ValueError``
+        naming it, here, before anything is stored."""
         changes: dict[str, Any] = {}
         if run_after is not None:
             changes["run_after"] = run_after
         if session is not None:
             changes["session"] = session
+        if controls:
+            base = self.task if self.controls is None else replace(self.task,
+                                                                   controls=self.controls)
+            changes["controls"] = controls_with(base, controls)
         return replace(self, **changes)
 
     def enqueue(self, **kwargs: Any) -> RunHandle:
@@ -51,12 +66,18 @@ class TaskCall:
         stored then."""
         svc = self.scheduler.services()
         when = _start_time(self.run_after)
-        if svc.settings.eager:  # the host's tests: run now, whatever the transaction does
-            run = svc.runs.execute_eagerly(self.scheduler.app_of(svc), self.task, kwargs, when)
-        elif self.session is not None:
-            run = svc.runs.queue_in_transaction(self.task, kwargs, when, self.session)
-        else:
-            run = svc.runs.enqueue(self.task, kwargs, when)
+        try:
+            if svc.settings.eager:  # the host's tests: run now, whatever the transaction does
+                run = svc.runs.execute_eagerly(self.scheduler.app_of(svc), self.task, kwargs,
+                                               when, self.controls)
+            elif self.session is not None:
+                run = svc.runs.queue_in_transaction(self.task, kwargs, when, self.session,
+                                                    self.controls)
+            else:
+                run = svc.runs.enqueue(self.task, kwargs, when, self.controls)
+        except AlreadyQueued as exc:
+            with_handle(exc, svc)
+            raise
         return RunHandle(run, svc)
 
 
@@ -76,8 +97,10 @@ class TaskFunction:
         return (self.task.function or self.task.fn)(*args, **kwargs)
 
     def using(self, *, run_after: datetime | timedelta | None = None,
-              session: AnySession | None = None) -> TaskCall:
-        return TaskCall(self.scheduler, self.task).using(run_after=run_after, session=session)
+              session: AnySession | None = None, **controls: Any) -> TaskCall:
+        """A configured copy (see ``TaskCall.using``)."""
+        return TaskCall(self.scheduler, self.task).using(run_after=run_after, session=session,
+                                                         **controls)
 
     def enqueue(self, **kwargs: Any) -> RunHandle:
         """Queue a run now (see ``TaskCall.enqueue``)."""
@@ -85,6 +108,14 @@ class TaskFunction:
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"
+
+
+def with_handle(exc: AlreadyQueued, svc: Services) -> AlreadyQueued:
+    """``exc`` as Python callers get it: its ``run`` the ``RunHandle`` of the run holding the
+    key (the store gives the run's record)."""
+    if not isinstance(exc.run, RunHandle):
+        exc.run = RunHandle(exc.run, svc)
+    return exc
 
 
 def _start_time(run_after: datetime | timedelta | None) -> datetime:

@@ -20,8 +20,8 @@ from typing import Any, TypeVar, overload
 from flask import Flask, current_app, has_app_context
 
 from . import alerts, cli, declared_jobs, metrics, routes
-from .enqueue import TaskFunction
-from .errors import ConfigError, InvalidRequest
+from .enqueue import TaskFunction, with_handle
+from .errors import AlreadyQueued, ConfigError, InvalidRequest
 from .handles import RunHandle
 from .scheduler.engine import Engine
 from .scheduler.node import new_node_id
@@ -32,6 +32,7 @@ from .services.models import JobCreate
 from .settings import Settings, config_key, load_settings
 from .store import Database, Store
 from .tasks import Task, registry
+from .tasks.controls import OPTIONS as CONTROL_OPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class Scheduler:
 
             @scheduler.task                       # named "<module>.<function>"
             @scheduler.task(name="reports.build", timeout=600, max_attempts=3, max_running=2)
+            @scheduler.task(unique=True, concurrency_key="imports", rate_limit="100/m")
             @scheduler.task("interval", id="cleanup", minutes=5)   # Flask-APScheduler's form
 
         The last also declares a job that fires the task (its options are APScheduler's:
@@ -201,7 +203,7 @@ class Scheduler:
 
     def _register(self, function: Callable[..., Any], options: dict[str, Any]) -> TaskFunction:
         allowed = {"name", "timeout", "max_attempts", "max_running", "retry_backoff",
-                   "isolation", "memory_limit_mb"}
+                   "isolation", "memory_limit_mb", *CONTROL_OPTIONS}
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise TypeError(f"@scheduler.task: unknown option(s) {', '.join(unknown)}; "
@@ -275,7 +277,11 @@ class Scheduler:
     def run_job(self, id: str) -> RunHandle:  # noqa: A002
         """Queue a run of the job now (never inline); its schedule is unchanged."""
         svc = self.services()
-        return RunHandle(svc.jobs.run_now(id), svc)
+        try:
+            return RunHandle(svc.jobs.run_now(id), svc)
+        except AlreadyQueued as exc:  # the job's task is unique and its key is held
+            with_handle(exc, svc)
+            raise
 
     @staticmethod
     def _job(svc: Services, job_id: str) -> dict[str, Any]:

@@ -113,6 +113,14 @@ def _counters(snap: Snapshot) -> Iterator[Metric]:
     yield _by_task(CounterMetricFamily(
         "scheduler_node_lost", "Attempts settled as NodeLost (their node stopped heartbeating "
         "while running them), by task.", labels=["task"]), snap.node_lost)
+    yield _by_task(CounterMetricFamily(
+        "scheduler_runs_deduplicated", "Runs not made because a queued or running run held "
+        "their unique key (an enqueue answered already_queued, or a job's fire skipped), by "
+        "task.", labels=["task"]), snap.deduplicated)
+    yield _by_task(CounterMetricFamily(
+        "scheduler_runs_throttled", "Runs a claim left queued because their rate limit had "
+        "no slot (each counted once, however long it waits), by task.", labels=["task"]),
+        snap.throttled)
 
 
 def _by_task(family: CounterMetricFamily, counts: Mapping[str, int]) -> CounterMetricFamily:

@@ -208,3 +208,8 @@ def thread_sleep_untimed(ctx: RunContext, seconds: float = 3.0) -> str:
     """As thread_sleep, with no timeout."""
     time.sleep(seconds)
     return "woke up"
+@task(name="testing.unique_sleep", unique=True)
+def unique_sleep(ctx: RunContext, seconds: float = 1.0) -> float:
+    """Sleeps (honouring cancel); at most one queued or running run per set of arguments."""
+    ctx.sleep(seconds)
+    return seconds

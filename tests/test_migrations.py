@@ -36,10 +36,13 @@ def unprefixed(name: str) -> str:
 
 
 # How the revisions after 0004 changed the schema module's tables: undone, they give 0004's.
-INDEXES_ADDED_SINCE_0004 = {"ix_scheduler_jobs_task_next_run"}
+INDEXES_ADDED_SINCE_0004 = {"ix_scheduler_jobs_task_next_run", "uq_scheduler_runs_unique_active",
+                            "ix_scheduler_runs_concurrency"}
 INDEXES_DROPPED_SINCE_0004 = {"ix_scheduler_jobs_task": ("scheduler_jobs", ["task"])}
-COLUMNS_ADDED_SINCE_0004 = {("scheduler_nodes", "tasks")}
-TABLES_ADDED_SINCE_0004 = {"scheduler_alerts"}
+COLUMNS_ADDED_SINCE_0004 = {("scheduler_nodes", "tasks"), *(
+    ("scheduler_runs", name) for name in ("unique_key", "concurrency_key", "concurrency_limit",
+                                          "rate_limit", "rate_key", "throttled_until"))}
+TABLES_ADDED_SINCE_0004 = {"scheduler_alerts", "scheduler_rate_starts"}
 
 
 def legacy_metadata() -> sa.MetaData:

@@ -76,13 +76,21 @@ class Run(_Exact):
     finished_at: AwareDatetime | None
     duration_s: float | None
     waiting: str | None = Field(
-        description="Why a queued run is not picked up, when no live node has its task "
-                    "(\"no live node has task 'reports.build'\"); null otherwise")
+        description="Why a queued run is not picked up: no live node has its task (\"no live "
+                    "node has task 'reports.build'\"), its concurrency key is at its limit, or "
+                    "its rate limit has no slot until a time it names; null otherwise")
     overdue: str | None = Field(
         description="For a running run asked to stop (a cancel, or past its timeout): that it "
                     "is still running, how long past its timeout, and whether it will be "
                     "stopped (a process-isolated run, after the kill grace) or runs on a "
                     "thread until the task looks at its context; null otherwise")
+    unique_key: str | None = Field(
+        description="No other run with this key may be queued or running meanwhile")
+    concurrency_key: str | None = Field(
+        description="At most concurrency_limit runs with this key run at once")
+    concurrency_limit: int | None
+    rate_limit: str | None = Field(description="Starts allowed per sliding window, e.g. 100/m")
+    rate_key: str | None = Field(description="The rate limit's partition (default: the task)")
 
 
 class LogLine(_Exact):

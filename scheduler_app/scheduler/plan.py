@@ -102,9 +102,11 @@ def _new_runs(due: DueJob, now: datetime, retry_backoff: float,
         if grace is not None and late > grace:
             missed.append(Missed(job.id, task.name, fire_time, late, grace))
             continue
-        new_runs.append(NewRun(task=task.name, kwargs=dict(job.kwargs),
+        kwargs = dict(job.kwargs)
+        new_runs.append(NewRun(task=task.name, kwargs=kwargs,
                                max_attempts=task.max_attempts,
                                retry_backoff=task.retry_backoff or retry_backoff,
                                timeout=task.timeout, scheduled_for=fire_time,
-                               job_id=job.id, fire_time=fire_time))
+                               job_id=job.id, fire_time=fire_time,
+                               **task.controls.row_values(task.name, kwargs)))
     return new_runs

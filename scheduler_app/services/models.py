@@ -126,6 +126,23 @@ class RunCreate(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description=KWARGS_DESCRIPTION)
     run_at: IsoTime | None = Field(default=None, description="ISO 8601 time with offset; "
                                                              "default now")
+    # Concurrency controls: each overrides the task's own when present (null: none).
+    unique: bool | None = Field(default=None, description=(
+        "At most one queued or running run of this task with these kwargs; a duplicate is a "
+        "409 already_queued naming the existing run"))
+    unique_key: str | None = Field(default=None, description=(
+        "At most one queued or running run with this key (any task); a duplicate is a 409 "
+        "already_queued naming the existing run"), examples=["invoice:42"])
+    concurrency_key: str | None = Field(default=None, description=(
+        "At most concurrency_limit runs with this key run at once, cluster-wide; the others "
+        "wait in order"), examples=["tenant:42"])
+    concurrency_limit: int | None = Field(default=None, description=(
+        "How many runs of concurrency_key may run at once (default 1)"))
+    rate_limit: str | None = Field(default=None, description=(
+        "At most this many starts in any sliding window, cluster-wide: <count>/<s|m|h>"),
+        examples=["100/m"])
+    rate_key: str | None = Field(default=None, description=(
+        "The rate limit's partition (default: the task)"))
 
 
 class JobCreate(_Strict):

@@ -17,6 +17,8 @@ from ..scheduler.engine import Engine
 from ..settings import Settings
 from ..store import FINAL_STATES, LogEntry, NewRun, Run, RunState, Store
 from ..tasks import ArgumentError, Task, UnknownTask, registry
+from ..tasks.controls import OPTIONS as CONTROL_OPTIONS
+from ..tasks.controls import ControlError, Controls
 from ..timeutil import parse_aware, utcnow
 from .models import RunCreate
 
@@ -44,6 +46,17 @@ def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None) ->
         raise InvalidRequest(str(exc), details=exc.problems) from None
 
 
+def controls_with(task: Task, changes: dict[str, Any]) -> Controls:
+    """The task's concurrency controls with one enqueue's ``changes``, or InvalidRequest
+    naming every bad option (nothing is stored then)."""
+    if not changes:
+        return task.controls
+    try:
+        return task.controls.overridden(changes)
+    except ControlError as exc:
+        raise InvalidRequest(str(exc), details=exc.problems) from None
+
+
 class RunService:
     def __init__(self, store: Store, scheduler: Engine, settings: Settings) -> None:
         self.store = store
@@ -63,23 +76,31 @@ class RunService:
                     from None
             except OverflowError:  # a valid ISO time whose offset puts it outside years 1-9999
                 raise InvalidRequest.field("run_at", "is out of range") from None
-        return self.queue(task, request.kwargs, when)
+        changes = {name: getattr(request, name) for name in CONTROL_OPTIONS
+                   if name in request.model_fields_set}
+        return self.queue(task, request.kwargs, when, controls=controls_with(task, changes))
 
-    def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime) -> Run:
-        """Validate and queue a run of ``task`` (``Task.enqueue`` from Python)."""
+    def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime,
+                controls: Controls | None = None) -> Run:
+        """Validate and queue a run of ``task`` (``Task.enqueue`` from Python); ``controls``:
+        its concurrency controls, the task's own unless given (``using(...)``)."""
         validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
-        return self.queue(task, kwargs, when)
+        return self.queue(task, kwargs, when, controls=controls)
 
     def execute_eagerly(self, app: Flask, task: Task, kwargs: dict[str, Any],
-                        when: datetime) -> Run:
-        """Validate, record and run every attempt now in the caller (``SCHEDULER_EAGER``)."""
+                        when: datetime, controls: Controls | None = None) -> Run:
+        """Validate, record and run every attempt now in the caller (``SCHEDULER_EAGER``).
+        A unique key is held as anywhere else; a concurrency key or rate limit does not
+        delay an eager run (the caller asked for it now), but is recorded."""
         validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
-        run = self.store.runs.create(self._new_run(task, kwargs, when), running_on=eager.NODE)
+        run = self.store.runs.create(self._new_run(task, kwargs, when, controls=controls),
+                                     running_on=eager.NODE)
         return eager.execute_now(app, self.store, run,
                                  max_log_lines=self.settings.run_log_max_lines)
 
     def queue_in_transaction(self, task: Task, kwargs: dict[str, Any], when: datetime,
-                             session: Session | scoped_session[Any]) -> Run:
+                             session: Session | scoped_session[Any],
+                             controls: Controls | None = None) -> Run:
         """Validate and insert a run through ``session``'s connection, in its transaction: a
         rollback leaves no run, and this node's runner looks for it once it commits (other
         nodes at their next poll)."""
@@ -92,23 +113,27 @@ class RunService:
                 f"({conn.engine.url.render_as_string()} vs {ours.render_as_string()}); "
                 "set SCHEDULER_DATABASE_URL to the session's database to enqueue in its "
                 "transaction")
-        run = self.store.runs.create(self._new_run(task, kwargs, when), conn=conn,
+        run = self.store.runs.create(self._new_run(task, kwargs, when, controls=controls),
+                                     conn=conn,
                                      max_queued=self.settings.max_queued_runs)
         target = session() if callable(session) else session  # a scoped_session's session
         event.listen(target, "after_commit", lambda _: self.scheduler.runs_queued(), once=True)
         return run
 
     def _new_run(self, task: Task, kwargs: dict[str, Any], when: datetime,
-                 job_id: str | None = None) -> NewRun:
+                 job_id: str | None = None, controls: Controls | None = None) -> NewRun:
         return NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
-            timeout=task.timeout, scheduled_for=when, job_id=job_id)
+            timeout=task.timeout, scheduled_for=when, job_id=job_id,
+            **(task.controls if controls is None else controls).row_values(task.name, kwargs))
 
     def queue(self, task: Task, kwargs: dict[str, Any], when: datetime,
-              job_id: str | None = None) -> Run:
-        new = self._new_run(task, kwargs, when, job_id)
-        if task.max_running is None and when <= utcnow():
+              job_id: str | None = None, controls: Controls | None = None) -> Run:
+        """Queue a run (or start it here at once). A unique key held by an active run raises
+        ``AlreadyQueued``, whose ``run`` is that run, and nothing is written."""
+        new = self._new_run(task, kwargs, when, job_id, controls)
+        if task.max_running is None and not new.needs_claim and when <= utcnow():
             # Due now and this node has a free thread: skip the queue (one write, no hop).
             started = self.scheduler.run_here(new)
             if started is not None:

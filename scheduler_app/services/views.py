@@ -62,6 +62,11 @@ def run_view(run: Run) -> dict[str, Any]:
         "duration_s": duration,
         "waiting": waiting(run),
         "overdue": overdue(run),
+        "unique_key": run.unique_key,
+        "concurrency_key": run.concurrency_key,
+        "concurrency_limit": run.concurrency_limit,
+        "rate_limit": run.rate_limit,
+        "rate_key": run.rate_key,
     }
 
 
@@ -74,17 +79,31 @@ _LIVE_TASKS_SECONDS = 1.0
 
 
 def waiting(run: Run) -> str | None:
-    """Why a queued run is not being picked up, when the reason is that no live node executes
-    its task (a node claims only runs of the tasks registered in its process); None otherwise.
+    """Why a queued run that is due is not being picked up: no live node executes its task (a
+    node claims only runs of the tasks registered in its process); its rate limit has no slot
+    before the time a claim gave it (``throttled_until``); or its concurrency key is at its
+    limit. None otherwise.
 
-    Read from the nodes table at most once a second per app context (one request), and only for
-    queued runs, so a page of finished runs costs nothing; None outside this service's app."""
+    Only queued runs are looked at, so a page of finished runs costs nothing. The nodes table
+    is read at most once a second per app context (one request), the running runs of a key
+    once per keyed run shown; None outside this service's app."""
     if run.state is not RunState.QUEUED or not has_app_context():
         return None
     live = _live_tasks()
-    if live is None or run.task in live:
+    if live is not None and run.task not in live:
+        return f"no live node has task {run.task!r}"
+    now = utcnow()
+    if run.scheduled_for > now:
         return None
-    return f"no live node has task {run.task!r}"
+    if run.throttled_until is not None and run.throttled_until > now:
+        return f"rate limit {run.rate_limit}, next slot at {iso(run.throttled_until)}"
+    if run.concurrency_key is not None and run.concurrency_limit is not None:
+        svc = current_app.extensions.get(_EXTENSION_KEY)
+        running = 0 if svc is None else svc.store.runs.running_with_key(run.concurrency_key)
+        if running >= run.concurrency_limit:
+            return (f"concurrency key {run.concurrency_key!r} at its limit "
+                    f"({running} of {run.concurrency_limit} running)")
+    return None
 
 
 def overdue(run: Run) -> str | None:

@@ -82,7 +82,8 @@ class FireStore:
         """Record ``planned`` in one write transaction: lock each job's row and keep only those
         still at the version planned from (the others go to ``changed``, untouched); record
         their fires as runs, except a fire already recorded (the unique key on job id and
-        fire time) or one past ``max_instances`` runs queued or running; move each job to its
+        fire time), one past ``max_instances`` runs queued or running, or one whose unique key
+        an active run holds (counted as deduplicated); move each job to its
         next fire time or remove it; read the next fire time of the jobs not in ``skip``.
 
         With ``start_on`` (a node with a thread waiting), the first fire recorded is written
@@ -138,8 +139,19 @@ class FireStore:
                     outcome.skipped.append((item.job_id, new.fire_time,
                                             f"max_instances ({item.max_instances}) reached"))
                 else:
-                    if start_on is not None and outcome.started is None:
-                        outcome.started = self.runs.create(new, conn, running_on=start_on)
+                    starting = (start_on is not None and outcome.started is None
+                                and not new.needs_claim)
+                    if new.unique_key is not None or starting:
+                        # One insert of its own: a held unique key skips the fire (counted
+                        # as deduplicated), and the first fire may start here at once.
+                        run, created = self.runs.insert_in(
+                            conn, new, running_on=start_on if starting else None)
+                        if not created:
+                            outcome.skipped.append((item.job_id, new.fire_time,
+                                                    f"unique key held by run {run.id}"))
+                            continue
+                        if starting:
+                            outcome.started = run
                     else:
                         rows.append(new_run_values(new, now))
                     outcome.recorded.append((item.job_id, new.fire_time))

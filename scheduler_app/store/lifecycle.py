@@ -56,6 +56,12 @@ class Run:
     scheduled_for: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    unique_key: str | None
+    concurrency_key: str | None
+    concurrency_limit: int | None
+    rate_limit: str | None
+    rate_key: str | None
+    throttled_until: datetime | None
 
     @classmethod
     def from_row(cls, row: RowMapping | Mapping[str, Any]) -> Run:
@@ -94,6 +100,18 @@ class NewRun:
     scheduled_for: datetime
     job_id: str | None = None
     fire_time: datetime | None = None
+    # Concurrency controls as the row stores them (``tasks.controls.Controls.row_values``).
+    unique_key: str | None = None
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    rate_limit: str | None = None
+    rate_key: str | None = None
+
+    @property
+    def needs_claim(self) -> bool:
+        """Whether only a claim may start it (its concurrency key or rate limit is counted
+        there), so it must be queued, never written already running on a node."""
+        return self.concurrency_key is not None or self.rate_limit is not None
 
 
 @dataclass(frozen=True)

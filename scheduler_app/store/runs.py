@@ -5,16 +5,19 @@ and row values are in ``lifecycle``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from ..errors import QueueFull
+from ..errors import AlreadyQueued, QueueFull
 from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
+from .claim import claim_due
 from .db import LOCK_CLAIM, Database
 from .group import GroupCommit
 from .lifecycle import (
@@ -26,7 +29,7 @@ from .lifecycle import (
     new_run_values,
     settle_values,
 )
-from .schema import jobs, nodes, run_logs, runs
+from .schema import ACTIVE_PREDICATE, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
 
 # Statements built once, their parameters bound at execution. The insert returns only the id:
@@ -59,20 +62,34 @@ class RunStore:
         runs are already queued, counted in the same transaction. With ``running_on``, the run
         is written already claimed by that node (the node has a thread waiting for it).
 
+        A run with a ``unique_key`` held by a queued or running run is not written:
+        ``AlreadyQueued`` is raised, its ``run`` that run (the database's unique index decides,
+        so two nodes inserting the same key at once cannot both win).
+
         Without ``conn``, the write joins the group commit: concurrent creates and finishes
         of this process share a transaction, and this returns once it committed."""
         if conn is not None:
-            tally = Tally()
-            run = self._insert(conn, tally, new, max_queued, running_on)
-            tally.flush(conn)
-            return run
-        return self.group.run(
-            lambda conn, tally: self._insert(conn, tally, new, max_queued, running_on),
-            serialised=max_queued is not None)
+            run, created = self.insert_in(conn, new, max_queued, running_on)
+        else:
+            run, created = self.group.run(
+                lambda conn, tally: self._insert(conn, tally, new, max_queued, running_on),
+                serialised=max_queued is not None)
+        if not created:
+            raise already_queued(run)
+        return run
+
+    def insert_in(self, conn: Connection, new: NewRun, max_queued: int | None = None,
+                  running_on: str | None = None) -> tuple[Run, bool]:
+        """``create`` in the caller's transaction, without raising for a held unique key:
+        (the new run, True), or (the active run holding its key, False), counted."""
+        tally = Tally()
+        outcome = self._insert(conn, tally, new, max_queued, running_on)
+        tally.flush(conn)
+        return outcome
 
     @staticmethod
     def _insert(conn: Connection, tally: Tally, new: NewRun, max_queued: int | None,
-                running_on: str | None) -> Run:
+                running_on: str | None) -> tuple[Run, bool]:
         if max_queued is not None:
             queued = conn.execute(
                 sa.select(sa.func.count()).select_from(runs)
@@ -81,10 +98,17 @@ class RunStore:
                 raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
         now = utcnow()
         values = new_run_values(new, now, running_on)
-        run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+        if new.unique_key is None:
+            run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+        else:
+            outcome = _insert_unique(conn, values)
+            if isinstance(outcome, Run):
+                tally.deduplicated(new.task)
+                return outcome, False
+            run_id = outcome
         if running_on is not None:
             tally.waited(new.task, values["scheduled_for"], now)
-        return Run.inserted(run_id, values)
+        return Run.inserted(run_id, values), True
 
     # -- reading ----------------------------------------------------------------------------
     def get(self, run_id: int) -> Run | None:
@@ -128,6 +152,15 @@ class RunStore:
             rows = conn.execute(_LAST_RUNS, {"job_ids": list(job_ids)}).mappings()
             return {r["job_id"]: Run.from_row(r) for r in rows}
 
+    def running_with_key(self, concurrency_key: str) -> int:
+        """How many runs with this concurrency key are running now (a queued run's view says
+        why it waits)."""
+        with self.db.read() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(runs)
+                .where(runs.c.concurrency_key == concurrency_key,
+                       runs.c.state == RunState.RUNNING.value)).scalar_one())
+
     def next_due_time(self) -> datetime | None:
         """When the earliest queued run is due (None: nothing queued). Every node's
         dispatcher asks this at each poll, idle or not, so the statement is built once."""
@@ -143,8 +176,9 @@ class RunStore:
         deploy that adds a task, the old nodes would use up the new runs' attempts). None:
         any task.
 
-        ``task_limits`` caps concurrently running runs per task name across every node; the
-        count and the claim happen in one serialised transaction so the cap holds.
+        ``task_limits`` caps concurrently running runs per task name across every node; a
+        run's concurrency key and rate limit cap it too. Counts and claim happen in one
+        serialised transaction so the caps hold (``claim.claim_due``).
         """
         if limit <= 0 or (tasks is not None and not tasks):
             return []
@@ -157,50 +191,8 @@ class RunStore:
                         runs.c.task.in_(sorted(tasks))).limit(1)).first() is None:
                     return []
         with self.db.write(lock=LOCK_CLAIM) as conn:
-            now = utcnow()  # read once the lock is held, so it is after any earlier finish
-            running: dict[str, int] = {}
-            if task_limits:
-                running = dict(conn.execute(  # type: ignore[arg-type]
-                    sa.select(runs.c.task, sa.func.count())
-                    .where(runs.c.state == RunState.RUNNING.value,
-                           runs.c.task.in_(list(task_limits)))
-                    .group_by(runs.c.task)
-                ).all())
-            full = [t for t, cap in task_limits.items() if running.get(t, 0) >= cap]
-            query = (
-                sa.select(runs.c.id, runs.c.task)
-                .where(runs.c.state == RunState.QUEUED.value, runs.c.scheduled_for <= now)
-                .order_by(runs.c.scheduled_for, runs.c.id)
-                .limit(limit * 4)
-            )
-            if tasks is not None:
-                query = query.where(runs.c.task.in_(sorted(set(tasks) - set(full))))
-            elif full:
-                query = query.where(runs.c.task.not_in(full))
-            chosen: list[int] = []
-            for run_id, task in conn.execute(query).all():
-                cap = task_limits.get(task)
-                if cap is not None:
-                    if running.get(task, 0) >= cap:
-                        continue
-                    running[task] = running.get(task, 0) + 1
-                chosen.append(run_id)
-                if len(chosen) == limit:
-                    break
-            if not chosen:
-                return []
-            rows = conn.execute(
-                runs.update()
-                .where(runs.c.id.in_(chosen), runs.c.state == RunState.QUEUED.value)
-                .values(state=RunState.RUNNING.value, node=node, started_at=now,
-                        finished_at=None)
-                .returning(*runs.c)
-            ).mappings().all()
-            tally = Tally()
-            for claimed in rows:
-                tally.waited(claimed["task"], claimed["scheduled_for"], now)
-            tally.flush(conn)
-        return sorted((Run.from_row(r) for r in rows), key=lambda r: (r.scheduled_for, r.id))
+            # ``now`` is read once the lock is held, so it is after any earlier finish.
+            return claim_due(conn, node, limit, task_limits, tasks, utcnow())
 
     def claim_run(self, run_id: int, node: str) -> Run | None:
         """Move the queued run ``run_id`` to ``running`` on ``node`` now, due or not (the next
@@ -422,6 +414,55 @@ class RunStore:
                 forget_alerts(conn, ids)
                 conn.execute(runs.delete().where(runs.c.id.in_(ids)))
                 total += len(ids)
+
+
+def already_queued(run: Run) -> AlreadyQueued:
+    """The error for a run refused because ``run`` holds its unique key; ``details`` names
+    that run for HTTP clients, ``run`` is it for Python callers."""
+    return AlreadyQueued(
+        f"a run with unique key {run.unique_key!r} is already {run.state.value}: run {run.id}",
+        details={"run_id": run.id, "unique_key": run.unique_key, "state": run.state.value},
+        run=run)
+
+
+# The dialects whose unique runs are held by a partial unique index (``INSERT … ON CONFLICT``
+# naming it): the two this service runs on.
+_CONFLICT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+@functools.cache
+def _insert_if_free(dialect: str) -> Any:
+    """``INSERT … ON CONFLICT (unique_key) WHERE <active> DO NOTHING RETURNING id``, built once
+    per dialect: a held key inserts nothing and raises nothing, so the transaction (a group
+    commit's, or a scheduler pass's) goes on."""
+    insert = _CONFLICT_INSERTS.get(dialect)
+    if insert is None:
+        raise NotImplementedError(f"unique runs need SQLite or PostgreSQL, not {dialect}")
+    return (insert(runs)
+            .on_conflict_do_nothing(index_elements=[runs.c.unique_key],
+                                    index_where=ACTIVE_PREDICATE)
+            .returning(runs.c.id))
+
+
+_ACTIVE_WITH_KEY = sa.select(runs).where(runs.c.unique_key == sa.bindparam("key"),
+                                         ACTIVE_PREDICATE)
+
+
+def _insert_unique(conn: Connection, values: dict[str, Any]) -> int | Run:
+    """Insert the run of ``values`` unless an active run holds its unique key: the new run's
+    id, or the run holding the key.
+
+    Never a read-then-write: the insert itself asks the index. On PostgreSQL an insert that
+    meets a key another transaction is inserting waits for it; if that run has finished by the
+    time it is read back (the key is free again), the insert is simply tried again."""
+    statement = _insert_if_free(conn.dialect.name)
+    while True:
+        run_id: int | None = conn.execute(statement, values).scalar()
+        if run_id is not None:
+            return run_id
+        row = conn.execute(_ACTIVE_WITH_KEY, {"key": values["unique_key"]}).mappings().first()
+        if row is not None:
+            return Run.from_row(row)
 
 
 def _write_progress(conn: Connection, run_id: int, done: float, total: float | None,

@@ -12,9 +12,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
+from ..tasks.controls import KEY_COLUMN_LENGTH
+
 TABLE_PREFIX = "scheduler_"
 
 metadata = sa.MetaData()
+
+# A run is active while queued or running (``lifecycle.ACTIVE_STATES``; spelled here as SQL
+# because a partial index's predicate must be a literal the database can match a query to).
+ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
 
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
@@ -69,6 +75,17 @@ runs = sa.Table(
     sa.Column("scheduled_for", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
+    # Concurrency controls (revision 0008; NULL: none). At most one active run per unique key
+    # (the partial unique index below); at most ``concurrency_limit`` running runs per
+    # concurrency key and ``rate_limit`` (``100/m``) starts per rate key, held by the claim.
+    sa.Column("unique_key", sa.String(KEY_COLUMN_LENGTH), nullable=True),
+    sa.Column("concurrency_key", sa.String(KEY_COLUMN_LENGTH), nullable=True),
+    sa.Column("concurrency_limit", sa.Integer, nullable=True),
+    sa.Column("rate_limit", sa.String(16), nullable=True),
+    sa.Column("rate_key", sa.String(KEY_COLUMN_LENGTH), nullable=True),
+    # Set by a claim that left this due run queued for want of a rate slot: when the next slot
+    # opens, so the claims until then pass it over without counting, and its view can say so.
+    sa.Column("throttled_until", UTCDateTime, nullable=True),
     sa.UniqueConstraint("job_id", "fire_time", name=f"uq_{TABLE_PREFIX}runs_job_fire"),
     sa.Index(f"ix_{TABLE_PREFIX}runs_state_due", "state", "scheduled_for"),
     # Runs in one state, newest first (GET /api/runs?state=failed): a seek, not a sort of
@@ -78,6 +95,12 @@ runs = sa.Table(
     sa.Index(f"ix_{TABLE_PREFIX}runs_job", "job_id", "id"),
     sa.Index(f"ix_{TABLE_PREFIX}runs_node_state", "node", "state"),
     sa.Index(f"ix_{TABLE_PREFIX}runs_finished", "finished_at"),
+    # One queued or running run per unique key, held by the database itself: the key frees
+    # however the run leaves those states (finished, failed, cancelled, settled NodeLost).
+    sa.Index(f"uq_{TABLE_PREFIX}runs_unique_active", "unique_key", unique=True,
+             sqlite_where=ACTIVE_PREDICATE, postgresql_where=ACTIVE_PREDICATE),
+    # Runs of a concurrency key by state (the claim counts the running ones per key).
+    sa.Index(f"ix_{TABLE_PREFIX}runs_concurrency", "concurrency_key", "state"),
 )
 
 run_logs = sa.Table(
@@ -124,6 +147,20 @@ nodes = sa.Table(
     # The names of the tasks this node executes (a JSON list), so a queued run whose task no
     # live node has can say so. NULL: the node executes nothing, or its code predates 0006.
     sa.Column("tasks", sa.JSON, nullable=True),
+)
+
+
+# When each run with a rate limit started an attempt, by rate key: the sliding window a claim
+# counts (revision 0008). A run's own ``started_at`` is not enough: a retry or a hand-back
+# overwrites it, and pruning deletes the run. Rows older than the longest period are pruned.
+rate_starts = sa.Table(
+    f"{TABLE_PREFIX}rate_starts",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("rate_key", sa.String(KEY_COLUMN_LENGTH), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("run_id", BigId, nullable=False),
+    sa.Index(f"ix_{TABLE_PREFIX}rate_starts_key", "rate_key", "started_at"),
 )
 
 

@@ -26,6 +26,8 @@ RUN_DURATION = "run_duration_seconds"
 QUEUE_WAIT = "run_queue_wait_seconds"
 MISFIRES = "misfires"
 NODE_LOST = "node_lost"
+DEDUPLICATED = "runs_deduplicated"
+THROTTLED = "runs_throttled"
 
 # Upper bounds in seconds. Runs last from milliseconds to hours; a queue wait is short unless
 # the cluster is saturated or down.
@@ -70,6 +72,15 @@ class Tally:
     def node_lost(self, task: str) -> None:
         """An attempt was settled as ``NodeLost`` (its node stopped heartbeating)."""
         self._add(NODE_LOST, task, "", 1)
+
+    def deduplicated(self, task: str) -> None:
+        """A run was not made because an active run holds its unique key (an enqueue answered
+        ``already_queued``, or a job's fire skipped)."""
+        self._add(DEDUPLICATED, task, "", 1)
+
+    def throttled(self, task: str) -> None:
+        """A due run was left queued by a claim because its rate limit had no slot left."""
+        self._add(THROTTLED, task, "", 1)
 
     def attempt(self, task: str, started_at: datetime | None, ended_at: datetime) -> None:
         """An attempt ended on its node: its duration (nothing if it never started)."""
@@ -155,6 +166,8 @@ class Snapshot:
     queue_wait: Mapping[str, Histogram]  # task -> claims' waits
     misfires: Mapping[str, int]  # task -> missed fires
     node_lost: Mapping[str, int]  # task -> attempts settled as NodeLost
+    deduplicated: Mapping[str, int]  # task -> runs refused: their unique key was held
+    throttled: Mapping[str, int]  # task -> runs held back by their rate limit
     queued: Mapping[str, int]  # task -> runs queued now
     running: Mapping[str, int]  # task -> runs running now
     nodes_alive: Mapping[str, int]  # role -> live nodes
@@ -225,6 +238,8 @@ class StatsStore:
             queue_wait=_histograms(counters.get(QUEUE_WAIT, {}), QUEUE_WAIT_BUCKETS),
             misfires={t: round(v) for (t, _), v in counters.get(MISFIRES, {}).items()},
             node_lost={t: round(v) for (t, _), v in counters.get(NODE_LOST, {}).items()},
+            deduplicated={t: round(v) for (t, _), v in counters.get(DEDUPLICATED, {}).items()},
+            throttled={t: round(v) for (t, _), v in counters.get(THROTTLED, {}).items()},
             queued={t: n for t, s, n in active if s == "queued"},
             running={t: n for t, s, n in active if s == "running"},
             nodes_alive={role: n for role, n in alive},

@@ -18,6 +18,8 @@ from typing import Any, TypeVar, overload
 
 import pydantic
 
+from .controls import NO_CONTROLS, ControlError, Controls
+
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
@@ -56,6 +58,7 @@ class Task:
     # "thread", "process", or None: the node's SCHEDULER_ISOLATION decides.
     isolation: str | None = None
     memory_limit_mb: int | None = None
+    controls: Controls = NO_CONTROLS
 
     def validate(self, kwargs: object) -> dict[str, Any]:
         """Return the arguments converted to the annotated types, or raise ArgumentError.
@@ -182,10 +185,13 @@ class TaskRegistry:
         full_name: bool = False,
         isolation: str | None = None,
         memory_limit_mb: int | None = None,
+        **controls: Any,
     ) -> Task:
         """Register ``fn``. ``context``: whether its first parameter takes the run context
         (None: decide from the signature, as ``Scheduler.task`` does). Its default name is
-        ``<last module part>.<function>``, or ``<module>.<function>`` with ``full_name``."""
+        ``<last module part>.<function>``, or ``<module>.<function>`` with ``full_name``.
+        ``controls``: the concurrency controls (``unique``, ``unique_key``, ``concurrency_key``,
+        ``concurrency_limit``, ``rate_limit``, ``rate_key``; see ``controls.Controls``)."""
         module = fn.__module__ if full_name else fn.__module__.rsplit(".", 1)[-1]
         task_name = name or f"{module}.{fn.__name__}"
         if not _NAME.match(task_name):
@@ -199,6 +205,12 @@ class TaskRegistry:
         if retry_backoff is not None and retry_backoff <= 0:
             raise ValueError(f"task {task_name}: retry_backoff must be positive")
         _check_isolation(task_name, isolation, memory_limit_mb)
+        try:
+            checked = Controls.checked(**controls)
+        except TypeError as exc:  # an option that is not one
+            raise TypeError(f"task {task_name}: {exc}") from None
+        except ControlError as exc:
+            raise ValueError(f"task {task_name}: {exc}") from None
         hints = _type_hints(fn)
         takes_context = _takes_context(fn, hints) if context is None else context
         params = list(inspect.signature(fn).parameters.values())
@@ -220,6 +232,7 @@ class TaskRegistry:
             ref=f"{fn.__module__}:{fn.__qualname__}",
             isolation=isolation,
             memory_limit_mb=memory_limit_mb,
+            controls=checked,
         )
         with self._lock:
             existing = self._tasks.get(task_name)
@@ -277,6 +290,7 @@ def task(
     retry_backoff: float | None = None,
     isolation: str | None = None,
     memory_limit_mb: int | None = None,
+    **controls: Any,
 ) -> Callable[[F], F]: ...
 
 
@@ -290,8 +304,10 @@ def task(
     retry_backoff: float | None = None,
     isolation: str | None = None,
     memory_limit_mb: int | None = None,
+    **controls: Any,
 ) -> F | Callable[[F], F]:
-    """Register a function as a task: ``@task`` or ``@task(name="reports.build", timeout=60)``.
+    """Register a function as a task: ``@task`` or ``@task(name="reports.build", timeout=60)``;
+    ``controls``: its concurrency controls (``unique=True``, ``rate_limit="100/m"``...).
 
     The function is returned unchanged, so it can still be called directly in tests.
     """
@@ -306,6 +322,7 @@ def task(
             retry_backoff=retry_backoff,
             isolation=isolation,
             memory_limit_mb=memory_limit_mb,
+            **controls,
         )
         return f
 

@@ -1,0 +1,224 @@
+"""Claiming due runs: the one place where the limits on starting a run are held, all counted
+and applied inside the claim's serialised transaction (``LOCK_CLAIM`` on PostgreSQL; SQLite's
+single writer), so they hold across every node of the cluster:
+
+- a task's ``max_running``: runs of the task running at once;
+- a run's concurrency key: at most its ``concurrency_limit`` running runs with that key;
+- a run's rate limit: at most ``count`` starts per ``period`` in any sliding window, per rate
+  key, counted from ``rate_starts`` (every start of an attempt, a retry's included).
+
+A run held back stays queued in its place. A concurrency key at its limit is left out by the
+query itself, so its queued runs never crowd out other keys' runs; a run a rate limit holds
+back gets ``throttled_until``, the time its key's next free slot opens (the n-th held-back run
+of a key, the n-th slot), and later claims pass it over until then without counting it again.
+Why: docs/ARCHITECTURE.md, "Concurrency controls".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..tasks.controls import parse_rate
+from ..timeutil import utcnow
+from .lifecycle import Run, RunState
+from .schema import rate_starts, runs
+from .stats import Tally
+
+# Starts older than the longest period (an hour) count for no window.
+LONGEST_PERIOD = timedelta(hours=1)
+# How many due runs a claim reads at a time, per free thread, and how many such pages it reads
+# at most (runs held back by a rate limit are passed over within the claim).
+PAGE_PER_THREAD = 4
+MAX_PAGES = 8
+
+_QUEUED = RunState.QUEUED.value
+_RUNNING = RunState.RUNNING.value
+_other = runs.alias("other")
+# Runs of the candidate's concurrency key running now; evaluated only for runs with a key.
+_RUNNING_OF_KEY = (sa.select(sa.func.count()).select_from(_other)
+                   .where(_other.c.concurrency_key == runs.c.concurrency_key,
+                          _other.c.state == _RUNNING)
+                   .scalar_subquery())
+# Due queued runs, oldest due first, a page at a time, leaving out runs a rate limit holds back
+# until a later slot and runs whose concurrency key is at its limit. Built once, its values
+# (``now``, ``page``; ``tasks``; where a page ends) bound at execution.
+_DUE = (sa.select(runs.c.id, runs.c.task, runs.c.scheduled_for, runs.c.concurrency_key,
+                  runs.c.concurrency_limit, runs.c.rate_limit, runs.c.rate_key,
+                  runs.c.throttled_until)
+        .where(runs.c.state == _QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
+               sa.or_(runs.c.throttled_until.is_(None),
+                      runs.c.throttled_until <= sa.bindparam("now")),
+               sa.or_(runs.c.concurrency_key.is_(None),
+                      runs.c.concurrency_limit > _RUNNING_OF_KEY))
+        .order_by(runs.c.scheduled_for, runs.c.id)
+        .limit(sa.bindparam("page", type_=sa.Integer())))
+_AFTER = (sa.tuple_(runs.c.scheduled_for, runs.c.id)
+          > sa.tuple_(sa.bindparam("after_due", type_=runs.c.scheduled_for.type),
+                      sa.bindparam("after_id", type_=runs.c.id.type)))
+_DUE_AFTER = _DUE.where(_AFTER)
+_START = (runs.update()
+          .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)), runs.c.state == _QUEUED)
+          .values(state=_RUNNING, node=sa.bindparam("on_node"), started_at=sa.bindparam("at"),
+                  finished_at=None, throttled_until=None)
+          .returning(*runs.c))
+_OF_TASKS = runs.c.task.in_(sa.bindparam("tasks", expanding=True))
+_DUE_OF_TASKS = (_DUE.where(_OF_TASKS), _DUE.where(_OF_TASKS, _AFTER))
+
+
+@dataclass
+class _Window:
+    """One rate key's starts in the window of one period, and the slots handed out in this
+    claim to the runs it held back."""
+
+    count: int
+    period: timedelta
+    starts: list[datetime]  # oldest first, within the period before now
+    held_back: list[datetime] = field(default_factory=list)  # slots given, in order
+
+    def has_slot(self, started_here: int) -> bool:
+        """``started_here``: runs of the key this claim starts (at now)."""
+        return len(self.starts) + started_here < self.count
+
+    def next_slot(self, now: datetime, started_here: int) -> datetime:
+        """When the next run held back may start, assuming each one before it starts at its
+        own slot: slot n is ``period`` after the start (or slot) ``count`` places before it."""
+        timeline = self.starts + [now] * started_here + self.held_back
+        slot = timeline[len(timeline) - self.count] + self.period
+        self.held_back.append(slot)
+        return slot
+
+
+def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
+              tasks: Collection[str] | None, now: datetime) -> list[Run]:
+    """In the caller's serialised write transaction: move up to ``limit`` due queued runs to
+    ``running`` on ``node``, oldest due first, within every limit above."""
+    running: dict[str, int] = {}
+    if task_limits:
+        running = dict(conn.execute(  # type: ignore[arg-type]
+            sa.select(runs.c.task, sa.func.count())
+            .where(runs.c.state == _RUNNING, runs.c.task.in_(list(task_limits)))
+            .group_by(runs.c.task)).all())
+    full = [t for t, cap in task_limits.items() if running.get(t, 0) >= cap]
+    params: dict[str, Any] = {"now": now, "page": limit * PAGE_PER_THREAD}
+    if tasks is not None:
+        first, after_page = _DUE_OF_TASKS
+        params["tasks"] = sorted(set(tasks) - set(full))
+    elif full:
+        first = _DUE.where(runs.c.task.not_in(full))
+        after_page = first.where(_AFTER)
+    else:
+        first, after_page = _DUE, _DUE_AFTER
+    page_size = limit * PAGE_PER_THREAD
+    by_key: dict[str, int] = {}
+    windows: dict[tuple[str, str], _Window] = {}
+    started_by_rate_key: dict[str, int] = {}
+    chosen: list[Any] = []
+    throttled: dict[int, tuple[datetime, bool, str]] = {}  # id -> (until, first time, task)
+    query = first
+    for _ in range(MAX_PAGES):
+        page = conn.execute(query, params).all()
+        _count_keys(conn, page, by_key)
+        for row in page:
+            cap = task_limits.get(row.task)
+            if cap is not None and running.get(row.task, 0) >= cap:
+                continue
+            key = row.concurrency_key
+            if key is not None and by_key[key] >= (row.concurrency_limit or 1):
+                continue
+            if row.rate_limit is not None:
+                window = _window(conn, windows, row, now)
+                started_here = started_by_rate_key.get(row.rate_key, 0)
+                if not window.has_slot(started_here):
+                    throttled[row.id] = (window.next_slot(now, started_here),
+                                         row.throttled_until is None, row.task)
+                    continue
+                started_by_rate_key[row.rate_key] = started_here + 1
+            if cap is not None:
+                running[row.task] = running.get(row.task, 0) + 1
+            if key is not None:
+                by_key[key] += 1
+            chosen.append(row)
+            if len(chosen) == limit:
+                break
+        if len(chosen) == limit or len(page) < page_size:
+            break
+        query = after_page
+        params.update(after_due=page[-1].scheduled_for, after_id=page[-1].id)
+    tally = Tally()
+    _hold_back(conn, throttled, tally)
+    # The start time is read after the counts: on PostgreSQL a finish that committed while
+    # this claim read may be what freed a slot, and its finished_at must not be later than
+    # the start it made room for.
+    claimed = _start(conn, node, [row.id for row in chosen], utcnow(), tally)
+    tally.flush(conn)
+    return claimed
+
+
+def _count_keys(conn: Connection, page: Sequence[Any], by_key: dict[str, int]) -> None:
+    """The running runs of each concurrency key in ``page`` not counted yet (one query)."""
+    keys = sorted({row.concurrency_key for row in page
+                   if row.concurrency_key is not None and row.concurrency_key not in by_key})
+    if not keys:
+        return
+    by_key.update(dict.fromkeys(keys, 0))
+    by_key.update(conn.execute(  # type: ignore[arg-type]
+        sa.select(runs.c.concurrency_key, sa.func.count())
+        .where(runs.c.concurrency_key.in_(keys), runs.c.state == _RUNNING)
+        .group_by(runs.c.concurrency_key)).all())
+
+
+def _window(conn: Connection, windows: dict[tuple[str, str], _Window], row: Any,
+            now: datetime) -> _Window:
+    """The window of the row's rate key and rate, read once per claim."""
+    found = windows.get((row.rate_key, row.rate_limit))
+    if found is None:
+        rate = parse_rate(row.rate_limit)
+        period = timedelta(seconds=rate.period)
+        starts = list(conn.execute(
+            sa.select(rate_starts.c.started_at)
+            .where(rate_starts.c.rate_key == row.rate_key,
+                   rate_starts.c.started_at > now - period)
+            .order_by(rate_starts.c.started_at)).scalars())
+        found = windows[row.rate_key, row.rate_limit] = _Window(rate.count, period, starts)
+    return found
+
+
+def _hold_back(conn: Connection, throttled: dict[int, tuple[datetime, bool, str]],
+               tally: Tally) -> None:
+    """Write each held-back run's ``throttled_until``; count a run's first wait only."""
+    if not throttled:
+        return
+    conn.execute(runs.update().where(runs.c.id == sa.bindparam("run_id"))
+                 .values(throttled_until=sa.bindparam("until")),
+                 [{"run_id": run_id, "until": until}
+                  for run_id, (until, _, _) in throttled.items()])
+    for _, first, task in throttled.values():
+        if first:
+            tally.throttled(task)
+
+
+def _start(conn: Connection, node: str, chosen: list[int], now: datetime,
+           tally: Tally) -> list[Run]:
+    """Move the chosen runs to ``running``; record the starts of the rate-limited ones (and
+    forget starts past every window)."""
+    if not chosen:
+        return []
+    rows = conn.execute(_START, {"ids": chosen, "on_node": node, "at": now}).mappings().all()
+    started = [Run.from_row(r) for r in rows]
+    limited = [run for run in started if run.rate_key is not None]
+    if limited:
+        conn.execute(rate_starts.insert(), [
+            {"rate_key": run.rate_key, "started_at": now, "run_id": run.id}
+            for run in limited])
+        conn.execute(rate_starts.delete().where(
+            rate_starts.c.rate_key.in_(sorted({run.rate_key for run in limited})),
+            rate_starts.c.started_at < now - LONGEST_PERIOD))
+    for run in started:
+        tally.waited(run.task, run.scheduled_for, now)
+    return sorted(started, key=lambda r: (r.scheduled_for, r.id))
