@@ -37,7 +37,9 @@ def test_0007_adds_the_alerts_table(db: Database) -> None:
 
     upgrade_to(db, "0007")
     assert "scheduler_alerts" in tables(db)
-    assert schema_diff(db) == []  # exactly the schema module's table, index and constraint
+    # Exactly the schema module's table, index and constraint (what later revisions add to
+    # other tables is not here yet).
+    assert [d for d in schema_diff(db) if "scheduler_alerts" in repr(d)] == []
     with db.engine.begin() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(alerts)).scalar() == 0
         conn.execute(alerts.insert(), [{
