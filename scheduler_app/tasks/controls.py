@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 # Longest key a caller may give. Keys are indexed; a key derived from a task's arguments
@@ -137,9 +137,6 @@ class Controls:
             "rate_limit": None if rate is None else rate.text,
             "rate_key": None if rate is None else (self.rate_key or task),
         }
-
-    def __bool__(self) -> bool:
-        return any(getattr(self, f.name) not in (None, False) for f in fields(self))
 
 
 NO_CONTROLS = Controls()
