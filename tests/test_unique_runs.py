@@ -11,7 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from scheduler_app import AlreadyQueued, RunHandle, Scheduler
 from scheduler_app.store import RunState, Store
@@ -150,6 +152,25 @@ def test_using_sets_a_key_and_a_cancel_frees_it(host: Flask) -> None:
         second = later.enqueue(value=3)
         assert second.id != first.id and second.state == "queued"
         second.cancel()
+
+
+def test_a_unique_run_in_the_hosts_transaction_holds_its_key_once_committed(
+        host: Flask, db_url: str) -> None:
+    engine = sa.create_engine(db_url)
+    try:
+        with host.app_context():
+            with Session(engine) as db_session:
+                plain.using(session=db_session, unique_key="tx").enqueue(value=1)
+                db_session.rollback()  # no run, so no key held
+            with Session(engine) as db_session:
+                kept = plain.using(session=db_session, unique_key="tx").enqueue(value=2)
+                db_session.commit()
+            with Session(engine) as db_session, pytest.raises(AlreadyQueued) as refused:
+                plain.using(session=db_session, unique_key="tx").enqueue(value=3)
+            assert refused.value.run.id == kept.id
+            kept.cancel()
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize(("options", "field"), [
