@@ -138,7 +138,7 @@ def test_security_and_documented_statuses(document: dict[str, Any]) -> None:
     paths = document["paths"]
     assert paths["/healthz"]["get"]["security"] == []
     assert set(paths["/api/runs"]["post"]["responses"]) == {
-        "202", "400", "401", "403", "413", "429"}
+        "202", "400", "401", "403", "409", "413", "429"}
     assert set(paths["/api/jobs"]["post"]["responses"]) == {
         "201", "400", "401", "403", "409", "413"}
     assert set(paths["/api/jobs/{job_id}"]["delete"]["responses"]) == {

@@ -24,12 +24,14 @@ RUN_ID = "<int(max=9223372036854775807):run_id>"
 
 
 @bp.post("/runs")
-@operation({202: Run}, body=RunCreate, errors=(429,), location=True)
+@operation({202: Run}, body=RunCreate, errors=(409, 429), location=True)
 def create_run() -> Any:
     """Run a task now, or at run_at.
 
-    The run is stored before the answer; an unknown task or invalid kwargs is a 400 and
-    nothing is stored; a full queue (MAX_QUEUED_RUNS) is a 429 with Retry-After."""
+    The run is stored before the answer; an unknown task, invalid kwargs or a bad concurrency
+    control is a 400 and nothing is stored; a unique key held by a queued or running run is a
+    409 already_queued whose details name that run (run_id); a full queue (MAX_QUEUED_RUNS) is
+    a 429 with Retry-After."""
     run = services().runs.submit(parse_model(RunCreate, json_body()))
     return run_view(run), 202, {
         "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
