@@ -208,6 +208,28 @@ def spin_scenario(svc: Service, task: str, count: int) -> dict[str, Any]:
     return out
 
 
+def latency_rounds(svc: Service, count: int, rounds: int) -> dict[str, Any]:
+    """Idle, thread and process latency, taking turns round by round (the order rotated), so
+    a burst of load from elsewhere on the machine lands on all three; medians over rounds."""
+    names = ["idle", "thread", "process"]
+    per: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % 3:] + names[:r % 3]:
+            if name == "idle":
+                per[name].append(svc.latency(count))
+            else:
+                task = "bench.spin" if name == "thread" else "bench.spin_process"
+                per[name].append(spin_scenario(svc, task, count))
+            print(name, r, {k: round(v, 2) for k, v in per[name][-1].items()
+                            if isinstance(v, float)}, flush=True)
+    out: dict[str, Any] = {}
+    for name, entries in per.items():
+        out[name] = {key: statistics.median(e[key] for e in entries)
+                     for key in ("p50_ms", "p99_ms")}
+        out[name]["rounds"] = entries
+    return out
+
+
 def hard_stops(svc: Service, reps: int) -> dict[str, Any]:
     cancels, timeouts = [], []
     for _ in range(reps):
@@ -254,6 +276,7 @@ def main() -> None:
     args = parser.parse_args()
     quick_output(args.quick)
     requests_n = 100 if args.quick else 300
+    rounds = 1 if args.quick else 3
     reps = 3 if args.quick else 5
     load_before = os.getloadavg()
     results: dict[str, Any] = {"mechanisms_ms": mechanisms(10 if args.quick else 30)}
@@ -263,10 +286,7 @@ def main() -> None:
         try:
             results["cost"] = cost(svc, 10 if args.quick else 30)
             print(json.dumps(results["cost"], indent=2), flush=True)
-            latency = {"idle": svc.latency(requests_n)}
-            latency["thread"] = spin_scenario(svc, "bench.spin", requests_n)
-            latency["process"] = spin_scenario(svc, "bench.spin_process", requests_n)
-            latency["idle_after"] = svc.latency(requests_n)
+            latency = latency_rounds(svc, requests_n, rounds)
             results["latency"] = latency
             print(json.dumps(latency, indent=2), flush=True)
             results["hard_stop"] = hard_stops(svc, reps)
@@ -274,7 +294,8 @@ def main() -> None:
         finally:
             svc.stop()
     results["machine"] = machine()
-    results["settings"] = {"quick": args.quick, "requests": requests_n, "spin_runs": SPIN_RUNS,
+    results["settings"] = {"quick": args.quick, "requests": requests_n, "rounds": rounds,
+                           "spin_runs": SPIN_RUNS,
                            "kill_grace_seconds": KILL_GRACE, "gunicorn_workers": 2,
                            "run_threads": 4,
                            "load_average_before": [round(x, 2) for x in load_before],
@@ -298,7 +319,7 @@ def write_section(r: dict[str, Any]) -> None:
     cost_rows = "\n".join(
         f"| {k} | {v['end_to_end_p50_ms']:.1f} ms | {v['end_to_end_p90_ms']:.1f} ms | "
         f"{v['run_duration_p50_ms']:.1f} ms |" for k, v in r["cost"].items())
-    memory = lat["process"].get("memory", {})
+    memory = lat["process"]["rounds"][-1].get("memory", {})
 
     def mem(kind: str) -> str:
         items = memory.get(kind) or []
@@ -327,7 +348,9 @@ workers, 4 run threads each), with {r["settings"]["spin_runs"]} CPU-bound runs i
 {row("idle", idle)}
 {row("8 CPU-bound runs on threads", lat["thread"])}
 {row(PROCESS_LABEL, lat["process"])}
-{row("idle again", lat["idle_after"])}
+
+Each row is the median over {r["settings"]["rounds"]} rounds that take turns (the order rotated
+from round to round), so load from elsewhere on this shared machine lands on all three.
 
 Forkserver and spawn children import what the parent's main module imports (here the bench's
 own modules; a host app's child would also have to build the app), which is most of their time.

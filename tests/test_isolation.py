@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +168,11 @@ def test_a_run_over_its_memory_limit_fails_with_memory_limit(
     assert run["state"] == "failed"
     assert run["error"]["type"] == "MemoryLimit"
     assert "memory_limit_mb of 150" in run["error"]["message"]
+    crossed = [float(line.split()[1]) for line in log_lines(app, run["id"])
+               if line.startswith("crossed ")]
+    assert crossed, "the task saw itself cross the limit before it was stopped"
+    finished = datetime.fromisoformat(run["finished_at"]).timestamp()
+    assert finished - crossed[0] <= 1.0, f"recorded {finished - crossed[0]:.2f} s after crossing"
     assert wait_final(app, submit(app, "testing.proc_report"))["state"] == "succeeded"
 
 
