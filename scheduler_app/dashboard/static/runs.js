@@ -211,7 +211,14 @@ export function initRunPage() {
   if (retryButton) {
     retryButton.addEventListener("click", () => busy(retryButton, async () => {
       try {
-        const created = await api("POST", "/api/runs", { task: run.task, kwargs: run.kwargs });
+        // The retry keeps the run's concurrency controls (its unique key, concurrency key and
+        // rate limit), so it waits its turn like the run did; a held unique key is a 409
+        // whose message names the run holding it.
+        const body = { task: run.task, kwargs: run.kwargs };
+        for (const name of ["unique_key", "concurrency_key", "concurrency_limit", "rate_limit", "rate_key"]) {
+          if (run[name] !== null && run[name] !== undefined) body[name] = run[name];
+        }
+        const created = await api("POST", "/api/runs", body);
         flashAfterNavigation(`Run #${created.id} started: a retry of run #${id}.`, "success");
         location.assign(url(`/runs/${created.id}`));
       } catch (error) {
