@@ -175,7 +175,8 @@ def run_case(name: str, probe: Probe, tmp: Path, count: int) -> dict[str, Any]:
         finally:
             deployment.stop()
     return {"runs": count, "p50_ms": percentile(found, 0.5), "p90_ms": percentile(found, 0.9),
-            "p99_ms": percentile(found, 0.99), "max_ms": max(found)}
+            "p99_ms": percentile(found, 0.99), "max_ms": max(found),
+            "load_avg_1m": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -202,7 +203,7 @@ def write_section(result: dict[str, Any]) -> None:
     cases = result["cases"]
     rows = "\n".join(
         f"| {LABELS[name]} | {c['p50_ms']:.1f} ms | {c['p90_ms']:.1f} ms | {c['p99_ms']:.1f} ms "
-        f"| {c['runs']} |" for name, c in cases.items())
+        f"| {c['runs']} | {c['load_avg_1m']:.1f} |" for name, c in cases.items())
     verdicts = []
     for name in ("sqlite_split", "pg_split"):
         c = cases[name]
@@ -213,8 +214,10 @@ def write_section(result: dict[str, Any]) -> None:
     text = (f"{measured_on(result['machine'])}"
             f"{' (--quick)' if result['quick'] else ''}. Sequential `POST /api/runs` of "
             "`bench.noop`, request sent → task's first line, after 20 warm-up runs; "
-            "`DISPATCH_POLL_SECONDS` at its default of 1 s.\n\n"
-            "| deployment | p50 | p90 | p99 | runs |\n| --- | --- | --- | --- | --- |\n"
+            "`DISPATCH_POLL_SECONDS` at its default of 1 s. The load average (1 min, 2 cores) "
+            "is the machine's at each case's end: other work shared it.\n\n"
+            "| deployment | p50 | p90 | p99 | runs | load average |\n"
+            "| --- | --- | --- | --- | --- | --- |\n"
             f"{rows}\n\nTarget (issue 12): {'; '.join(verdicts)}.\n")
     replace_readme_section("handoff", text)
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,16 +49,22 @@ class Worker:
 
 @pytest.fixture
 def split(tmp_path: Any) -> Iterator[Any]:
-    """``split(**settings)``: a web node and a worker node on one database, both ready."""
+    """``split(**settings)``: a web node and a worker node on one database, both ready;
+    ``split.worker(**settings)`` starts another worker."""
     workers: list[Worker] = []
     with Servers(tmp_path) as servers:
-        def start(**settings: Any) -> tuple[Server, Worker]:
-            web = servers.gunicorn({**SLOW_POLL, **settings, "SCHEDULER_ROLE": "web"})
+        def add_worker(**settings: Any) -> Worker:
             worker = Worker(servers, {**SLOW_POLL, **settings})
             workers.append(worker)
+            return worker
+
+        def start(**settings: Any) -> tuple[Server, Worker]:
+            web = servers.gunicorn({**SLOW_POLL, **settings, "SCHEDULER_ROLE": "web"})
+            worker = add_worker(**settings)
             web.wait_for(lambda: worker_alive(web), timeout=30,
                          message="the worker node to register")
             return web, worker
+        start.worker = add_worker  # type: ignore[attr-defined]
         try:
             yield start
         finally:
@@ -177,3 +184,23 @@ def test_run_split_refuses_a_bad_worker_count():
                                             "SPLIT_WORKERS": "none"}, timeout=30)
     assert result.returncode == 2
     assert "SPLIT_WORKERS must be a whole number" in result.stderr
+
+
+def test_sqlite_a_killed_workers_socket_is_cleaned_up_and_a_new_worker_is_woken(split):
+    web, worker = split()
+    folder = Path(f"{web.db_path}.wakeups")
+    web.wait_for(lambda: list(folder.glob("*.sock")), message="the worker's socket")
+    (stale,) = folder.glob("*.sock")
+    worker.proc.kill()  # no clean stop: its socket file stays behind
+    worker.proc.wait(10)
+    assert stale.exists()
+    response = web.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": 1}})
+    assert response.status_code == 202
+    assert not stale.exists(), "the web node kept a dead node's socket"
+    web.wait_for(lambda: web.run(response.json()["id"])["state"] == "queued",
+                 message="the run to wait, queued")
+    first = web.run(response.json()["id"])
+    replacement = split.worker()
+    web.wait_run(first["id"], "succeeded", timeout=20)  # the new worker's first look
+    assert replacement.proc.poll() is None
+    assert max(start_delays(web, 3)) < FAST  # and then the wake-ups reach it

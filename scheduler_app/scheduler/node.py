@@ -82,13 +82,18 @@ class Node:
         of dead nodes, start its companions, its runner and its maintenance thread."""
         if role is not None:
             self.role = role
-        self._register()
-        self.settle_lost_runs()  # companions hear of these once they start, just below
+        # Listening before the node shows alive, so whoever sees it can wake it.
+        self.wakeups.start()
+        try:
+            self._register()
+            self.settle_lost_runs()  # companions hear of these once they start, just below
+        except BaseException:
+            self.wakeups.stop()
+            raise
         for companion in self._companions:
             companion.start()
         if self.runner is not None:
             self.runner.start()
-        self.wakeups.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._maintenance_loop, name="node-maintenance",
                                         daemon=True)

@@ -171,19 +171,26 @@ class Runner:
 
     # -- dispatching ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
+        woken = False
         while not self._stopped.is_set():
             self._wake.clear()
             timeout = self.poll_seconds
             free = claimed = 0
             try:
-                # One read decides both whether to claim (only then take the write lock) and
-                # how long to sleep until the next queued run is due.
                 looked = self._free() > 0
-                due = self.store.runs.next_due_time() if looked else None
-                if due is not None and due <= utcnow():
-                    free, claimed = self._claim()
-                    if claimed < free:
-                        due = self.store.runs.next_due_time()  # what is left after this claim
+                if looked and woken:
+                    # Woken (runs were queued, here or on another node): claim at once, with
+                    # no read first of what is due; the next due time is read after.
+                    free, claimed = self._claim(look_first=False)
+                    due = self.store.runs.next_due_time() if claimed < free else utcnow()
+                else:
+                    # One read decides both whether to claim (only then take the write lock)
+                    # and how long to sleep until the next queued run is due.
+                    due = self.store.runs.next_due_time() if looked else None
+                    if due is not None and due <= utcnow():
+                        free, claimed = self._claim()
+                        if claimed < free:
+                            due = self.store.runs.next_due_time()  # what is left after it
                 if looked:
                     # Queued runs left (found here, maybe queued by another node): a thread
                     # freeing up comes back for them at once, not at the next poll.
@@ -196,7 +203,7 @@ class Runner:
                 log.exception("run dispatcher: database error; retrying")
             if free > 0 and claimed == free:
                 continue
-            self._wake.wait(timeout)
+            woken = self._wake.wait(timeout)
 
     def _free(self) -> int:
         with self._lock:
@@ -207,7 +214,7 @@ class Runner:
             return 0
         return max(0, self.capacity - len(self._active) - self._reserved)
 
-    def _claim(self) -> tuple[int, int]:
+    def _claim(self, look_first: bool = True) -> tuple[int, int]:
         """Claim as many due runs as there are free threads; return (free, claimed).
 
         The free threads are reserved for the claim only, not for the read before it, so a
@@ -220,7 +227,7 @@ class Runner:
         try:
             if free > 0:
                 runs = self.store.runs.claim(self.node_id, free, self._task_limits(),
-                                             tasks=self.task_names())
+                                             tasks=self.task_names(), look_first=look_first)
             for run in runs:
                 self._submit(run, reserved=True)
         finally:

@@ -97,7 +97,9 @@ class PgSignals:
 
     def send(self, message: str) -> None:
         try:
-            with self.db.engine.connect() as conn, conn.begin():
+            # Autocommit: one statement, no BEGIN and COMMIT round trips around it.
+            with self.db.engine.connect().execution_options(
+                    isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(sa.text("SELECT pg_notify(:channel, :message)"),
                              {"channel": CHANNEL, "message": message})
         except Exception:

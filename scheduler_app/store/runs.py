@@ -168,13 +168,14 @@ class RunStore:
 
     # -- executing --------------------------------------------------------------------------
     def claim(self, node: str, limit: int, task_limits: dict[str, int],
-              tasks: Collection[str] | None = None) -> list[Run]:
+              tasks: Collection[str] | None = None, look_first: bool = True) -> list[Run]:
         """Move up to ``limit`` due queued runs to ``running`` on ``node``, oldest due first.
 
         ``tasks``: the names of the tasks ``node`` can run; runs of other tasks are left
         queued for a node that has them, rather than failed here as unknown (during a rolling
         deploy that adds a task, the old nodes would use up the new runs' attempts). None:
-        any task.
+        any task. ``look_first``: ask with a read whether one of them is due before taking
+        the write lock (a caller that was just told runs are due skips it).
 
         ``task_limits`` caps concurrently running runs per task name across every node; a
         run's concurrency key and rate limit cap it too. Counts and claim happen in one
@@ -182,7 +183,7 @@ class RunStore:
         """
         if limit <= 0 or (tasks is not None and not tasks):
             return []
-        if tasks is not None:
+        if tasks is not None and look_first:
             # A due run of a task no node here has is seen at every poll: ask with a read
             # whether one of ours is due, and take the write lock only then.
             with self.db.read() as conn:
