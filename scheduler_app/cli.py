@@ -123,9 +123,22 @@ def tasks_show(name: str) -> None:
 @click.option("--at", "run_at", default=None, help="ISO 8601 time with offset; default now.")
 @click.option("--wait", is_flag=True, help="Show progress until the run ends; exit 0 only on "
               "success.")
-def tasks_run(task: str, kwargs_text: str, run_at: str | None, wait: bool) -> None:
-    """Start a run of TASK. Without a running server or worker, --wait executes it here."""
-    body = {"task": task, "kwargs": _json_arg(kwargs_text, "--kwargs")}
+@click.option("--unique", is_flag=True, default=None,
+              help="At most one queued or running run of TASK with these kwargs.")
+@click.option("--unique-key", default=None, help="At most one queued or running run with this "
+              "key; a duplicate fails naming the run holding it.")
+@click.option("--concurrency-key", default=None, help="At most --concurrency-limit runs with "
+              "this key run at once.")
+@click.option("--concurrency-limit", type=int, default=None, help="Default 1.")
+@click.option("--rate-limit", default=None, help="At most this many starts per sliding "
+              "window: <count>/<s|m|h>, e.g. 100/m.")
+@click.option("--rate-key", default=None, help="The rate limit's partition (default: TASK).")
+def tasks_run(task: str, kwargs_text: str, run_at: str | None, wait: bool,
+              **controls: Any) -> None:
+    """Start a run of TASK. Without a running server or worker, --wait executes it here. The
+    concurrency options override the task's own for this run."""
+    body = {"task": task, "kwargs": _json_arg(kwargs_text, "--kwargs"),
+            **{name: value for name, value in controls.items() if value is not None}}
     if run_at:
         body["run_at"] = run_at
     svc = services()

@@ -5,6 +5,7 @@ refused with a 400 naming the field, nothing stored."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -94,3 +95,22 @@ def test_bad_controls_in_python_raise_a_value_error_naming_the_field() -> None:
     with pytest.raises(ValueError, match="concurrency_limit"):
         task(name="controls_tests.bad_limit", concurrency_key="k",
              concurrency_limit=0)(lambda ctx: None)
+
+
+def test_the_cli_starts_a_run_with_controls_and_names_the_run_holding_a_key(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    args = ["tasks", "run", "demo.sleep", "--kwargs", '{"seconds": 30}', "--unique-key", "cli:1",
+            "--concurrency-key", "tenant:cli", "--concurrency-limit", "2", "--rate-limit", "5/m"]
+    first = runner.invoke(args=["scheduler", *args])
+    assert first.exit_code == 0, first.output
+    run = json.loads(first.output)
+    assert (run["unique_key"], run["concurrency_key"], run["concurrency_limit"],
+            run["rate_limit"], run["rate_key"]) == ("cli:1", "tenant:cli", 2, "5/m", "demo.sleep")
+    again = runner.invoke(args=["scheduler", *args])
+    assert again.exit_code == 1
+    assert re.search(rf"a run with unique key 'cli:1' is already (queued|running): run "
+                     rf"{run['id']}\n", again.output), again.output
+    bad = runner.invoke(args=["scheduler", "tasks", "run", "demo.echo", "--kwargs",
+                              '{"value": 1}', "--rate-limit", "5 a minute"])
+    assert bad.exit_code == 1 and "rate_limit:" in bad.output
+    app.test_client().post(f"/api/runs/{run['id']}/cancel")
