@@ -368,6 +368,10 @@ Cost of a no-op run (end to end: `POST /api/runs` until it reads succeeded, poll
 | --- | --- | --- | --- |
 {cost_rows}
 
+A process run's own duration is the fork, the child's set-up and its report; the child runs
+at nice 19, so on this shared machine (its load average is in the settings above) it also waits
+its turn for a CPU.
+
 Memory, while the process runs were in progress: a gunicorn worker {mem("workers")}; \
 a node's helper {mem("helpers")}; a run's child {mem("children")}. A child shares the \
 helper's pages until it writes them (PSS divides shared pages among their users)."""

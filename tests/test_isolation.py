@@ -291,3 +291,15 @@ def test_the_helper_ends_with_its_node_and_a_restarted_node_starts_another(
     run = wait_final(app, submit(app, "testing.proc_report"))
     assert run["state"] == "succeeded"
     assert helper_pid(app) != first
+
+
+def test_an_app_the_helper_cannot_build_fails_the_run_and_says_why(
+        make_app: Callable[..., Flask]) -> None:
+    app = make_app(PROCESS_APP="no_such_module_here:create_app()")
+    run = wait_final(app, submit(app, "testing.proc_report"))
+    assert run["state"] == "failed"
+    assert run["error"]["type"] == "IsolationUnavailable"
+    assert "cannot build the app from 'no_such_module_here:create_app()'" in \
+        run["error"]["message"]
+    # Thread runs on the same node are unaffected.
+    assert wait_final(app, submit(app, "testing.whereami_thread"))["state"] == "succeeded"

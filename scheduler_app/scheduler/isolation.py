@@ -184,7 +184,7 @@ class ProcessIsolation:
             return _Supervisor(pid, ours, run, ctx, self.kill_grace,
                                task.memory_limit_mb).wait()
         except IsolationUnavailable as exc:
-            return RunState.FAILED, None, _error("WorkerCrashed", str(exc))
+            return RunState.FAILED, None, _error("IsolationUnavailable", str(exc))
         finally:
             ours.close()
 
