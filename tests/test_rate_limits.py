@@ -98,3 +98,15 @@ def test_ten_a_second_across_three_hosts(pg_url, servers):
     metrics = hosts[1].get("/metrics").text
     assert 'scheduler_runs_throttled_total{task="demo.echo"}' in metrics
     print(f"50 starts at 10/s on 3 hosts: {span:.2f}s, at most {busiest} in any second")
+
+
+def test_a_claim_reads_past_a_page_of_held_back_runs(store: Store) -> None:
+    """A node with one free thread reads 4 due runs at a time: runs its rate limit holds back
+    are passed over, page after page, to the first run it may start."""
+    held = [store.runs.create(limited(rate="1/h", kwargs={"value": i})).id for i in range(10)]
+    free = store.runs.create(new_run()).id
+    assert [r.id for r in store.runs.claim("node-a", 1, {})] == [held[0]]
+    assert [r.id for r in store.runs.claim("node-a", 1, {})] == [free]
+    waiting = [store.runs.get(i) for i in held[1:]]
+    assert all(r is not None and r.throttled_until is not None for r in waiting)
+    assert store.stats.snapshot(3).throttled == {"demo.echo": 9}
