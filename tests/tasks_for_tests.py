@@ -116,9 +116,17 @@ def proc_report(ctx: RunContext, steps: int = 3, fail: bool = False) -> dict[str
             fds.append(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
             pass
+    import gc
+
+    import sqlalchemy as sa
+
+    pools = [o.pool for o in gc.get_objects() if isinstance(o, sa.engine.Engine)]
     return {"pid": os.getpid(), "nice": os.nice(0), "pgid": os.getpgid(0),
             "app": current_app.import_name, "fds": fds,
-            "database_url": current_app.config.get("SCHEDULER_DATABASE_URL")}
+            "database_url": current_app.config.get("SCHEDULER_DATABASE_URL"),
+            "engines": len(pools),
+            "pooled_connections": sum(p.checkedin() + p.checkedout() for p in pools
+                                      if hasattr(p, "checkedin"))}
 
 
 @task(name="testing.proc_sleep", isolation="process")
@@ -222,3 +230,18 @@ def unique_sleep(ctx: RunContext, seconds: float = 1.0) -> float:
     """Sleeps (honouring cancel); at most one queued or running run per set of arguments."""
     ctx.sleep(seconds)
     return seconds
+
+
+def create_app_touching_db(config: dict[str, Any]) -> Any:
+    """An app factory that queries the database while it builds (as a host's ``create_app``
+    calling ``db.create_all()`` does), leaving a connection in the pool: the isolation helper
+    must close it before forking (tests/test_isolation.py)."""
+    import sqlalchemy as sa
+
+    from scheduler_app import create_app
+    from scheduler_app.services import services
+
+    app = create_app(config)
+    with services(app).store.db.read() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return app

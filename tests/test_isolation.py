@@ -31,12 +31,18 @@ def iso_app(make_app: Callable[..., Flask], db_url: str) -> Callable[..., Flask]
     helper builds the app from an import string, here the factory with literal arguments)."""
 
     def build(**overrides: Any) -> Flask:
-        ref = "scheduler_app:create_app(%r)" % (  # noqa: UP031 - a Python literal, on purpose
-            {"DATABASE_URL": db_url, "TASK_MODULES": TASK_MODULES},)
+        ref = helper_app_ref(db_url)
         settings = {"PROCESS_APP": ref, "KILL_GRACE_SECONDS": GRACE, **overrides}
         return make_app(**settings)
 
     return build
+
+
+def helper_app_ref(url: str) -> str:
+    """The import string of the test's app, built by a factory that leaves a connection in
+    its pool (so a child that inherited it would show it)."""
+    config = {"DATABASE_URL": url, "TASK_MODULES": TASK_MODULES}
+    return f"tests.tasks_for_tests:create_app_touching_db({config!r})"
 
 
 def submit(app: Flask, task: str, **kwargs: Any) -> int:
@@ -97,6 +103,8 @@ def test_a_process_run_reports_progress_logs_and_result_as_a_thread_run_does(
     db_file = db_url.removeprefix("sqlite:///")
     assert not [fd for fd in result["fds"] if fd.startswith(db_file)], \
         "no database connection is inherited"
+    assert result["engines"] >= 1 and result["pooled_connections"] == 0, \
+        "the app's engines are there, with no connection in their pools"
     assert run["progress"]["done"] == 3 and run["progress"]["total"] == 3
     assert run["progress"]["message"] == "step 3"
     assert log_lines(app, run["id"]) == ["ctx line 0", "ctx line 1", "ctx line 2",
@@ -303,3 +311,14 @@ def test_an_app_the_helper_cannot_build_fails_the_run_and_says_why(
         run["error"]["message"]
     # Thread runs on the same node are unaffected.
     assert wait_final(app, submit(app, "testing.whereami_thread"))["state"] == "succeeded"
+
+
+def test_on_postgresql_the_child_inherits_no_pooled_connection(
+        pg_url: str, make_app: Callable[..., Flask]) -> None:
+    app = make_app(DATABASE_URL=pg_url, PROCESS_APP=helper_app_ref(pg_url))
+    run = wait_final(app, submit(app, "testing.proc_report"))
+    assert run["state"] == "succeeded", run
+    assert run["result"]["database_url"] == pg_url
+    assert run["result"]["engines"] >= 1
+    assert run["result"]["pooled_connections"] == 0
+    assert log_lines(app, run["id"])[:1] == ["ctx line 0"]
