@@ -102,8 +102,8 @@ class RunService:
                              session: Session | scoped_session[Any],
                              controls: Controls | None = None) -> Run:
         """Validate and insert a run through ``session``'s connection, in its transaction: a
-        rollback leaves no run, and this node's runner looks for it once it commits (other
-        nodes at their next poll)."""
+        rollback leaves no run, and once it commits this node's runner looks for it and the
+        other nodes are woken to (``Engine.runs_queued``)."""
         validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
         conn = session.connection()
         ours = self.store.db.engine.url
