@@ -322,3 +322,46 @@ def test_on_postgresql_the_child_inherits_no_pooled_connection(
     assert run["result"]["engines"] >= 1
     assert run["result"]["pooled_connections"] == 0
     assert log_lines(app, run["id"])[:1] == ["ctx line 0"]
+
+
+SCRIPT = '''
+import os, sys
+from flask import Flask
+from scheduler_app import RunContext, Scheduler
+
+app = Flask(__name__)
+app.config["SCHEDULER_DATABASE_URL"] = os.environ["SCRIPT_DB_URL"]
+scheduler = Scheduler(app)
+
+
+@scheduler.task(name="script.where", isolation="process")  # a name the same in both
+def where(ctx: RunContext) -> list:
+    return [os.getpid(), __name__]
+
+
+if __name__ == "__main__":
+    scheduler.start()
+    with app.app_context():
+        run = where.enqueue().wait(timeout=60)
+    scheduler.shutdown()
+    print("RESULT", run.state, run.result, run.error, os.getpid(), flush=True)
+'''
+
+
+def test_an_app_made_in_the_script_python_runs_is_found_by_the_helper(
+        tmp_path: Path, db_url: str) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "myscript.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "SCRIPT_DB_URL": db_url,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env.pop("FLASK_APP", None)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, done.stdout + done.stderr
+    _, state, *rest = line[0].split(" ", 2)
+    assert state == "succeeded", line[0] + done.stderr[-2000:]
+    assert "'myscript'" in line[0], "the helper imported the script as a module"

@@ -48,8 +48,15 @@ Outcome = tuple["RunState | None", Any, Any]
 def app_ref(app: Flask, configured: str | None) -> str:
     """Where the helper finds the host app: SCHEDULER_PROCESS_APP, else FLASK_APP, else the
     app's import name (the package in which ``flask`` would look for ``app`` or
-    ``create_app``)."""
-    return configured or os.environ.get("FLASK_APP") or app.import_name
+    ``create_app``); for an app made in the script Python runs (``__main__``), that script's
+    file, which the helper imports as a module (its ``if __name__ == "__main__"`` block does
+    not run there)."""
+    ref = configured or os.environ.get("FLASK_APP") or app.import_name
+    if ref == "__main__":
+        main_file: str | None = getattr(sys.modules.get("__main__"), "__file__", None)
+        if main_file:
+            return os.path.abspath(main_file)
+    return ref
 
 
 class IsolationUnavailable(RuntimeError):
