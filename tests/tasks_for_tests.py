@@ -245,3 +245,10 @@ def create_app_touching_db(config: dict[str, Any]) -> Any:
     with services(app).store.db.read() as conn:
         conn.execute(sa.text("SELECT 1"))
     return app
+
+
+@task(name="testing.thread_sleep_2s", timeout=2)
+def thread_sleep_2s(ctx: RunContext, seconds: float = 4.0) -> str:
+    """As thread_sleep, with a 2 s timeout: time for a page to load before the deadline."""
+    time.sleep(seconds)
+    return "woke up"
