@@ -84,7 +84,7 @@ class Settings(BaseModel):
     # Cluster timing: a node whose heartbeat is older than the lease is dead.
     heartbeat_seconds: PositiveFloat = Field(5.0, alias="NODE_HEARTBEAT_SECONDS")
     lease_seconds: PositiveFloat = Field(30.0, alias="NODE_LEASE_SECONDS")
-    # How often a node looks for runs queued elsewhere.
+    # How often a node looks for runs queued elsewhere: the fallback when no wake-up reaches it.
     poll_seconds: PositiveFloat = Field(1.0, alias="DISPATCH_POLL_SECONDS")
     # Push hand-offs to the node that must act (a run queued, a place freed, a cancel) instead
     # of waiting for its poll: PostgreSQL LISTEN/NOTIFY, or sockets beside a SQLite file.
