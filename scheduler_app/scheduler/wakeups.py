@@ -31,8 +31,15 @@ class Wakeups:
         self.runner = runner
 
     def start(self) -> None:
-        if self.runner is not None:
+        """Listen (a node that executes). A transport that cannot listen (a folder that cannot
+        be made) leaves this node on its poll, said in the log; it never stops the node."""
+        if self.runner is None:
+            return
+        try:
             self.signals.listen(self.node_id, self._heard)
+        except OSError as exc:
+            log.warning("wake-ups off for node %s (%s): it finds work at its poll",
+                        self.node_id, exc, extra={"node": self.node_id})
 
     def stop(self) -> None:
         self.signals.close()

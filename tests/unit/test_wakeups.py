@@ -48,3 +48,16 @@ def test_with_wakeups_off_a_worker_waits_for_its_poll(make_engine, sqlite_store)
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=3)
     assert done.state is RunState.SUCCEEDED
     assert time.monotonic() - queued > 0.2  # the poll took it, not a wake-up
+
+
+def test_a_node_that_cannot_listen_starts_and_polls(make_engine, sqlite_store, caplog):
+    blocker = sqlite_store.db.url.database + ".wakeups"
+    with open(blocker, "w") as f:  # a file where the sockets' folder would go
+        f.write("not a folder")
+    worker = make_engine(poll_seconds=0.2)
+    worker.start(as_worker=True)
+    run = sqlite_store.runs.create(new_run(kwargs={"value": 3}))
+    worker.runs_queued()
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=3)
+    assert (done.state, done.result) == (RunState.SUCCEEDED, 3)
+    assert "wake-ups off for node" in caplog.text
