@@ -109,8 +109,9 @@ def test_a_process_run_reports_progress_logs_and_result_as_a_thread_run_does(
     assert run["progress"]["message"] == "step 3"
     assert log_lines(app, run["id"]) == ["ctx line 0", "ctx line 1", "ctx line 2",
                                          "from a library logger"]
-    # Once ended, the child is reaped: no zombie under the helper.
-    assert not children(helper_pid(app))
+    # Once ended, the child is reaped (by the helper, just after its run ends): no zombie.
+    helper = helper_pid(app)
+    wait_for(lambda: not children(helper), timeout=2, message="the child to be reaped")
 
     failed = wait_final(app, submit(app, "testing.proc_report", fail=True))
     assert failed["state"] == "failed"
@@ -198,7 +199,8 @@ def test_a_crashing_child_fails_its_attempt_and_the_next_run_succeeds(
     retried = wait_final(app, submit(app, "testing.proc_crash", how=how, attempts_crashing=1))
     assert retried["state"] == "succeeded" and retried["result"] == "survived attempt 2"
     assert wait_final(app, submit(app, "testing.proc_crash"))["state"] == "succeeded"
-    assert not children(helper_pid(app))
+    helper = helper_pid(app)
+    wait_for(lambda: not children(helper), timeout=2, message="every child reaped")
 
 
 def test_isolation_options_and_settings_are_checked() -> None:
@@ -249,7 +251,8 @@ def test_under_gunicorn_a_crash_or_a_hard_cancel_never_hurts_the_worker(
         assert [n["pid"] for n in alive] == [worker], "the same worker serves and runs"
         helper = [pid for pid, _ in children(worker)]
         assert len(helper) == 1, "one helper per node"
-        assert not children(helper[0]), "no child left, no zombie"
+        wait_for(lambda: not children(helper[0]), timeout=2,
+                 message="no child left, no zombie")
 
 
 def test_a_thread_run_that_ignores_its_timeout_or_a_cancel_says_so_on_its_view(

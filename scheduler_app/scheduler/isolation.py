@@ -228,6 +228,10 @@ class _Supervisor:
                     status = int((_json(frame[1:]) or {}).get("status", 0))
                     break
                 self._receive(frame)
+                if self.outcome is not None:
+                    # The child's last act is sending this, then os._exit: its run need not
+                    # wait for the exit (the helper reaps it).
+                    break
             self._enforce()
         return self._result(status)
 
