@@ -259,8 +259,11 @@ def test_a_thread_run_that_ignores_its_timeout_or_a_cancel_says_so_on_its_view(
         make_app: Callable[..., Flask]) -> None:
     app = make_app()
     run_id = submit(app, "testing.thread_sleep", seconds=3)
-    wait_for(lambda: view(app, run_id)["state"] == "running", message="running")
-    assert view(app, run_id)["overdue"] is None, "not yet past its timeout"
+    running = wait_for(lambda: (v := view(app, run_id))["state"] == "running" and v,
+                       message="running")
+    started = datetime.fromisoformat(running["started_at"])
+    if (datetime.now(started.tzinfo) - started).total_seconds() < 0.4:  # a busy machine may
+        assert running["overdue"] is None, "not yet past its timeout"  # be late to look
     note = wait_for(lambda: view(app, run_id)["overdue"], message="the overdue note")
     assert note.startswith("Still running")
     assert "past its 0.5 s timeout" in note
