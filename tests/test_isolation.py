@@ -371,3 +371,21 @@ def test_an_app_made_in_the_script_python_runs_is_found_by_the_helper(
     _, state, *rest = line[0].split(" ", 2)
     assert state == "succeeded", line[0] + done.stderr[-2000:]
     assert "'myscript'" in line[0], "the helper imported the script as a module"
+
+
+def test_a_node_stopping_hands_back_a_process_run_and_leaves_no_process(
+        iso_app: Callable[..., Flask]) -> None:
+    from scheduler_app import stop_scheduler
+
+    app = iso_app(SHUTDOWN_GRACE_SECONDS=3.0)
+    helper = helper_pid(app)
+    run_id = submit(app, "testing.proc_sleep", seconds=30)
+    wait_for(lambda: view(app, run_id)["state"] == "running", message="running")
+    child = wait_for(lambda: children(helper), message="the run's child process")[0][0]
+    stopped = time.monotonic()
+    stop_scheduler(app)
+    assert time.monotonic() - stopped <= 3.0 + GRACE + 1
+    run = view(app, run_id)
+    assert run["state"] == "queued", "handed back for another node (or the next start)"
+    assert run["attempt"] == 1 and run["error"] is None, "a shutdown is not the task's failure"
+    assert not Path(f"/proc/{child}").exists() and not Path(f"/proc/{helper}").exists()
