@@ -389,3 +389,20 @@ def test_a_node_stopping_hands_back_a_process_run_and_leaves_no_process(
     assert run["state"] == "queued", "handed back for another node (or the next start)"
     assert run["attempt"] == 1 and run["error"] is None, "a shutdown is not the task's failure"
     assert not Path(f"/proc/{child}").exists() and not Path(f"/proc/{helper}").exists()
+
+
+def test_a_process_run_works_in_a_process_with_over_1024_descriptors_open(
+        iso_app: Callable[..., Flask]) -> None:
+    """A busy web worker can hold more than 1,024 descriptors (``select`` refuses those
+    numbers); the node's sockets to its helper and its runs then get such numbers too."""
+    held = []
+    try:
+        while not held or held[-1] < 1100:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        app = iso_app(ISOLATION="process")
+        run = wait_final(app, submit(app, "testing.whereami"))
+        assert run["state"] == "succeeded", run
+        assert run["result"] != os.getpid()
+    finally:
+        for fd in held:
+            os.close(fd)

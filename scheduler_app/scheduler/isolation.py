@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pickle
-import select
 import signal
 import socket
 import subprocess
@@ -121,7 +120,7 @@ class ProcessIsolation:
             raise IsolationUnavailable(f"cannot start the isolation helper: {exc}") from exc
         finally:
             theirs.close()
-        ready, _, _ = select.select([ours], [], [], HELPER_START_TIMEOUT)
+        ready = wire.readable([ours.fileno()], HELPER_START_TIMEOUT)
         reply = _json(ours.recv(wire.RECV_SIZE)) if ready else None
         if not reply or not reply.get("ready"):
             ours.close()
@@ -215,7 +214,7 @@ class _Supervisor:
     def wait(self) -> Outcome:
         status: int | None = None
         while True:
-            ready, _, _ = select.select([self.sock], [], [], POLL)
+            ready = wire.readable([self.sock.fileno()], POLL)
             if ready:
                 try:
                     frame = self.sock.recv(wire.RECV_SIZE)

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import pickle
-import select
 import signal
 import socket
 import sys
@@ -29,7 +28,7 @@ import threading
 import time
 from typing import Any
 
-from .process_wire import CANCEL, CHUNK, END, EXIT, MORE, RECV_SIZE
+from .process_wire import CANCEL, CHUNK, END, EXIT, MORE, RECV_SIZE, readable
 
 CHILD_NICE = 19  # the lowest: against the web worker at 0, the kernel weighs it 15 to 1024
 PROGRESS_EVERY = 0.1  # seconds between progress messages from a child
@@ -68,7 +67,7 @@ def main(argv: list[str]) -> int:
     children: dict[int, socket.socket] = {}
     try:
         while True:
-            ready, _, _ = select.select([control.fileno(), wake_r], [], [], 1.0)
+            ready = readable([control.fileno(), wake_r], 1.0)
             if wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(wake_r, 512)

@@ -10,6 +10,18 @@ Wire format (``SOCK_SEQPACKET``, so a killed writer never leaves half a record):
 
 from __future__ import annotations
 
+import select
+
 CHUNK = 32 * 1024  # bytes of a JSON message per frame
 RECV_SIZE = CHUNK + 64
 MORE, END, EXIT, CANCEL = b"M", b"E", b"X", b"C"
+
+
+def readable(fds: list[int], timeout: float) -> list[int]:
+    """Those of ``fds`` that can be read within ``timeout`` seconds. ``poll``, not ``select``:
+    a process with more than 1,024 descriptors open (a busy web worker) gets numbers that
+    ``select`` refuses."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _events in poller.poll(max(0.0, timeout) * 1000)]
