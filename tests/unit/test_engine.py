@@ -98,6 +98,7 @@ def test_shutdown_stops_running_tasks_even_when_the_loop_is_stuck_in_a_pass(
         if engine.started and not release.is_set():
             stuck.set()
             release.wait(30)
+            return None  # the store may be closed by now: touch nothing
         return original(now)
 
     monkeypatch.setattr(fire_pass, "run", blocked_pass)
@@ -114,3 +115,7 @@ def test_shutdown_stops_running_tasks_even_when_the_loop_is_stuck_in_a_pass(
         assert (back.state, back.node, back.attempt) == (RunState.QUEUED, None, 1)
     finally:
         release.set()
+        # The pass left behind must end before the store's connections are closed under it.
+        loop_thread = engine._loop._thread
+        if loop_thread is not None:
+            loop_thread.join(5)
