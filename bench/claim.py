@@ -20,19 +20,16 @@ hold one back) and a rate limit with room for all: the cost of counting them.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 
+from bench.cluster import scratch_database
 from scheduler_app.store import Database, NewRun, Store
-
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def new_runs(count: int, controls: bool) -> list[NewRun]:
@@ -95,19 +92,10 @@ def main() -> None:
           f"cpu {sqlite['cpu_us']} µs")
     if args.no_postgresql:
         return
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bench_claim_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with scratch_database("bench_claim") as url:
         pg = measure(url, args.rounds, args.runs, args.batch, args.controls)
-        print(f"postgresql  claim of {args.batch}: wall {pg['wall_us']} µs, "
-              f"cpu {pg['cpu_us']} µs")
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    print(f"postgresql  claim of {args.batch}: wall {pg['wall_us']} µs, "
+          f"cpu {pg['cpu_us']} µs")
 
 
 if __name__ == "__main__":

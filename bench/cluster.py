@@ -49,10 +49,11 @@ TARGET_RATIO = 2.5
 
 
 @contextmanager
-def scratch_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this bench, dropped at the end."""
+def scratch_database(prefix: str = "bench_cluster") -> Iterator[str]:
+    """A fresh PostgreSQL database (``BENCH_PG_URL``'s server) for a bench, dropped at the
+    end, whatever happened."""
     admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bench_cluster_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:

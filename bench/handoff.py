@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import sqlalchemy as sa
 
+from bench.cluster import scratch_database
 from bench.run import (
     BIN,
     ROOT,
@@ -52,7 +52,6 @@ from bench.run import (
     results_file,
 )
 
-PG_ADMIN_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TASK_MODULES = json.dumps(["scheduler_app.tasks.demo", "scheduler_app.tasks.maintenance",
                            "bench.tasks"])
 WARM_UP = 20
@@ -150,16 +149,8 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
     if kind == "sqlite":
         yield f"sqlite:///{tmp / f'{uuid.uuid4().hex[:8]}.sqlite3'}"
         return
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"bench_handoff_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield sa.make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database("bench_handoff") as url:
+        yield url
 
 
 def run_case(name: str, probe: Probe, tmp: Path, count: int) -> dict[str, Any]:
