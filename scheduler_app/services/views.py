@@ -73,9 +73,9 @@ def run_view(run: Run) -> dict[str, Any]:
 # The key the services are kept under in ``app.extensions`` (``services.EXTENSION_KEY``; this
 # module is imported by the package, so it cannot import the name from there).
 _EXTENSION_KEY = "scheduler_app"
-# How long the live nodes' task names read for one app context are reused (a CLI command that
-# watches a run keeps one app context for minutes).
-_LIVE_TASKS_SECONDS = 1.0
+# How long what a view reads (the live nodes' task names, a key's running runs) is reused in
+# one app context (a CLI command that watches a run keeps one app context for minutes).
+_READ_REUSE_SECONDS = 1.0
 
 
 def waiting(run: Run) -> str | None:
@@ -86,7 +86,7 @@ def waiting(run: Run) -> str | None:
 
     Only queued runs are looked at, so a page of finished runs costs nothing. The nodes table
     is read at most once a second per app context (one request), the running runs of a key
-    once per keyed run shown; None outside this service's app."""
+    at most once a second per key and app context; None outside this service's app."""
     if run.state is not RunState.QUEUED or not has_app_context():
         return None
     live = _live_tasks()
@@ -98,8 +98,7 @@ def waiting(run: Run) -> str | None:
     if run.throttled_until is not None and run.throttled_until > now:
         return f"rate limit {run.rate_limit}, next slot at {iso(run.throttled_until)}"
     if run.concurrency_key is not None and run.concurrency_limit is not None:
-        svc = current_app.extensions.get(_EXTENSION_KEY)
-        running = 0 if svc is None else svc.store.runs.running_with_key(run.concurrency_key)
+        running = _running_with_key(run.concurrency_key)
         if running >= run.concurrency_limit:
             return (f"concurrency key {run.concurrency_key!r} at its limit "
                     f"({running} of {run.concurrency_limit} running)")
@@ -141,12 +140,25 @@ def _settings() -> Any:
     return None if svc is None else svc.settings
 
 
+def _running_with_key(key: str) -> int:
+    """Running runs of a concurrency key, read at most once a second per app context: a page
+    of runs waiting on one key asks once, not once per run."""
+    counts: dict[str, tuple[float, int]] = g.setdefault("_scheduler_app_running_with_key", {})
+    cached = counts.get(key)
+    if cached is not None and time.monotonic() - cached[0] < _READ_REUSE_SECONDS:
+        return cached[1]
+    svc = current_app.extensions.get(_EXTENSION_KEY)
+    running = 0 if svc is None else svc.store.runs.running_with_key(key)
+    counts[key] = (time.monotonic(), running)
+    return running
+
+
 def _live_tasks() -> frozenset[str] | None:
     svc = current_app.extensions.get(_EXTENSION_KEY)
     if svc is None:
         return None
     cached: tuple[float, frozenset[str] | None] | None = g.get("_scheduler_app_live_tasks")
-    if cached is not None and time.monotonic() - cached[0] < _LIVE_TASKS_SECONDS:
+    if cached is not None and time.monotonic() - cached[0] < _READ_REUSE_SECONDS:
         return cached[1]
     stale_before = utcnow() - timedelta(seconds=svc.settings.lease_seconds)
     live: frozenset[str] | None = svc.store.nodes.live_tasks(stale_before)
