@@ -83,16 +83,36 @@ class NoSignals:
         pass
 
 
-class PgSignals:
+class _Listening:
+    """The one thread a transport hears messages on, started by ``listen`` and ended by
+    ``close`` (which waits for it a little longer than it takes to notice)."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start_thread(self, loop: Callable[..., None], *args: object) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, args=args, name="wakeup-listener",
+                                        daemon=True)
+        self._thread.start()
+
+    def _end_thread(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_CHECK_SECONDS + 5)
+            self._thread = None
+
+
+class PgSignals(_Listening):
     """``NOTIFY`` through the store's pool, ``LISTEN`` on a connection of its own."""
 
     def __init__(self, db: Database) -> None:
+        super().__init__()
         self.db = db
         # libpq takes the SQLAlchemy URL without its "+psycopg" driver part.
         self._conninfo = db.url.set(drivername="postgresql").render_as_string(
             hide_password=False)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.connected = threading.Event()  # set while the LISTEN connection is up
 
     def send(self, message: str) -> None:
@@ -107,16 +127,10 @@ class PgSignals:
                         exc_info=True)
 
     def listen(self, member: str, handler: Handler) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._listen_loop, args=(handler,),
-                                        name="wakeup-listener", daemon=True)
-        self._thread.start()
+        self._start_thread(self._listen_loop, handler)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_CHECK_SECONDS + 5)
-            self._thread = None
+        self._end_thread()
 
     def _listen_loop(self, handler: Handler) -> None:
         import psycopg  # only PostgreSQL deployments need the driver
@@ -144,10 +158,11 @@ class PgSignals:
         self.connected.clear()
 
 
-class LocalSignals:
+class LocalSignals(_Listening):
     """Datagrams between the processes of one host, through sockets in ``folder``."""
 
     def __init__(self, folder: str) -> None:
+        super().__init__()
         self.folder = folder
         self._dir_fd: int | None = None
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -155,8 +170,6 @@ class LocalSignals:
         self._send_lock = threading.Lock()
         self._own: str | None = None
         self._sock: socket.socket | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def _address(self, name: str) -> str:
         path = os.path.join(self.folder, name)
@@ -199,16 +212,10 @@ class LocalSignals:
         sock.bind(address)
         sock.settimeout(STOP_CHECK_SECONDS)
         self._sock = sock
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._listen_loop, args=(sock, handler),
-                                        name="wakeup-listener", daemon=True)
-        self._thread.start()
+        self._start_thread(self._listen_loop, sock, handler)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_CHECK_SECONDS + 5)
-            self._thread = None
+        self._end_thread()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
