@@ -6,6 +6,7 @@ on. Under real gunicorn too."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -17,6 +18,7 @@ from flask import Flask
 
 from scheduler_app import Scheduler
 from scheduler_app.errors import ConfigError
+from scheduler_app.scheduler import isolation
 from scheduler_app.services import services
 from tests.conftest import TASK_MODULES, wait_for
 from tests.servers import Servers
@@ -317,6 +319,39 @@ def test_an_app_the_helper_cannot_build_fails_the_run_and_says_why(
         run["error"]["message"]
     # Thread runs on the same node are unaffected.
     assert wait_final(app, submit(app, "testing.whereami_thread"))["state"] == "succeeded"
+
+
+def test_a_helper_that_failed_to_start_is_tried_again_only_after_a_growing_delay(
+        make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each start of a helper builds the host app: when that fails, the runs that follow fail
+    at once with the same error until the delay is over, instead of each paying for (and
+    logging) another failed start."""
+    monkeypatch.setattr(isolation, "HELPER_RETRY_FIRST", 2.0)
+    starts: list[float] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(*args: Any, **kwargs: Any) -> Any:
+        starts.append(time.monotonic())
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr(isolation.subprocess, "Popen", counting_popen)
+    app = make_app(PROCESS_APP="no_such_module_here:create_app()")
+    first = wait_final(app, submit(app, "testing.proc_report"))
+    assert first["error"]["type"] == "IsolationUnavailable"
+    assert len(starts) == 1
+    second = wait_final(app, submit(app, "testing.proc_report"))
+    assert len(starts) == 1, "a second helper start within the delay"
+    assert second["error"]["type"] == "IsolationUnavailable"
+    assert "cannot build the app from 'no_such_module_here:create_app()'" in \
+        second["error"]["message"]
+    assert "not tried again for another" in second["error"]["message"]
+
+    def a_run_starts_a_helper() -> bool:
+        wait_final(app, submit(app, "testing.proc_report"))
+        return len(starts) > 1
+
+    wait_for(a_run_starts_a_helper, timeout=20, message="a helper start after the delay")
+    assert starts[1] - starts[0] >= 2.0
 
 
 def test_on_postgresql_the_child_inherits_no_pooled_connection(

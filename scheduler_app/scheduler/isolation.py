@@ -37,6 +37,11 @@ CANCEL_USER, CANCEL_TIMEOUT, CANCEL_SHUTDOWN = "cancelled", "timeout", "shutdown
 POLL = 0.05  # seconds between looks at the cancel flag and the child's memory
 TERM_TO_KILL = 0.5  # seconds from the group's SIGTERM to its SIGKILL
 HELPER_START_TIMEOUT = 120.0
+# After the helper fails to start (most often: the host app cannot be built), isolated runs fail
+# at once with that error for this long, doubling on each further failure up to the maximum,
+# instead of each run paying for another helper start (and another app build) that fails alike.
+HELPER_RETRY_FIRST = 1.0
+HELPER_RETRY_MAX = 60.0
 HELPER_MAIN = ("import sys; from scheduler_app.scheduler.process_helper import main; "
                "sys.exit(main(sys.argv))")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -79,6 +84,9 @@ class ProcessIsolation:
         self._helper: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._closed = False
+        self._start_failure: str | None = None
+        self._retry_at = 0.0
+        self._retry_delay = 0.0
 
     def applies_to(self, task: Task) -> bool:
         """Whether runs of ``task`` execute in a child process."""
@@ -109,6 +117,21 @@ class ProcessIsolation:
                 self._helper.poll() is None:
             return self._control
         self._drop_helper()
+        wait = self._retry_at - time.monotonic()
+        if self._start_failure is not None and wait > 0:
+            raise IsolationUnavailable(
+                f"{self._start_failure} (not tried again for another {wait:.1f} s)")
+        try:
+            control = self._start_helper()
+        except IsolationUnavailable as exc:
+            self._retry_delay = min(HELPER_RETRY_MAX,
+                                    self._retry_delay * 2 or HELPER_RETRY_FIRST)
+            self._start_failure, self._retry_at = str(exc), time.monotonic() + self._retry_delay
+            raise
+        self._start_failure, self._retry_delay = None, 0.0
+        return control
+
+    def _start_helper(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             helper = subprocess.Popen(
@@ -147,9 +170,11 @@ class ProcessIsolation:
             self._helper = None
 
     def open(self) -> None:
-        """Accept runs again after ``close`` (a node started again)."""
+        """Accept runs again after ``close`` (a node started again), and try the helper at
+        once even if it failed to start before."""
         with self._lock:
             self._closed = False
+            self._start_failure, self._retry_delay = None, 0.0
 
     def close(self) -> None:
         """Stop the helper (it kills any child left); runs fail to start until ``open``."""
