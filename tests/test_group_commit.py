@@ -231,3 +231,28 @@ def test_a_poll_reads_what_an_ordinary_read_reads(store):
     thread.start()
     thread.join(10)
     assert seen == [due]  # another thread, its own connection, the same answer
+
+
+def test_dispose_waits_for_a_poll_in_progress_before_closing_its_connection(tmp_path):
+    """A loop left behind by a stuck shutdown may still be polling when the store is closed:
+    closing its sqlite3 connection under the running query crashed the interpreter. dispose
+    now waits for the query, which returns its value."""
+    db = Database(f"sqlite:///{tmp_path / 'poll.db'}")
+    slow = sa.select(sa.literal_column(
+        "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000)"
+        " SELECT count(*) FROM c)", sa.Integer))
+    started, seen = threading.Event(), []
+
+    def poll_slowly():
+        started.set()
+        seen.append(db.poll(slow))
+
+    thread = threading.Thread(target=poll_slowly)
+    thread.start()
+    started.wait()
+    wait_for(lambda: db._poll_open and db._poll_open[0].using.locked(),
+             message="the poll query to be running")
+    db.dispose()
+    thread.join(timeout=30)
+    assert seen == [2000000]
+    assert db._poll_conns is not None and not db._poll_open

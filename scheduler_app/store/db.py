@@ -30,6 +30,8 @@ except ImportError:  # not POSIX: SQLite's busy handler alone queues the process
 log = logging.getLogger(__name__)
 
 # Keys for pg_advisory_xact_lock; arbitrary, but fixed and distinct.
+# How long dispose waits for a thread's poll query to end before leaving its connection open.
+POLL_CLOSE_PATIENCE = 5.0
 LOCK_SCHEMA = 0x5C_0001
 LOCK_CLAIM = 0x5C_0002
 
@@ -54,7 +56,7 @@ class Database:
         self._checkpointer: _Checkpointer | None = None
         self._polls: dict[sa.Select[Any], tuple[str, Any]] = {}
         self._poll_conns = threading.local()  # each polling thread's own driver connection
-        self._poll_open: list[sqlite3.Connection] = []
+        self._poll_open: list[_PollConnection] = []
         self._poll_lock = threading.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -200,25 +202,48 @@ class Database:
             convert = column_type.result_processor(self.engine.dialect, None)
             compiled = self._polls[statement] = (sql, convert)
         sql, convert = compiled
-        raw = getattr(self._poll_conns, "conn", None)
-        if raw is None:
-            raw = sqlite3.connect(str(self.url.database), timeout=30, isolation_level=None,
-                                  check_same_thread=False)
-            self._poll_conns.conn = raw
+        own: _PollConnection | None = getattr(self._poll_conns, "own", None)
+        if own is None or own.closed:
+            own = self._poll_conns.own = _PollConnection(str(self.url.database))
             with self._poll_lock:
-                self._poll_open.append(raw)
-        value = raw.execute(sql).fetchone()[0]
+                self._poll_open.append(own)
+        with own.using:
+            value = own.conn.execute(sql).fetchone()[0]
         return value if convert is None or value is None else convert(value)
 
     def dispose(self) -> None:
+        """Close every connection. A poll connection is closed only once no thread is using
+        it: closing a ``sqlite3`` connection under a running query crashes the interpreter,
+        and a loop left behind by a stuck shutdown may still be polling."""
         if self._checkpointer is not None:
             self._checkpointer.stop()
         with self._poll_lock:
-            for raw in self._poll_open:
-                raw.close()
-            self._poll_open.clear()
+            left, self._poll_open = self._poll_open, []
+        for own in left:
+            own.close(patience=POLL_CLOSE_PATIENCE)
         self._poll_conns = threading.local()
         self.engine.dispose()
+
+
+class _PollConnection:
+    """One polling thread's own ``sqlite3`` connection, with the lock its queries hold so that
+    ``Database.dispose`` never closes it under one."""
+
+    def __init__(self, path: str) -> None:
+        self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
+                                    check_same_thread=False)
+        self.using = threading.Lock()
+        self.closed = False
+
+    def close(self, patience: float) -> None:
+        if not self.using.acquire(timeout=patience):
+            log.warning("a poll connection still in use after %.0f s was left open", patience)
+            return
+        try:
+            self.closed = True
+            self.conn.close()
+        finally:
+            self.using.release()
 
 
 class _FileLock:
