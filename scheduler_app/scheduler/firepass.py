@@ -47,7 +47,8 @@ class FirePass:
         reserved = self.runner is not None and self.runner.reserve()
         try:
             outcome = self.fires.record(plan.fires, left_out,
-                                        start_on=self.node_id if reserved else None)
+                                        start_on=self.node_id if reserved else None,
+                                        claim_only=self._counted_by_the_claim())
         except BaseException:
             if reserved:
                 assert self.runner is not None
@@ -64,6 +65,12 @@ class FirePass:
             self.wakeups.runs_queued()  # and other nodes with a free thread, now
         self._report(outcome, [m for m in plan.missed if m.job_id not in outcome.changed])
         return outcome.next_run_time
+
+    def _counted_by_the_claim(self) -> frozenset[str]:
+        """Tasks whose runs only a claim may start: their ``max_running`` is counted there."""
+        if self.runner is None:
+            return frozenset()
+        return frozenset(self.runner.task_limits())
 
     def _report(self, outcome: PassOutcome, missed: list[Missed]) -> None:
         for job_id, fire_time, reason in outcome.skipped:

@@ -226,7 +226,7 @@ class Runner:
         runs: list[Run] = []
         try:
             if free > 0:
-                runs = self.store.runs.claim(self.node_id, free, self._task_limits(),
+                runs = self.store.runs.claim(self.node_id, free, self.task_limits(),
                                              tasks=self.task_names(), look_first=look_first)
             for run in runs:
                 self._submit(run, reserved=True)
@@ -240,7 +240,8 @@ class Runner:
         be imported after the node started)."""
         return frozenset(t.name for t in self.tasks.all())
 
-    def _task_limits(self) -> dict[str, int]:
+    def task_limits(self) -> dict[str, int]:
+        """Each task's ``max_running``, for those that have one (counted by the claim)."""
         return {t.name: t.max_running for t in self.tasks.all() if t.max_running is not None}
 
     # -- the fast path: a run written already claimed by this node ----------------------------

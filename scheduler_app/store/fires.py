@@ -78,7 +78,8 @@ class FireStore:
             return [JobRecord.from_row(r) for r in conn.execute(query).mappings()]
 
     def record(self, planned: Sequence[JobFires], skip: Collection[str] = (),
-               start_on: str | None = None) -> PassOutcome:
+               start_on: str | None = None,
+               claim_only: Collection[str] = ()) -> PassOutcome:
         """Record ``planned`` in one write transaction: lock each job's row and keep only those
         still at the version planned from (the others go to ``changed``, untouched); record
         their fires as runs, except a fire already recorded (the unique key on job id and
@@ -88,7 +89,8 @@ class FireStore:
 
         With ``start_on`` (a node with a thread waiting), the first fire recorded is written
         already claimed by that node, as ``RunStore.create(running_on=...)`` does for a
-        run-now request; the others are queued."""
+        run-now request; the others are queued. Runs of a task in ``claim_only`` (one with a
+        ``max_running``, counted only by the claim) are always queued."""
         outcome = PassOutcome()
         with self.db.write(lock=LOCK_CLAIM) as conn:
             if planned:
@@ -99,7 +101,7 @@ class FireStore:
                 batch = [item for item in planned if current.get(item.job_id) == item.version]
                 outcome.changed = [item.job_id for item in planned
                                    if current.get(item.job_id) != item.version]
-                self._record(conn, batch, outcome, start_on)
+                self._record(conn, batch, outcome, start_on, claim_only)
             query = _NEXT_FIRE
             if skip:
                 query = query.where(jobs.c.id.not_in(list(skip)))
@@ -107,7 +109,7 @@ class FireStore:
         return outcome
 
     def _record(self, conn: sa.Connection, batch: Sequence[JobFires], outcome: PassOutcome,
-                start_on: str | None) -> None:
+                start_on: str | None, claim_only: Collection[str]) -> None:
         advance = [{"job": i.job_id, "next": to_epoch(i.next_run_time)} for i in batch
                    if i.next_run_time is not None]
         remove = [{"job": i.job_id} for i in batch if i.next_run_time is None]
@@ -140,7 +142,7 @@ class FireStore:
                                             f"max_instances ({item.max_instances}) reached"))
                 else:
                     starting = (start_on is not None and outcome.started is None
-                                and not new.needs_claim)
+                                and not new.needs_claim and new.task not in claim_only)
                     if new.unique_key is not None or starting:
                         # One insert of its own: a held unique key skips the fire (counted
                         # as deduplicated), and the first fire may start here at once.

@@ -19,7 +19,7 @@ from scheduler_app.store import RunState, Store
 from scheduler_app.store.notify import NoSignals
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
-from tests.conftest import wait_for
+from tests.conftest import new_run, wait_for
 from tests.tasks_for_tests import gates
 from tests.unit.conftest import NODE
 
@@ -153,4 +153,21 @@ def test_a_thread_reserved_for_a_pass_that_starts_nothing_is_given_back(
     fire_pass.run(utcnow())  # due again, but max_instances (1) is reached: nothing starts
     assert len(sqlite_store.runs.find(job_id="held")) == 1
     # The thread reserved for the pass is free again (a woken claim may hold it a moment).
+    wait_for(runner.reserve, message="the pass's thread to be given back")
+
+
+def test_a_fire_of_a_task_with_max_running_is_queued_for_the_claim_not_started_here(
+        make_runner, sqlite_store):
+    """max_running is counted only by the claim: a fire written already running here would
+    go past it. With a run of the task (max_running=1) running on another node and a thread
+    free here, the fire is queued, and it is still queued while that run goes on."""
+    runner, events = make_runner(capacity=2)
+    sqlite_store.runs.create(new_run(task="testing.single", kwargs={"seconds": 60}),
+                             running_on="node-elsewhere")
+    add_job(sqlite_store, "single", seconds_ago=1, task="testing.single",
+            kwargs={"seconds": 0.01})
+    make_pass(sqlite_store, runner).run(utcnow())
+    [fire] = sqlite_store.runs.find(job_id="single")
+    assert fire.state is RunState.QUEUED and fire.node is None
+    assert events.started == 0
     wait_for(runner.reserve, message="the pass's thread to be given back")
