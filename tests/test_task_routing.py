@@ -4,12 +4,14 @@ the old nodes must not use up the new runs' attempts failing them as unknown."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 
 from scheduler_app.scheduler.engine import Engine
@@ -18,6 +20,7 @@ from scheduler_app.store import RunState, Store
 from scheduler_app.tasks import RunContext, TaskRegistry
 from scheduler_app.timeutil import utcnow
 from tests.conftest import new_run, wait_for
+from tests.tasks_for_tests import gates
 
 ONLY_B = "routing.only_b"
 WAITING = f"no live node has task {ONLY_B!r}"
@@ -143,3 +146,39 @@ def test_a_run_of_a_task_only_node_b_has_is_run_by_b_never_failed_by_a(
     assert echo["waiting"] is None
     wait_for(lambda: api.get(f"/api/runs/{echo['id']}").json["state"] == "succeeded",
              message="node A to run its own task")
+
+
+def test_a_run_queued_on_a_node_executing_its_task_is_answered_without_the_nodes_table(
+        make_app: Callable[..., Flask]) -> None:
+    """Every run-now that finds no free thread is queued and answered at once: its 'waiting'
+    comes from this node's own registry (it executes the task), not from a read of the nodes
+    table on every such request. A task this node lacks still reads it, and says why."""
+    app = make_app(PRUNE_RUNS_CRON="", WORKER_THREADS=1)
+    api = app.test_client()
+    store = services(app).store
+    gate = "routing-busy"
+    gates.pop(gate, None)
+    busy = api.post("/api/runs", json={"task": "testing.wait_gate", "kwargs": {"gate": gate}})
+    wait_for(lambda: store.runs.get(busy.json["id"]).state is RunState.RUNNING,  # type: ignore[union-attr]
+             message="the one thread to be taken")
+    read: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "scheduler_nodes" in statement and statement.lstrip().upper().startswith("SELECT"):
+            read.append(statement)
+
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        queued = api.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": 1}})
+        assert (queued.status_code, queued.json["state"], queued.json["waiting"]) == (
+            202, "queued", None)
+        assert read == []
+        # Node B's task: no node of this process has it, so the table is read and says so.
+        unknown_here = store.runs.create(new_run(task=ONLY_B, kwargs={"value": 1}))
+        assert api.get(f"/api/runs/{unknown_here.id}").json["waiting"] == WAITING
+        assert len(read) == 1
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", capture)
+        gates.setdefault(gate, threading.Event()).set()
+    wait_for(lambda: store.runs.get(queued.json["id"]).state is RunState.SUCCEEDED,  # type: ignore[union-attr]
+             message="the queued run to run once the thread frees")

@@ -117,6 +117,11 @@ class Engine:
         self.runner.start_reserved(run)
         return run
 
+    def executes(self, task: str) -> bool:
+        """Whether this process's node is started and executes ``task``: then a live node has
+        it, this one, and nobody needs to read the nodes table to know."""
+        return self._started and self.runner is not None and task in self.runner.tasks
+
     def runs_queued(self) -> None:
         """Runs were queued and committed: this node's runner looks at once, and so does every
         other node's, told through the wake-ups."""

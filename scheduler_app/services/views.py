@@ -85,13 +85,16 @@ def waiting(run: Run) -> str | None:
     limit. None otherwise.
 
     Only queued runs are looked at, so a page of finished runs costs nothing. The nodes table
-    is read at most once a second per app context (one request), the running runs of a key
-    at most once a second per key and app context; None outside this service's app."""
+    is not read for a task this process's own node executes (a run-now that found no free
+    thread here), and otherwise at most once a second per app context (one request); the
+    running runs of a key at most once a second per key and app context; None outside this
+    service's app."""
     if run.state is not RunState.QUEUED or not has_app_context():
         return None
-    live = _live_tasks()
-    if live is not None and run.task not in live:
-        return f"no live node has task {run.task!r}"
+    if not _executed_here(run.task):
+        live = _live_tasks()
+        if live is not None and run.task not in live:
+            return f"no live node has task {run.task!r}"
     now = utcnow()
     if run.scheduled_for > now:
         return None
@@ -151,6 +154,14 @@ def _running_with_key(key: str) -> int:
     running = 0 if svc is None else svc.store.runs.running_with_key(key)
     counts[key] = (time.monotonic(), running)
     return running
+
+
+def _executed_here(task: str) -> bool:
+    """Whether this process's own node executes ``task``: a run just queued by a request to
+    an executing node (every run-now that found no free thread) is answered without a read of
+    the nodes table."""
+    svc = current_app.extensions.get(_EXTENSION_KEY)
+    return svc is not None and bool(svc.scheduler.executes(task))
 
 
 def _live_tasks() -> frozenset[str] | None:
