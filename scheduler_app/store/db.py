@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .. import migrations
+from . import driver
 
 try:
     import fcntl
@@ -60,6 +61,7 @@ class Database:
         self._poll_lock = threading.Lock()
         if self.is_sqlite:
             _configure_sqlite(self.engine)
+            driver.adopt(self.engine)
             if fcntl is not None:
                 self._across_processes = _FileLock(f"{self.url.database}.writer-lock")
             self._checkpointer = _Checkpointer(str(self.url.database), self._hold_writers)

@@ -19,6 +19,7 @@ from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
 from .claim import claim_due
 from .db import LOCK_CLAIM, Database
+from .driver import Prepared
 from .group import GroupCommit
 from .lifecycle import (
     FINAL_STATES,
@@ -32,12 +33,13 @@ from .lifecycle import (
 from .schema import ACTIVE_PREDICATE, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
 
-# Statements built once, their parameters bound at execution. The insert returns only the id:
-# the rest of the row is what was written (``Run.inserted``).
-_INSERT_RUN = runs.insert().returning(runs.c.id)
+# Statements built once, their parameters bound at execution; the insert and the finish are on
+# every run's path, so on SQLite they run on the driver (``driver.Prepared``). The insert
+# returns only the id: the rest of the row is what was written (``Run.inserted``).
+_INSERT_RUN = Prepared(runs.insert().returning(runs.c.id))
 _NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(
     runs.c.state == RunState.QUEUED.value)
-_FINISH_CLEANLY = (
+_FINISH_CLEANLY = Prepared(
     runs.update()
     .where(runs.c.id == sa.bindparam("run_id"), runs.c.node == sa.bindparam("on_node"),
            runs.c.state == RunState.RUNNING.value)
@@ -99,7 +101,7 @@ class RunStore:
         now = utcnow()
         values = new_run_values(new, now, running_on)
         if new.unique_key is None:
-            run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+            run_id = _INSERT_RUN.scalar(conn, values)
         else:
             outcome = _insert_unique(conn, values)
             if isinstance(outcome, Run):
@@ -267,9 +269,9 @@ class RunStore:
                 result: Any, error: dict[str, Any] | None) -> Run | None:
         if error is None:
             # Success or cancel: no retry to decide, so one UPDATE, no read first.
-            row = conn.execute(_FINISH_CLEANLY, {
+            row = _FINISH_CLEANLY.first(conn, {
                 "run_id": run_id, "on_node": node, "new_state": state.value,
-                "ended_at": utcnow(), "outcome": result}).mappings().first()
+                "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
             settled = Run.from_row(row)
@@ -284,16 +286,16 @@ class RunStore:
         if current is None:
             return None
         values = settle_values(Run.from_row(current), state, result, error)
-        row = conn.execute(
+        updated = conn.execute(
             runs.update()
             .where(runs.c.id == run_id, runs.c.node == node,
                    runs.c.state == RunState.RUNNING.value)
             .values(**values)
             .returning(*runs.c)
         ).mappings().first()
-        if row is None:
+        if updated is None:
             return None
-        settled = Run.from_row(row)
+        settled = Run.from_row(updated)
         tally.attempt(settled.task, current["started_at"], settled.finished_at or utcnow())
         if settled.is_final:
             tally.finished(settled.task, settled.state.value)

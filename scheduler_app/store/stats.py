@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from ..timeutil import utcnow
 from .db import Database
+from .driver import Prepared
 from .schema import alerts, jobs, misfire_marks, nodes, runs, stats
 
 RUNS_FINISHED = "runs_finished"
@@ -110,7 +111,7 @@ class Tally:
         if upsert is None:
             _update_or_insert(conn, rows)
             return
-        conn.execute(upsert, rows)
+        upsert.many(conn, rows)
 
 
 # The dialects with ``INSERT … ON CONFLICT``.
@@ -118,16 +119,16 @@ _INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.in
 
 
 @functools.cache
-def _upsert(dialect: str) -> Any:
+def _upsert(dialect: str) -> Prepared | None:
     """The dialect's ``INSERT … ON CONFLICT DO UPDATE`` adding to the value; None where there
-    is none. Built once per dialect, not on every flush."""
+    is none. Built once per dialect, not on every flush (on SQLite, run on the driver)."""
     insert = _INSERTS.get(dialect)
     if insert is None:
         return None
     stmt = insert(stats)
-    return stmt.on_conflict_do_update(
+    return Prepared(stmt.on_conflict_do_update(
         index_elements=[stats.c.metric, stats.c.task, stats.c.label],
-        set_={"value": stats.c.value + stmt.excluded.value})
+        set_={"value": stats.c.value + stmt.excluded.value}))
 
 
 def _update_or_insert(conn: Connection, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,110 @@
+"""Statements run on SQLite's driver (``store.driver``) store and read back exactly what
+``Connection.execute`` does, fail with SQLAlchemy's errors, and are used only on the service's
+own engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_app.store import Database, RunState, Store, driver
+from scheduler_app.store.schema import runs, stats
+from tests.conftest import new_run
+
+MOMENT = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+
+def sqlite_store(path: Path, adopted: bool) -> Iterator[Store]:
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    if not adopted:
+        driver._ADOPTED.discard(db.engine)  # what a host app's engine is: not ours
+    yield Store(db)
+    db.dispose()
+
+
+@pytest.fixture
+def both(tmp_path: Path) -> Iterator[tuple[Store, Store]]:
+    ours = sqlite_store(tmp_path / "driver.sqlite3", adopted=True)
+    plain = sqlite_store(tmp_path / "plain.sqlite3", adopted=False)
+    yield next(ours), next(plain)
+    for gen in (ours, plain):
+        gen.close()
+
+
+def stored(store: Store) -> list[list[tuple[Any, ...]]]:
+    """Every stored value of the runs and stats tables as the file holds them (text, numbers,
+    NULLs), without any type conversion."""
+    with store.db.engine.connect() as conn:
+        return [conn.exec_driver_sql(f"SELECT * FROM {t.name} ORDER BY 1, 2, 3").all()
+                for t in (runs, stats)]
+
+
+def test_runs_written_on_the_driver_are_stored_and_read_back_as_through_sqlalchemy(
+        both: tuple[Store, Store], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("scheduler_app.store.runs.utcnow", lambda: MOMENT)
+    ours, plain = both
+    assert driver._driver(ours.db.engine.connect()) is not None
+    settled = []
+    for store in (ours, plain):
+        values = dict(kwargs={"text": "é\x00'\"", "n": [1, 2.5, None], "deep": {"a": True}},
+                      scheduled_for=MOMENT, timeout=1.5, max_attempts=3)
+        running = store.runs.create(new_run(**values), running_on="node-a")
+        queued = store.runs.create(new_run(**values))
+        done = store.runs.finish(running.id, "node-a", RunState.SUCCEEDED,
+                                 result={"ok": [1, "two", None]})
+        none = store.runs.create(new_run(**values), running_on="node-a")
+        empty = store.runs.finish(none.id, "node-a", RunState.SUCCEEDED, result=None)
+        settled.append((running, queued, done, empty,
+                        store.runs.get(running.id), store.runs.get(none.id)))
+    assert settled[0] == settled[1]
+    running, queued, done, empty, read, read_none = settled[0]
+    assert done == read and empty == read_none
+    assert (done.state, done.result, done.finished_at, done.kwargs["text"]) == (
+        RunState.SUCCEEDED, {"ok": [1, "two", None]}, MOMENT, "é\x00'\"")
+    assert (running.started_at, running.created_at, queued.state) == (
+        MOMENT, MOMENT, RunState.QUEUED)
+    assert stored(ours) == stored(plain)
+
+
+def test_a_finish_that_matches_no_row_returns_none_on_the_driver(both: tuple[Store, Store]
+                                                                   ) -> None:
+    for store in both:
+        run = store.runs.create(new_run(), running_on="node-a")
+        assert store.runs.finish(run.id, "node-b", RunState.SUCCEEDED) is None
+        assert store.runs.get(run.id).state is RunState.RUNNING  # type: ignore[union-attr]
+
+
+def test_a_failing_statement_raises_sqlalchemys_error_and_writes_nothing(
+        both: tuple[Store, Store]) -> None:
+    from scheduler_app.store.lifecycle import new_run_values
+    from scheduler_app.store.runs import _FINISH_CLEANLY, _INSERT_RUN
+
+    for store in both:
+        values = new_run_values(new_run(), MOMENT)
+        values["task"] = None  # NOT NULL
+        with pytest.raises(sa.exc.IntegrityError, match="NOT NULL"), \
+                store.db.write() as conn:
+            _INSERT_RUN.scalar(conn, values)
+        with pytest.raises(sa.exc.StatementError, match="required.*'run_id'"), \
+                store.db.write() as conn:
+            _FINISH_CLEANLY.first(conn, {"on_node": "x", "new_state": "succeeded",
+                                         "ended_at": MOMENT, "outcome": None})
+        assert stored(store)[0] == []
+
+
+def test_only_an_adopted_sqlite_engine_that_does_not_echo_goes_to_the_driver(
+        tmp_path: Path) -> None:
+    echoing = Database(f"sqlite:///{tmp_path / 'echo.sqlite3'}", echo=True)
+    try:
+        with echoing.engine.connect() as conn:
+            assert driver._driver(conn) is None
+    finally:
+        echoing.dispose()
+    with pytest.raises(ValueError, match="pysqlite"):
+        driver.adopt(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1/none"))
