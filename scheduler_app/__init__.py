@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .enqueue import TaskFunction
-from .errors import AlreadyQueued
+from .errors import AlreadyQueued, BatchConflict
 from .extension import APScheduler, Scheduler
 from .handles import RunHandle
 from .services import services
@@ -19,6 +19,7 @@ from .version import __version__
 __all__ = [
     "APScheduler",
     "AlreadyQueued",
+    "BatchConflict",
     "RunContext",
     "RunHandle",
     "Scheduler",

@@ -2,6 +2,8 @@
 
 ``build_report.enqueue(customer_id=7)`` validates the arguments as the HTTP API does, writes
 the run, and returns its ``RunHandle``: the run is durable when it returns.
+``build_report.enqueue_many([{"customer_id": 7}, {"customer_id": 8}])`` does so for many runs
+in one transaction, all or none.
 ``using(run_after=..., session=..., unique_key=..., ...)`` returns a configured copy, as
 ``django.tasks`` does; a run whose unique key an active run holds raises ``AlreadyQueued``
 with that run's handle.
@@ -10,6 +12,7 @@ with that run's handle.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,26 @@ class TaskCall:
             raise
         return RunHandle(run, svc)
 
+    def enqueue_many(self, calls: Iterable[Mapping[str, Any]]) -> list[RunHandle]:
+        """Queue one run per item of ``calls`` (each a dict of keyword arguments, as
+        ``enqueue`` takes them) with these options, all or none, and return their handles in
+        that order: one transaction (the host's, with ``session``), one insert, one wake-up.
+
+        Nothing is stored when any call is bad: ``InvalidRequest`` (a ``ValueError``) names
+        every bad field of every call (``runs[3].kwargs.customer_id``). A unique key that an
+        active run holds, or that an earlier call of the batch has, raises ``BatchConflict``
+        (an ``AlreadyQueued``) whose ``conflicts`` name each such call and the run holding its
+        key. Under ``SCHEDULER_EAGER`` every call is checked, then each runs in turn as
+        ``enqueue`` would run it."""
+        svc = self.scheduler.services()
+        when = _start_time(self.run_after)
+        if svc.settings.eager:
+            runs = svc.batch.execute_eagerly(self.scheduler.app_of(svc), self.task, calls,
+                                             when, self.controls)
+        else:
+            runs = svc.batch.enqueue(self.task, calls, when, self.controls, self.session)
+        return [RunHandle(run, svc) for run in runs]
+
 
 class TaskFunction:
     """A registered task. Calling it calls the function, as if undecorated."""
@@ -105,6 +128,10 @@ class TaskFunction:
     def enqueue(self, **kwargs: Any) -> RunHandle:
         """Queue a run now (see ``TaskCall.enqueue``)."""
         return TaskCall(self.scheduler, self.task).enqueue(**kwargs)
+
+    def enqueue_many(self, calls: Iterable[Mapping[str, Any]]) -> list[RunHandle]:
+        """Queue many runs now, all or none (see ``TaskCall.enqueue_many``)."""
+        return TaskCall(self.scheduler, self.task).enqueue_many(calls)
 
     def __repr__(self) -> str:
         return f"<task {self.name}>"

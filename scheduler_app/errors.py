@@ -6,6 +6,8 @@ something useful; ``details`` carries field-level problems for validation errors
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -97,3 +99,41 @@ class AlreadyQueued(Conflict):
                  run: Any = None) -> None:
         super().__init__(message, details)
         self.run = run
+
+
+@dataclass(frozen=True)
+class KeyConflict:
+    """Item ``index`` of a batch cannot be queued: its ``unique_key`` is held by the active run
+    ``run_id`` (in ``state``), or by the batch's own item ``duplicate_of``."""
+
+    index: int
+    unique_key: str
+    run_id: int | None = None
+    state: str | None = None
+    duplicate_of: int | None = None
+
+
+class BatchConflict(AlreadyQueued):
+    """Runs of the batch have unique keys that are taken; nothing was written.
+
+    ``conflicts`` lists each of them (``KeyConflict``); ``details`` says the same for HTTP
+    callers, one entry per item, named ``runs[<index>].unique_key``."""
+
+    def __init__(self, conflicts: Sequence[KeyConflict]) -> None:
+        self.conflicts = list(conflicts)
+        details = [_detail(c) for c in self.conflicts]
+        shown = "; ".join(f"{d['field']} {d['message']}" for d in details[:3])
+        more = f" (and {len(details) - 3} more)" if len(details) > 3 else ""
+        super().__init__(f"{len(details)} run(s) of the batch have a unique key that is "
+                         f"taken, so none was queued: {shown}{more}", details=details)
+
+
+def _detail(conflict: KeyConflict) -> dict[str, Any]:
+    if conflict.duplicate_of is not None:
+        message = f"repeats the unique key of runs[{conflict.duplicate_of}]"
+    elif conflict.run_id is None:
+        message = "was held by a run that ended as the batch was written; try again"
+    else:
+        message = f"is held by run {conflict.run_id} ({conflict.state})"
+    return {"field": f"runs[{conflict.index}].unique_key", "message": message,
+            "unique_key": conflict.unique_key, "run_id": conflict.run_id}

@@ -9,10 +9,11 @@ Flask-APScheduler's API is registered at ``SCHEDULER_API_PREFIX`` when enabled.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, current_app, request
 
 from . import dashboard, health, metrics
 from .api import api, builtin
+from .api.common import body_limit_of
 from .api.errors import register_error_handlers
 from .api.session import bp as session_bp
 from .services import services
@@ -29,8 +30,11 @@ register_error_handlers(builtin.bp)
 @bp.before_request
 def _limit_body() -> None:
     """The request body limit of SCHEDULER_MAX_CONTENT_LENGTH, for this blueprint only (the
-    host's MAX_CONTENT_LENGTH is the host's)."""
-    request.max_content_length = services().settings.max_content_length
+    host's MAX_CONTENT_LENGTH is the host's), or the view's own (``api.common.body_limit``:
+    the batch route's BATCH_MAX_CONTENT_LENGTH)."""
+    settings = services().settings
+    own = body_limit_of(current_app.view_functions.get(request.endpoint or ""))
+    request.max_content_length = getattr(settings, own or "max_content_length")
 
 
 builtin.bp.before_request(_limit_body)

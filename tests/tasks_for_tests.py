@@ -252,3 +252,15 @@ def thread_sleep_2s(ctx: RunContext, seconds: float = 4.0) -> str:
     """As thread_sleep, with a 2 s timeout: time for a page to load before the deadline."""
     time.sleep(seconds)
     return "woke up"
+
+
+# How often ``testing.count`` ran with each key: a batch's test checks every run ran once.
+counts: dict[str, int] = {}
+_counts_lock = threading.Lock()
+
+
+@task(name="testing.count")
+def count(ctx: RunContext, key: str) -> str:
+    with _counts_lock:
+        counts[key] = counts.get(key, 0) + 1
+    return key

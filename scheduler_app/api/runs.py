@@ -7,12 +7,12 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from ..services import services
-from ..services.models import RunCreate, parse_model
+from ..services.models import RunBatchCreate, RunCreate, parse_model
 from ..services.views import log_view, run_view
 from ..store import RunState
-from .common import CURSOR, LIMIT, filter_param, json_body, limit_arg, page
+from .common import CURSOR, LIMIT, body_limit, filter_param, json_body, limit_arg, page
 from .openapi import operation
-from .schemas import LogPage, Run, RunPage
+from .schemas import LogPage, Run, RunIds, RunPage
 
 bp = Blueprint("runs", __name__)
 
@@ -35,6 +35,23 @@ def create_run() -> Any:
     run = services().runs.submit(parse_model(RunCreate, json_body()))
     return run_view(run), 202, {
         "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
+
+
+@bp.post("/runs/batch")
+@body_limit("batch_max_content_length")
+@operation({202: RunIds}, body=RunBatchCreate, errors=(409, 429))
+def create_runs() -> Any:
+    """Run many tasks at once: every run is queued, or none is.
+
+    The runs are stored in one transaction before the answer, which gives each run's id in
+    the batch's order. Any bad item is a 400 naming every bad field of every item as
+    runs[<index>].<field>; a unique key that a queued or running run holds, or that an
+    earlier item of the batch has, is a 409 already_queued whose details name each such item
+    (runs[<index>].unique_key) and the run holding its key (run_id); a queue that cannot take
+    the whole batch (MAX_QUEUED_RUNS) is a 429. Nothing is stored in each case. At most
+    BATCH_MAX_RUNS runs (default 10,000) and BATCH_MAX_CONTENT_LENGTH bytes (16 MiB)."""
+    created = services().batch.submit(json_body())
+    return {"ids": [run.id for run in created]}, 202
 
 
 @bp.get("/runs")

@@ -93,6 +93,12 @@ class Run(_Exact):
     rate_key: str | None = Field(description="The rate limit's partition (default: the task)")
 
 
+class RunIds(_Exact):
+    """The runs of a batch, all queued."""
+
+    ids: list[int] = Field(description="Each item's run id, in the order of the batch's runs")
+
+
 class LogLine(_Exact):
     id: int = Field(description="The cursor of the log list")
     at: AwareDatetime
@@ -201,11 +207,31 @@ class FieldProblem(_Exact):
     message: str
 
 
+class KeyTaken(_Exact):
+    """An item of a batch whose unique key is taken (a 409 already_queued of the batch)."""
+
+    field: str = Field(examples=["runs[3].unique_key"])
+    message: str
+    unique_key: str
+    run_id: int | None = Field(description="The queued or running run holding the key; null "
+                                           "when an earlier item of the batch has it")
+
+
+class HeldBy(_Exact):
+    """The run holding a unique key (a 409 already_queued of one run)."""
+
+    run_id: int
+    unique_key: str
+    state: RunState
+
+
 class ErrorDetail(_Exact):
     code: str = Field(examples=["invalid_request", "not_found", "unauthorized"])
     message: str
-    details: list[FieldProblem] | None = Field(
-        description="For invalid_request: each bad field and what is wrong with it")
+    details: list[FieldProblem | KeyTaken] | HeldBy | None = Field(
+        description="For invalid_request: each bad field and what is wrong with it; for "
+                    "already_queued: the run holding the key, or for a batch each item whose "
+                    "key is taken")
 
 
 class Error(_Exact):

@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from ..scheduler.engine import Engine
 from ..settings import Settings
 from ..store import Store
+from .batch import BatchService
 from .jobs import JobService
 from .runs import RunService
 
@@ -24,13 +25,14 @@ class Services:
     runs: RunService
     jobs: JobService
     extension: Any  # the scheduler_app.Scheduler these were built by (its role loader)
+    batch: BatchService
 
     @classmethod
     def build(cls, settings: Settings, store: Store, scheduler: Engine,
               extension: Any = None) -> Services:
         runs = RunService(store, scheduler, settings)
         return cls(settings, store, scheduler, runs, JobService(store, scheduler, settings, runs),
-                   extension)
+                   extension, BatchService(runs))
 
     def install(self, app: Flask) -> None:
         app.extensions[EXTENSION_KEY] = self

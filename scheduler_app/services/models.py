@@ -145,6 +145,19 @@ class RunCreate(_Strict):
         "The rate limit's partition (default: the task)"))
 
 
+class RunBatchCreate(_Strict):
+    """Run many tasks at once: all are queued, or none."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"runs": [{"task": "demo.echo", "kwargs": {"value": 1}},
+                  {"task": "demo.echo", "kwargs": {"value": 2}, "unique_key": "echo:2"}]},
+    ]})
+
+    runs: list[RunCreate] = Field(min_length=1, description=(
+        "Each run as POST /api/runs takes it; at most BATCH_MAX_RUNS (default 10,000) and a "
+        "body of at most BATCH_MAX_CONTENT_LENGTH (default 16 MiB)"))
+
+
 class JobCreate(_Strict):
     """Schedule a task on a cron, interval or date trigger."""
 

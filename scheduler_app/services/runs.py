@@ -57,6 +57,25 @@ def controls_with(task: Task, changes: dict[str, Any]) -> Controls:
         raise InvalidRequest(str(exc), details=exc.problems) from None
 
 
+def start_time(run_at: str | None) -> datetime:
+    """When a run asked for with ``run_at`` (ISO 8601 with an offset; None: now) may start,
+    or InvalidRequest naming ``run_at``."""
+    if run_at is None:
+        return utcnow()
+    try:
+        return parse_aware(run_at, "run_at")
+    except ValueError as exc:
+        raise InvalidRequest.field("run_at", str(exc).replace("run_at ", "", 1)) from None
+    except OverflowError:  # a valid ISO time whose offset puts it outside years 1-9999
+        raise InvalidRequest.field("run_at", "is out of range") from None
+
+
+def control_changes(request: RunCreate) -> dict[str, Any]:
+    """The concurrency controls a request sets (null included: it removes the task's)."""
+    return {name: getattr(request, name) for name in CONTROL_OPTIONS
+            if name in request.model_fields_set}
+
+
 class RunService:
     def __init__(self, store: Store, scheduler: Engine, settings: Settings) -> None:
         self.store = store
@@ -67,18 +86,9 @@ class RunService:
         """Validate and queue a run; it is durable before this returns."""
         task = resolve_task(request.task)
         validate_kwargs(task, request.kwargs, self.settings.kwargs_max_bytes)
-        when = utcnow()
-        if request.run_at is not None:
-            try:
-                when = parse_aware(request.run_at, "run_at")
-            except ValueError as exc:
-                raise InvalidRequest.field("run_at", str(exc).replace("run_at ", "", 1)) \
-                    from None
-            except OverflowError:  # a valid ISO time whose offset puts it outside years 1-9999
-                raise InvalidRequest.field("run_at", "is out of range") from None
-        changes = {name: getattr(request, name) for name in CONTROL_OPTIONS
-                   if name in request.model_fields_set}
-        return self.queue(task, request.kwargs, when, controls=controls_with(task, changes))
+        when = start_time(request.run_at)
+        return self.queue(task, request.kwargs, when,
+                          controls=controls_with(task, control_changes(request)))
 
     def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime,
                 controls: Controls | None = None) -> Run:
@@ -93,7 +103,7 @@ class RunService:
         A unique key is held as anywhere else; a concurrency key or rate limit does not
         delay an eager run (the caller asked for it now), but is recorded."""
         validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
-        run = self.store.runs.create(self._new_run(task, kwargs, when, controls=controls),
+        run = self.store.runs.create(self.new_run(task, kwargs, when, controls=controls),
                                      running_on=eager.NODE)
         return eager.execute_now(app, self.store, run,
                                  max_log_lines=self.settings.run_log_max_lines)
@@ -105,6 +115,16 @@ class RunService:
         rollback leaves no run, and once it commits this node's runner looks for it and the
         other nodes are woken to (``Engine.runs_queued``)."""
         validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
+        conn = self.host_connection(session)
+        run = self.store.runs.create(self.new_run(task, kwargs, when, controls=controls),
+                                     conn=conn,
+                                     max_queued=self.settings.max_queued_runs)
+        self.wake_after_commit(session)
+        return run
+
+    def host_connection(self, session: Session | scoped_session[Any]) -> sa.Connection:
+        """The connection of a host's ``session``, if it is on the scheduler's database
+        (else InvalidRequest naming ``session``)."""
         conn = session.connection()
         ours = self.store.db.engine.url
         if not same_database(conn.engine.url, ours):
@@ -113,15 +133,17 @@ class RunService:
                 f"({conn.engine.url.render_as_string()} vs {ours.render_as_string()}); "
                 "set SCHEDULER_DATABASE_URL to the session's database to enqueue in its "
                 "transaction")
-        run = self.store.runs.create(self._new_run(task, kwargs, when, controls=controls),
-                                     conn=conn,
-                                     max_queued=self.settings.max_queued_runs)
+        return conn
+
+    def wake_after_commit(self, session: Session | scoped_session[Any]) -> None:
+        """Once the host's ``session`` commits, this node's runner looks for the runs it
+        queued and the other nodes are woken to (``Engine.runs_queued``)."""
         target = session() if callable(session) else session  # a scoped_session's session
         event.listen(target, "after_commit", lambda _: self.scheduler.runs_queued(), once=True)
-        return run
 
-    def _new_run(self, task: Task, kwargs: dict[str, Any], when: datetime,
+    def new_run(self, task: Task, kwargs: dict[str, Any], when: datetime,
                  job_id: str | None = None, controls: Controls | None = None) -> NewRun:
+        """The row-to-be of a validated run of ``task``."""
         return NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
@@ -132,7 +154,7 @@ class RunService:
               job_id: str | None = None, controls: Controls | None = None) -> Run:
         """Queue a run (or start it here at once). A unique key held by an active run raises
         ``AlreadyQueued``, whose ``run`` is that run, and nothing is written."""
-        new = self._new_run(task, kwargs, when, job_id, controls)
+        new = self.new_run(task, kwargs, when, job_id, controls)
         if task.max_running is None and not new.needs_claim and when <= utcnow():
             # Due now and this node has a free thread: skip the queue (one write, no hop).
             started = self.scheduler.run_here(new)

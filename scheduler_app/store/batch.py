@@ -1,0 +1,169 @@
+"""Many runs written at once (``POST /api/runs/batch``, ``Task.enqueue_many``): one
+transaction, one multi-row insert, all or nothing.
+
+A batch is refused whole, with nothing written, when the queue cannot take all of it
+(``QueueFull``) or when any of its unique keys is taken (``BatchConflict``): by an active run
+already stored, or by an earlier run of the same batch. Every conflicting run is named, so a
+caller can fix its batch in one go, or learn the ids of runs an earlier attempt of the same
+batch stored (a retry after a lost answer is refused naming them).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from ..errors import BatchConflict, KeyConflict, QueueFull
+from ..timeutil import utcnow
+from .db import Database
+from .lifecycle import NewRun, Run, RunState, new_run_values
+from .schema import ACTIVE_PREDICATE, runs
+from .stats import Tally
+
+# Ids come back in the order of the rows given (SQLAlchemy's "insertmanyvalues" sorts them),
+# so the answer's ids[i] is the run of the batch's item i.
+_INSERT = runs.insert().returning(runs.c.id, sort_by_parameter_order=True)
+_COUNT_QUEUED = sa.select(sa.func.count()).select_from(runs).where(
+    runs.c.state == RunState.QUEUED.value)
+_HOLDERS = sa.select(runs.c.id, runs.c.unique_key, runs.c.state).where(
+    runs.c.unique_key.in_(sa.bindparam("keys", expanding=True)), ACTIVE_PREDICATE)
+_CONFLICT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# How often a batch whose key holders all ended between its insert and its read is tried again
+# before it is refused anyway (each try needs a holder to end in a window of microseconds).
+_TRIES = 3
+
+
+def duplicates_within(news: Sequence[NewRun]) -> list[KeyConflict]:
+    """The items whose unique key an earlier item of the same batch has."""
+    first: dict[str, int] = {}
+    conflicts = []
+    for index, new in enumerate(news):
+        key = new.unique_key
+        if key is None:
+            continue
+        if key in first:
+            conflicts.append(KeyConflict(index, key, duplicate_of=first[key]))
+        else:
+            first[key] = index
+    return conflicts
+
+
+def create_many(db: Database, news: Sequence[NewRun], max_queued: int | None = None
+                ) -> list[Run]:
+    """Queue every run of ``news`` in one write transaction, or none (see the module). The
+    runs come back in the order given."""
+    for attempt in range(_TRIES):
+        try:
+            with db.write() as conn:
+                return insert_many(conn, news, max_queued, last_try=attempt == _TRIES - 1)
+        except BatchConflict as refused:
+            _count_refused(db, news, refused)
+            raise
+        except _HoldersEnded:
+            continue
+    raise AssertionError("unreachable: the last try raises BatchConflict")  # pragma: no cover
+
+
+def insert_many(conn: Connection, news: Sequence[NewRun], max_queued: int | None = None,
+                *, last_try: bool = True) -> list[Run]:
+    """``create_many`` in the caller's transaction (a host's session). A refused batch leaves
+    no row of its own in that transaction, whatever the caller then does with it."""
+    inside = duplicates_within(news)
+    if inside:
+        raise BatchConflict(inside)
+    if max_queued is not None:
+        queued = conn.execute(_COUNT_QUEUED).scalar_one()
+        if queued + len(news) > max_queued:
+            raise QueueFull(f"{queued} runs are queued and the batch adds {len(news)}; at most "
+                            f"{max_queued} may wait (MAX_QUEUED_RUNS)")
+    now = utcnow()
+    rows = [new_run_values(new, now) for new in news]
+    keys = [new.unique_key for new in news if new.unique_key is not None]
+    if not keys:
+        ids: list[int | None] = list(conn.execute(_INSERT, rows).scalars())
+    else:
+        # The index decides, as for one run: a key taken meanwhile by another transaction
+        # makes its row insert nothing here (no error that would end the transaction).
+        ids = _aligned(news, conn.execute(_insert_if_free(conn.dialect.name), rows).all())
+        if None in ids:
+            refused = _refusal(conn, news, ids, last_try)
+            # Take back what did go in: a host that catches the error and commits its own
+            # work anyway must not commit part of the batch.
+            conn.execute(runs.delete().where(runs.c.id.in_(
+                [run_id for run_id in ids if run_id is not None])))
+            raise refused
+    return [Run.inserted(run_id, values)  # type: ignore[arg-type]
+            for run_id, values in zip(ids, rows, strict=True)]
+
+
+def _aligned(news: Sequence[NewRun], returned: Sequence[Any]) -> list[int | None]:
+    """Each item's id, None for an item the insert left out: the rows come back in the
+    items' order without the left-out ones, and carry their key (unique in the batch, or
+    null for a run without one, which is never left out)."""
+    ids: list[int | None] = []
+    rest = iter(returned)
+    pending = next(rest, None)
+    for new in news:
+        if pending is not None and pending[1] == new.unique_key:
+            ids.append(pending[0])
+            pending = next(rest, None)
+        else:
+            ids.append(None)
+    if pending is not None:
+        raise AssertionError("the insert returned rows out of the batch's order")
+    return ids
+
+
+class _HoldersEnded(Exception):
+    """Keys were held at the insert, and their runs ended before they could be named."""
+
+
+def _refusal(conn: Connection, news: Sequence[NewRun], ids: Sequence[int | None],
+             last_try: bool) -> BatchConflict:
+    ours = {run_id for run_id in ids if run_id is not None}
+    left_out = [index for index, run_id in enumerate(ids) if run_id is None]
+    holders = {key: (run_id, state) for run_id, key, state in conn.execute(
+        _HOLDERS, {"keys": sorted({str(news[i].unique_key) for i in left_out})})
+        if run_id not in ours}
+    conflicts = []
+    for index in left_out:
+        key = news[index].unique_key
+        assert key is not None
+        holder = holders.get(key)
+        if holder is None and not last_try:
+            raise _HoldersEnded()
+        run_id, state = holder if holder is not None else (None, "ended")
+        conflicts.append(KeyConflict(index, key, run_id=run_id, state=state))
+    return BatchConflict(conflicts)
+
+
+def _count_refused(db: Database, news: Sequence[NewRun], refused: BatchConflict) -> None:
+    """Count the refused items whose key an active run holds as deduplicated (the metric
+    ``scheduler_runs_deduplicated_total``, as a refused single run is), in a transaction of its
+    own: the batch's was rolled back."""
+    held = [c for c in refused.conflicts if c.run_id is not None]
+    if held:
+        tally = Tally()
+        for conflict in held:
+            tally.deduplicated(news[conflict.index].task)
+        with db.write() as conn:
+            tally.flush(conn)
+
+
+@functools.cache
+def _insert_if_free(dialect: str) -> Any:
+    """The multi-row ``INSERT … ON CONFLICT (unique_key) WHERE <active> DO NOTHING RETURNING
+    id, unique_key``: a row whose key is taken is left out of what comes back, and its key says
+    which rows came in."""
+    insert = _CONFLICT_INSERTS.get(dialect)
+    if insert is None:
+        raise NotImplementedError(f"unique runs need SQLite or PostgreSQL, not {dialect}")
+    return (insert(runs)
+            .on_conflict_do_nothing(index_elements=[runs.c.unique_key],
+                                    index_where=ACTIVE_PREDICATE)
+            .returning(runs.c.id, runs.c.unique_key, sort_by_parameter_order=True))
