@@ -156,6 +156,25 @@ def tasks_run(task: str, kwargs_text: str, run_at: str | None, wait: bool,
     sys.exit(0 if final.state.value == "succeeded" else 1)
 
 
+@tasks_cli.command("run-batch")
+@click.argument("runs_file", type=click.File("r"))
+def tasks_run_batch(runs_file: Any) -> None:
+    """Start many runs at once, all or none, from RUNS_FILE ("-": stdin): JSON lines, each a
+    run as POST /api/runs takes it ({"task": ..., "kwargs": {...}}). Prints their ids in the
+    file's order; a bad line, a taken unique key or a full queue stores none of them."""
+    items = []
+    for number, line in enumerate(runs_file, start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(json.loads(line))
+        except ValueError as exc:
+            raise click.BadParameter(f"line {number} is not valid JSON: {exc}",
+                                     param_hint="RUNS_FILE") from None
+    created = _call(services().batch.submit, {"runs": items})
+    _json({"ids": [run.id for run in created]})
+
+
 def _ensure_executor() -> bool:
     """Start a node in this process when no live node can execute runs."""
     svc = services()

@@ -22,6 +22,7 @@ bp = Blueprint("health", __name__)
 ENDPOINTS = [
     ("GET", "/api/tasks", "registered tasks and the JSON Schema of their arguments"),
     ("POST", "/api/runs", "run a task now (or at run_at): {\"task\", \"kwargs\"}"),
+    ("POST", "/api/runs/batch", "many runs at once, all or none: {\"runs\": [...]}"),
     ("GET", "/api/runs", "runs, newest first (?state=&task=&job_id=&limit=&cursor=)"),
     ("GET", "/api/runs/<id>", "one run: state, progress, result, error"),
     ("POST", "/api/runs/<id>/cancel", "cancel a queued or running run"),

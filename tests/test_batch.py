@@ -5,6 +5,7 @@ SQLite file and on PostgreSQL; the batch route's own body limit; auth as every w
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -339,3 +340,23 @@ def test_enqueue_many_eager_runs_each_now(db_url: str) -> None:
         assert row_count(app.extensions["scheduler_app"].store) == 2
     finally:
         app.extensions["scheduler_app"].store.db.dispose()
+
+
+# -- the command line -----------------------------------------------------------------------
+
+def test_cli_run_batch_reads_json_lines_all_or_nothing(app: Flask) -> None:
+    runner = app.test_cli_runner()
+    lines = "\n".join(json.dumps({"task": "demo.echo", "kwargs": {"value": i}})
+                      for i in range(3)) + "\n\n"
+    done = runner.invoke(args=["tasks", "run-batch", "-"], input=lines)
+    assert done.exit_code == 0, done.output
+    ids = json.loads(done.output)["ids"]
+    store: Store = app.extensions["scheduler_app"].store
+    assert [store.runs.get(i).kwargs for i in ids] == [  # type: ignore[union-attr]
+        {"value": i} for i in range(3)]
+    bad = runner.invoke(args=["tasks", "run-batch", "-"], input=lines.replace(
+        '{"value": 2}', '{"value": 2, "extra": 1}'))
+    assert bad.exit_code != 0 and "runs[2].kwargs.extra" in bad.output
+    broken = runner.invoke(args=["tasks", "run-batch", "-"], input=lines + "{nope\n")
+    assert broken.exit_code != 0 and "line 5 is not valid JSON" in broken.output
+    assert row_count(store) == 3
