@@ -173,18 +173,22 @@ def run_case(name: str, probe: Probe, tmp: Path, count: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 runs per case (20 polled)")
+    parser.add_argument("--cases", nargs="+", choices=list(LABELS), default=list(LABELS),
+                        metavar="CASE", help=f"only these cases ({', '.join(LABELS)}); "
+                        "the others keep their last figures in results.json")
     args = parser.parse_args()
     quick_output(args.quick)
     fast, polled = (100, 20) if args.quick else (500, 120)
     probe = Probe()
-    cases: dict[str, Any] = {}
+    data = json.loads(results_file().read_text()) if results_file().exists() else {}
+    cases: dict[str, Any] = dict(data.get("handoff", {}).get("cases", {}))
     with tempfile.TemporaryDirectory() as tmp:
-        for name in LABELS:
+        for name in args.cases:
             cases[name] = run_case(name, probe, Path(tmp),
                                    polled if name.endswith("_poll") else fast)
             print(name, json.dumps(cases[name]), flush=True)
-    result = {"machine": machine(), "quick": args.quick, "cases": cases}
-    data = json.loads(results_file().read_text()) if results_file().exists() else {}
+    result = {"machine": machine(), "quick": args.quick,
+              "cases": {name: cases[name] for name in LABELS if name in cases}}
     data["handoff"] = result
     results_file().write_text(json.dumps(data, indent=2) + "\n")
     write_section(result)
@@ -197,6 +201,8 @@ def write_section(result: dict[str, Any]) -> None:
         f"| {c['runs']} | {c['load_avg_1m']:.1f} |" for name, c in cases.items())
     verdicts = []
     for name in ("sqlite_split", "pg_split"):
+        if name not in cases:
+            continue
         c = cases[name]
         ok = c["p50_ms"] <= 10 and c["p99_ms"] <= 50
         verdicts.append(f"{LABELS[name].split(',')[1].strip()}: p50 {c['p50_ms']:.1f} ms, p99 "

@@ -264,3 +264,14 @@ def count(ctx: RunContext, key: str) -> str:
     with _counts_lock:
         counts[key] = counts.get(key, 0) + 1
     return key
+
+
+@task(name="testing.tally")
+def tally(ctx: RunContext, path: str) -> int:
+    """Appends "<run id> <pid>" to ``path`` each time it executes (tests count executions
+    across processes); returns the pid."""
+    import os
+
+    with open(path, "a") as out:
+        out.write(f"{ctx.run_id} {os.getpid()}\n")
+    return os.getpid()

@@ -204,3 +204,31 @@ def test_sqlite_a_killed_workers_socket_is_cleaned_up_and_a_new_worker_is_woken(
     web.wait_run(first["id"], "succeeded", timeout=20)  # the new worker's first look
     assert replacement.proc.poll() is None
     assert max(start_delays(web, 3)) < FAST  # and then the wake-ups reach it
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_named_run_is_taken_by_one_of_two_workers_at_once_and_runs_once(kind, split,
+                                                                         tmp_path, request):
+    """Each run posted to the web node is named in its wake-up; both idle workers hear it, one
+    takes it by its id and the other skips it: every run starts within a fraction of the 5 s
+    poll, on one of the two workers, and executes exactly once."""
+    settings = {"DATABASE_URL": request.getfixturevalue("pg_url")} if kind == "postgresql" \
+        else {}
+    web, first = split(**settings)
+    second = split.worker(**settings)
+    web.wait_for(lambda: sum(n["role"] == "worker" and n["alive"] for n in
+                             web.get_json("/api/nodes")["items"]) == 2,
+                 timeout=30, message="both workers to register")
+    executions = tmp_path / "executions.txt"
+    ids, delays = [], []
+    for _ in range(8):
+        response = web.post("/api/runs", json={"task": "testing.tally",
+                                               "kwargs": {"path": str(executions)}})
+        assert response.status_code == 202, response.text
+        run = web.wait_run(response.json()["id"], "succeeded", timeout=20)
+        ids.append(run["id"])
+        delays.append(stamp(run["started_at"]) - stamp(run["created_at"]))
+    assert max(delays) < FAST, delays
+    lines = executions.read_text().split()
+    assert sorted(int(x) for x in lines[0::2]) == sorted(ids), "a run executed twice or never"
+    assert {int(pid) for pid in lines[1::2]} <= {first.proc.pid, second.proc.pid}

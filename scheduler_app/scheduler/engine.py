@@ -122,12 +122,13 @@ class Engine:
         it, this one, and nobody needs to read the nodes table to know."""
         return self._started and self.runner is not None and task in self.runner.tasks
 
-    def runs_queued(self) -> None:
+    def runs_queued(self, run: Run | None = None) -> None:
         """Runs were queued and committed: this node's runner looks at once, and so does every
-        other node's, told through the wake-ups."""
+        other node's, told through the wake-ups. ``run``: the one run queued, due now and
+        free of every limit (the message names it, so one node takes it by its id)."""
         if self.runner is not None:
             self.runner.wake()
-        self.node.wakeups.runs_queued()
+        self.node.wakeups.runs_queued(run)
 
     def cancel_requested(self, run_id: int) -> None:
         """A cancel of a running run was committed: tell its task now, here or on the node

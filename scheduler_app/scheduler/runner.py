@@ -12,7 +12,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flask import Flask
@@ -76,6 +76,10 @@ class Runner:
         # Whether queued runs may be waiting: the last queue read found some, or a run was
         # queued here since. A finished run wakes the dispatcher only then.
         self._backlog = True
+        # Runs named by wake-ups since the dispatcher last looked (``offer``), and whether a
+        # full look was asked for too (``wake``).
+        self._offered: list[int] = []
+        self._asked = False
         self._accepting = False
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
@@ -124,7 +128,25 @@ class Runner:
             self.isolation.close()
 
     def wake(self) -> None:
+        """Look at the queue now: a full claim, as at a poll."""
         self._backlog = True
+        self._asked = True
+        self._wake.set()
+
+    def offer(self, run_id: int, task_name: str) -> None:
+        """Another node queued run ``run_id`` of ``task_name``, due now and free of every limit
+        (no concurrency key, no rate limit). With a thread free, the dispatcher takes it by
+        its id, one statement that the nodes that lose the race skip at once, instead of a
+        full claim on every node for one run. A task this node does not run is left to the
+        others; one it caps (``max_running``, maybe not capped where the run was queued)
+        gets a full look."""
+        if task_name not in self.tasks:
+            return
+        if self.tasks.get(task_name).max_running is not None:
+            self.wake()
+            return
+        with self._lock:
+            self._offered.append(run_id)
         self._wake.set()
 
     # -- what the node's maintenance loop calls ---------------------------------------------
@@ -172,13 +194,22 @@ class Runner:
     # -- dispatching ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
         woken = False
+        due: datetime | None = None  # when the next queued run is due, as last read
         while not self._stopped.is_set():
             self._wake.clear()
+            with self._lock:
+                offered, self._offered = self._offered, []
+                asked, self._asked = self._asked, False
             timeout = self.poll_seconds
             free = claimed = 0
             try:
                 looked = self._free() > 0
-                if looked and woken:
+                named_only = woken and bool(offered) and not asked
+                if named_only:
+                    # Woken only for runs named by other nodes: take those by their ids; the
+                    # queue was not read, so the sleep below is the last read's.
+                    free, claimed = self._claim_offered(offered)
+                elif looked and woken:
                     # Woken (runs were queued, here or on another node): claim at once, with
                     # no read first of what is due; the next due time is read after.
                     free, claimed = self._claim(look_first=False)
@@ -191,7 +222,7 @@ class Runner:
                         free, claimed = self._claim()
                         if claimed < free:
                             due = self.store.runs.next_due_time()  # what is left after it
-                if looked:
+                if looked and not named_only:
                     # Queued runs left (found here, maybe queued by another node): a thread
                     # freeing up comes back for them at once, not at the next poll.
                     self._backlog = due is not None
@@ -213,6 +244,34 @@ class Runner:
         if not self._accepting:
             return 0
         return max(0, self.capacity - len(self._active) - self._reserved)
+
+    def _claim_offered(self, offered: list[int]) -> tuple[int, int]:
+        """Take the named runs by id, as many as there are free threads; return (free,
+        claimed). Runs left over for want of a thread are looked for when one frees up."""
+        wanted = list(dict.fromkeys(offered))
+        with self._lock:
+            free = self._free_locked()
+            taking = min(free, len(wanted))
+            self._reserved += taking
+        started: list[Run] = []
+        try:
+            unlimited = self._unlimited_task_names()
+            for run_id in wanted[:taking]:
+                run = self.store.runs.claim_named(run_id, self.node_id, unlimited)
+                if run is not None:
+                    self._submit(run, reserved=True)
+                    started.append(run)
+        finally:
+            with self._lock:
+                self._reserved -= taking - len(started)
+            if taking < len(wanted):
+                self._backlog = True
+        try:
+            self.store.runs.count_waits(started)
+        except Exception:
+            log.exception("could not count the queue waits of runs %s",
+                          [run.id for run in started])
+        return free, len(started)
 
     def _claim(self, look_first: bool = True) -> tuple[int, int]:
         """Claim as many due runs as there are free threads; return (free, claimed).
@@ -239,6 +298,9 @@ class Runner:
         """The names of the tasks this runner executes, as registered now (a task module may
         be imported after the node started)."""
         return frozenset(t.name for t in self.tasks.all())
+
+    def _unlimited_task_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tasks.all() if t.max_running is None)
 
     def task_limits(self) -> dict[str, int]:
         """Each task's ``max_running``, for those that have one (counted by the claim)."""

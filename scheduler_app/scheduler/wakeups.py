@@ -5,6 +5,12 @@ node), a run ended and freed a place other nodes may be waiting for (a task's
 ``max_running``), and a cancel was requested for a run another node executes. Each is a short
 message on the store's transport (``store.notify``); a node that hears one acts as its own poll
 or tick would, only now. Messages name their sender, which ignores its own.
+
+A message about one run queued due now and free of every limit names it (``runs <sender>
+<id> <task>``): the nodes that run its task try to take it by its id, one statement, and those
+that lose the race skip it at once (``Runner.offer``), rather than every node making a full
+claim for one run. Any other ``runs`` message, and one a node cannot parse, asks for a full
+look at the queue, as an older node's messages do.
 """
 
 from __future__ import annotations
@@ -45,9 +51,13 @@ class Wakeups:
         self.signals.close()
 
     # -- sent after the writer's commit -----------------------------------------------------
-    def runs_queued(self) -> None:
-        """Runs were queued here: whichever node has a free thread should claim them now."""
-        self.signals.send(f"{RUNS} {self.node_id}")
+    def runs_queued(self, run: Run | None = None) -> None:
+        """Runs were queued here: whichever node has a free thread should claim them now.
+        ``run``: the one run queued, due now and free of every limit, named in the message."""
+        if run is None:
+            self.signals.send(f"{RUNS} {self.node_id}")
+        else:
+            self.signals.send(f"{RUNS} {self.node_id} {run.id} {run.task}")
 
     def cancel_requested(self, run_id: int) -> None:
         """A cancel was written for a running run: the node executing it should tell it now."""
@@ -80,5 +90,9 @@ class Wakeups:
                 log.warning("ignored a malformed wake-up %r", message)
                 return
             self.runner.signal_cancel(run_id)
+            return
+        named, _, task_name = arg.partition(" ")
+        if kind == RUNS and named.isdigit() and task_name:
+            self.runner.offer(int(named), task_name)
         else:  # "runs", or "hello" after the listener (re)connected: look at the queue
             self.runner.wake()

@@ -155,13 +155,15 @@ class RunService:
         """Queue a run (or start it here at once). A unique key held by an active run raises
         ``AlreadyQueued``, whose ``run`` is that run, and nothing is written."""
         new = self.new_run(task, kwargs, when, job_id, controls)
-        if task.max_running is None and not new.needs_claim and when <= utcnow():
+        unlimited_now = task.max_running is None and not new.needs_claim and when <= utcnow()
+        if unlimited_now:
             # Due now and this node has a free thread: skip the queue (one write, no hop).
             started = self.scheduler.run_here(new)
             if started is not None:
                 return started
         run = self.store.runs.create(new, max_queued=self.settings.max_queued_runs)
-        self.scheduler.runs_queued()
+        # A run due now that no limit holds back is named in the wake-up: one node takes it.
+        self.scheduler.runs_queued(run if unlimited_now else None)
         return run
 
     def get(self, run_id: int) -> Run:

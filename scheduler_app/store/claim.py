@@ -7,6 +7,10 @@ single writer), so they hold across every node of the cluster:
 - a run's rate limit: at most ``count`` starts per ``period`` in any sliding window, per rate
   key, counted from ``rate_starts`` (every start of an attempt, a retry's included).
 
+A run that none of these limits applies to (no concurrency key, no rate limit, a task without
+``max_running``) can also be claimed by its id, without that lock (``claim_named``): a wake-up
+names the run it announces, and the node that hears it first takes it in one statement.
+
 A run held back stays queued in its place. A concurrency key at its limit is left out by the
 query itself, so its queued runs never crowd out other keys' runs; a run a rate limit holds
 back gets ``throttled_until``, the time its key's next free slot opens (the n-th held-back run
@@ -67,6 +71,24 @@ _START = (runs.update()
           .values(state=_RUNNING, node=sa.bindparam("on_node"), started_at=sa.bindparam("at"),
                   finished_at=None, throttled_until=None)
           .returning(*runs.c))
+# One named run, if it is still queued, free of every limit, of a task the claiming node runs
+# without ``max_running``, and due by the claiming node's clock give or take ``skew``: the
+# sender said it is due now, and hosts' clocks differ by a little. A run another node is
+# claiming at this moment is skipped rather than waited for (PostgreSQL's SKIP LOCKED; SQLite
+# has one writer at a time, so never meets a locked row).
+_NAMED = (sa.select(runs.c.id)
+          .where(runs.c.id == sa.bindparam("run_id"), runs.c.state == _QUEUED,
+                 runs.c.scheduled_for <= sa.bindparam("due_by"),
+                 runs.c.throttled_until.is_(None), runs.c.concurrency_key.is_(None),
+                 runs.c.rate_limit.is_(None),
+                 runs.c.task.in_(sa.bindparam("unlimited", expanding=True)))
+          .with_for_update(skip_locked=True)
+          .scalar_subquery())
+_START_NAMED = (runs.update()
+                .where(runs.c.id == _NAMED, runs.c.state == _QUEUED)
+                .values(state=_RUNNING, node=sa.bindparam("on_node"),
+                        started_at=sa.bindparam("at"), finished_at=None)
+                .returning(*runs.c))
 _OF_TASKS = runs.c.task.in_(sa.bindparam("tasks", expanding=True))
 _DUE_OF_TASKS = (_DUE.where(_OF_TASKS), _DUE.where(_OF_TASKS, _AFTER))
 
@@ -158,6 +180,20 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
     claimed = _start(conn, node, [row.id for row in chosen], utcnow(), tally)
     tally.flush(conn)
     return claimed
+
+
+def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
+                now: datetime, skew: timedelta) -> Run | None:
+    """Move the queued run ``run_id`` to ``running`` on ``node`` in one statement, if no limit
+    applies to it (``unlimited``: the tasks ``node`` runs that have no ``max_running``) and it
+    is due by ``now`` plus ``skew``; None otherwise, or when another node has it (taken, or
+    being taken). Needs no serialised transaction: nothing is counted."""
+    if not unlimited:
+        return None
+    row = conn.execute(_START_NAMED, {
+        "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),
+        "on_node": node, "at": now}).mappings().first()
+    return None if row is None else Run.from_row(row)
 
 
 def _count_keys(conn: Connection, page: Sequence[Any], by_key: dict[str, int]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from ..errors import AlreadyQueued, QueueFull
 from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
-from .claim import claim_due
+from .claim import claim_due, claim_named
 from .db import LOCK_CLAIM, Database
 from .driver import Prepared
 from .group import GroupCommit
@@ -33,6 +33,9 @@ from .lifecycle import (
 from .schema import ACTIVE_PREDICATE, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
 
+# How far ahead of this node's clock a run named by a wake-up may be due and still be taken:
+# the node that queued it said it is due now, by its own clock.
+CLOCK_SKEW = timedelta(seconds=1)
 # Statements built once, their parameters bound at execution; the insert and the finish are on
 # every run's path, so on SQLite they run on the driver (``driver.Prepared``). The insert
 # returns only the id: the rest of the row is what was written (``Run.inserted``).
@@ -196,6 +199,27 @@ class RunStore:
         with self.db.write(lock=LOCK_CLAIM) as conn:
             # ``now`` is read once the lock is held, so it is after any earlier finish.
             return claim_due(conn, node, limit, task_limits, tasks, utcnow())
+
+    def claim_named(self, run_id: int, node: str, unlimited: Collection[str],
+                    skew: timedelta = CLOCK_SKEW) -> Run | None:
+        """Claim the run a wake-up named, in one statement, without the serialised claim:
+        only if no limit applies to it and ``node`` runs its task (``unlimited``: the tasks
+        ``node`` runs without ``max_running``), and only if it is still queued and no other
+        node is taking it (``claim.claim_named``). None: the caller's node leaves it (taken,
+        cancelled, or for a full claim to weigh). Its queue wait is counted apart, by
+        ``count_waits``, once the run has started."""
+        with self.db.write_one() as conn:
+            return claim_named(conn, run_id, node, unlimited, utcnow(), skew)
+
+    def count_waits(self, claimed: Sequence[Run]) -> None:
+        """Count the queue waits of runs ``claim_named`` took, after they started (off the
+        hand-off's path; a crash in between loses only these observations, never a run)."""
+        def count(_conn: Connection, tally: Tally) -> None:
+            for run in claimed:
+                if run.started_at is not None:
+                    tally.waited(run.task, run.scheduled_for, run.started_at)
+        if claimed:
+            self.group.run(count)
 
     def claim_run(self, run_id: int, node: str) -> Run | None:
         """Move the queued run ``run_id`` to ``running`` on ``node`` now, due or not (the next

@@ -61,3 +61,27 @@ def test_a_node_that_cannot_listen_starts_and_polls(make_engine, sqlite_store, c
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=3)
     assert (done.state, done.result) == (RunState.SUCCEEDED, 3)
     assert "wake-ups off for node" in caplog.text
+
+
+def test_a_named_run_of_a_task_capped_here_gets_a_full_claim(make_engine, sqlite_store):
+    """A wake-up names a run due now; the worker caps its task (``max_running``), so it takes
+    it through the full, counted claim rather than by its id, at once all the same."""
+    web = make_engine(role="web", **SLOW)
+    worker = make_engine(**SLOW)
+    worker.start(as_worker=True)
+    web.start()
+    time.sleep(0.2)
+    run = sqlite_store.runs.create(new_run(task="testing.single", kwargs={"seconds": 0.01}))
+    web.runs_queued(run)
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
+    assert done.state is RunState.SUCCEEDED and done.node == worker.node.id
+
+
+def test_a_malformed_named_wake_up_still_makes_the_worker_look(make_engine, sqlite_store):
+    worker = make_engine(**SLOW)
+    worker.start(as_worker=True)
+    time.sleep(0.2)
+    run = sqlite_store.runs.create(new_run(kwargs={"value": 2}))
+    worker.node.wakeups._heard("runs another-node not-a-number demo.echo")
+    done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
+    assert done.state is RunState.SUCCEEDED
