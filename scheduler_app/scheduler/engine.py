@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from apscheduler.schedulers import SchedulerNotRunningError
 from flask import Flask
+from sqlalchemy.engine import Connection
 
 from ..errors import InvalidRequest
 from ..settings import Settings
@@ -122,13 +123,21 @@ class Engine:
         it, this one, and nobody needs to read the nodes table to know."""
         return self._started and self.runner is not None and task in self.runner.tasks
 
-    def runs_queued(self, run: Run | None = None) -> None:
+    def runs_queued(self, run: Run | None = None, announced: bool = False) -> None:
         """Runs were queued and committed: this node's runner looks at once, and so does every
         other node's, told through the wake-ups. ``run``: the one run queued, due now and
-        free of every limit (the message names it, so one node takes it by its id)."""
+        free of every limit (the message names it, so one node takes it by its id).
+        ``announced``: the other nodes were told in the transaction (``announce_in``)."""
         if self.runner is not None:
             self.runner.wake()
-        self.node.wakeups.runs_queued(run)
+        if not announced:
+            self.node.wakeups.runs_queued(run)
+
+    def announce_in(self, conn: Connection, run: Run | None = None) -> bool:
+        """Tell the other nodes, in the transaction writing ``run``, that it was queued: the
+        database delivers it at commit, with no round trips after it (PostgreSQL). False:
+        ``runs_queued`` must tell them after the commit."""
+        return self.node.wakeups.runs_queued_in(conn, run)
 
     def cancel_requested(self, run_id: int) -> None:
         """A cancel of a running run was committed: tell its task now, here or on the node

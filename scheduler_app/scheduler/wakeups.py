@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy.engine import Connection
+
 from ..store import Run, RunState
 from ..store.notify import Signals
 from .runner import Runner
@@ -54,10 +56,17 @@ class Wakeups:
     def runs_queued(self, run: Run | None = None) -> None:
         """Runs were queued here: whichever node has a free thread should claim them now.
         ``run``: the one run queued, due now and free of every limit, named in the message."""
+        self.signals.send(self._runs_message(run))
+
+    def runs_queued_in(self, conn: Connection, run: Run | None = None) -> bool:
+        """``runs_queued`` inside the transaction writing the run, delivered at its commit
+        where the transport can (PostgreSQL); False: call ``runs_queued`` after the commit."""
+        return self.signals.send_in(conn, self._runs_message(run))
+
+    def _runs_message(self, run: Run | None) -> str:
         if run is None:
-            self.signals.send(f"{RUNS} {self.node_id}")
-        else:
-            self.signals.send(f"{RUNS} {self.node_id} {run.id} {run.task}")
+            return f"{RUNS} {self.node_id}"
+        return f"{RUNS} {self.node_id} {run.id} {run.task}"
 
     def cancel_requested(self, run_id: int) -> None:
         """A cancel was written for a running run: the node executing it should tell it now."""

@@ -161,9 +161,18 @@ class RunService:
             started = self.scheduler.run_here(new)
             if started is not None:
                 return started
-        run = self.store.runs.create(new, max_queued=self.settings.max_queued_runs)
-        # A run due now that no limit holds back is named in the wake-up: one node takes it.
-        self.scheduler.runs_queued(run if unlimited_now else None)
+        # The other nodes are told in the insert's transaction where the store can (delivered
+        # at its commit); a run due now that no limit holds back is named: one node takes it.
+        announced: list[bool] = []
+
+        def announce(conn: sa.Connection, written: Run) -> None:
+            announced.append(self.scheduler.announce_in(conn, written if unlimited_now
+                                                        else None))
+
+        run = self.store.runs.create(new, max_queued=self.settings.max_queued_runs,
+                                     announce=announce)
+        self.scheduler.runs_queued(run if unlimited_now else None,
+                                   announced=bool(announced) and announced[-1])
         return run
 
     def get(self, run_id: int) -> Run:

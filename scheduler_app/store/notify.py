@@ -4,7 +4,11 @@ poll's delay: the database stays the truth, so the transport may drop messages.
 
 - PostgreSQL: ``NOTIFY`` on one channel, heard through one ``LISTEN`` connection per listener
   (reconnected with backoff when it drops). Sent after the writer's commit, so a listener that
-  reads at once sees the row.
+  reads at once sees the row; or (``send_in``) inside the writer's transaction, which the
+  server delivers at its commit, atomically with the rows and with no round trips of its own
+  (a run queued through the API). The cost: a transaction carrying a ``NOTIFY`` fails at
+  commit if the server's notification queue is full (8 GB of messages a listening session
+  has not read), where a separate send would only be lost.
 - SQLite: one UNIX datagram socket per listening node in a folder beside the database file
   (``<file>.wakeups/``); a sender writes to every socket there. A socket nobody holds any more
   (its process died) refuses the datagram and is removed.
@@ -41,6 +45,7 @@ STOP_CHECK_SECONDS = 0.5
 _SUN_PATH_MAX = 100
 
 Handler = Callable[[str], None]
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :message)")
 
 
 class Signals(Protocol):
@@ -50,6 +55,11 @@ class Signals(Protocol):
     def send(self, message: str) -> None:
         """Tell every listening node ``message``. Never raises: a failure is logged and the
         receivers fall back on their poll."""
+
+    def send_in(self, conn: sa.Connection, message: str) -> bool:
+        """Send ``message`` as part of ``conn``'s transaction, delivered at its commit and not
+        at all if it rolls back. False: this transport cannot, the caller sends after its
+        commit. Raises what the database raises (the transaction fails with it)."""
 
     def listen(self, member: str, handler: Handler) -> None:
         """Start hearing messages: ``handler(message)`` on a thread of this object's own, for
@@ -75,6 +85,9 @@ class NoSignals:
 
     def send(self, message: str) -> None:
         pass
+
+    def send_in(self, conn: sa.Connection, message: str) -> bool:
+        return False
 
     def listen(self, member: str, handler: Handler) -> None:
         pass
@@ -120,11 +133,14 @@ class PgSignals(_Listening):
             # Autocommit: one statement, no BEGIN and COMMIT round trips around it.
             with self.db.engine.connect().execution_options(
                     isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text("SELECT pg_notify(:channel, :message)"),
-                             {"channel": CHANNEL, "message": message})
+                conn.execute(_NOTIFY, {"channel": CHANNEL, "message": message})
         except Exception:
             log.warning("could not send wake-up %r; other nodes will poll", message,
                         exc_info=True)
+
+    def send_in(self, conn: sa.Connection, message: str) -> bool:
+        conn.execute(_NOTIFY, {"channel": CHANNEL, "message": message})
+        return True
 
     def listen(self, member: str, handler: Handler) -> None:
         self._start_thread(self._listen_loop, handler)
@@ -201,6 +217,9 @@ class LocalSignals(_Listening):
                     pass  # queue full (it is awake), or it just stopped
                 except OSError:
                     log.warning("could not wake %s", name, exc_info=True)
+
+    def send_in(self, conn: sa.Connection, message: str) -> bool:
+        return False  # a datagram cannot wait for a commit
 
     def listen(self, member: str, handler: Handler) -> None:
         os.makedirs(self.folder, mode=0o700, exist_ok=True)

@@ -6,7 +6,7 @@ and row values are in ``lifecycle``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -62,7 +62,8 @@ class RunStore:
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, new: NewRun, conn: Connection | None = None,
-               max_queued: int | None = None, running_on: str | None = None) -> Run:
+               max_queued: int | None = None, running_on: str | None = None,
+               announce: Callable[[Connection, Run], None] | None = None) -> Run:
         """Queue a run. With ``max_queued``, refuse (QueueFull, nothing written) when that many
         runs are already queued, counted in the same transaction. With ``running_on``, the run
         is written already claimed by that node (the node has a thread waiting for it).
@@ -72,13 +73,22 @@ class RunStore:
         so two nodes inserting the same key at once cannot both win).
 
         Without ``conn``, the write joins the group commit: concurrent creates and finishes
-        of this process share a transaction, and this returns once it committed."""
+        of this process share a transaction, and this returns once it committed.
+
+        ``announce(conn, run)``: called in the transaction once the run is written (a wake-up
+        that the database delivers at commit); called again if the transaction is retried."""
+        def insert(conn: Connection, tally: Tally) -> tuple[Run, bool]:
+            outcome = self._insert(conn, tally, new, max_queued, running_on)
+            if outcome[1] and announce is not None:
+                announce(conn, outcome[0])
+            return outcome
+
         if conn is not None:
-            run, created = self.insert_in(conn, new, max_queued, running_on)
+            tally = Tally()
+            run, created = insert(conn, tally)
+            tally.flush(conn)
         else:
-            run, created = self.group.run(
-                lambda conn, tally: self._insert(conn, tally, new, max_queued, running_on),
-                serialised=max_queued is not None)
+            run, created = self.group.run(insert, serialised=max_queued is not None)
         if not created:
             raise already_queued(run)
         return run

@@ -120,3 +120,34 @@ def test_a_failed_send_is_logged_never_raised(caplog: pytest.LogCaptureFixture):
     finally:
         db.dispose()
     assert "could not send wake-up" in caplog.text
+
+
+def test_pg_a_message_sent_in_a_transaction_arrives_at_its_commit_and_never_on_rollback(
+        pg_url: str):
+    db = Database(pg_url)
+    a, b = PgSignals(db), PgSignals(db)
+    try:
+        heard = listener(b, "node-b")
+        assert b.connected.wait(5)
+        assert heard.get(timeout=2) == "hello"
+        with db.engine.connect() as conn:
+            with conn.begin() as tx:
+                assert a.send_in(conn, "runs node-a 1 demo.echo")
+                tx.rollback()
+            with conn.begin():
+                assert a.send_in(conn, "runs node-a 2 demo.echo")
+                with pytest.raises(queue.Empty):  # not before the commit
+                    heard.get(timeout=0.3)
+        assert heard.get(timeout=2) == "runs node-a 2 demo.echo"
+        with pytest.raises(queue.Empty):  # the rolled-back one never came
+            heard.get(timeout=0.3)
+    finally:
+        a.close()
+        b.close()
+        db.dispose()
+
+
+def test_local_and_disabled_transports_send_after_the_commit(tmp_path: Path):
+    """A datagram cannot wait for a commit: these decline, and the caller sends afterwards."""
+    for signals in (LocalSignals(str(tmp_path / "w")), NoSignals()):
+        assert signals.send_in(None, "runs x") is False  # type: ignore[arg-type]
