@@ -20,6 +20,7 @@ The task is ``bench.noop``, whose first line sends its start time over UDP to th
 
     .venv/bin/python -m bench.handoff            # 500 runs per case (120 with the poll)
     .venv/bin/python -m bench.handoff --quick    # 100 (20), writes to bench/work/
+    .venv/bin/python -m bench.handoff --cases pg_split sqlite_split   # only these cases
 """
 
 from __future__ import annotations
