@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ LABELS = {
 
 
 class Harness:
-    def __init__(self, tmp: Path, probe: Probe, batch_size: int) -> None:
+    def __init__(self, tmp: Path, probe: Probe, batch_size: int, run_threads: int) -> None:
         self.tmp, self.probe, self.batch_size = tmp, probe, batch_size
-        self.system = next(s for s in systems(tmp) if s.name == "scheduler_app")
+        base = next(s for s in systems(tmp) if s.name == "scheduler_app")
+        self.system = replace(base, env={**base.env, "FLASK_WORKER_THREADS": str(run_threads)})
         self.server = Server(self.system)
         self.db = tmp / "service.sqlite3"
 
@@ -155,6 +157,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--count", type=int, help="runs per way per round")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--run-threads", type=int, default=4,
+                        help="WORKER_THREADS of each gunicorn worker (default 4, the product's)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the results; leave results.json and README.md alone")
     args = parser.parse_args()
@@ -166,7 +170,7 @@ def main() -> None:
     probe = Probe()
     per_round: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory() as tmp_text:
-        harness = Harness(Path(tmp_text), probe, args.batch_size)
+        harness = Harness(Path(tmp_text), probe, args.batch_size, args.run_threads)
         try:
             for way in WAYS:  # connections, imports, first writes, thread pools
                 harness.round(way, warmup, f"{way}-w")
@@ -197,8 +201,8 @@ def main() -> None:
     results["machine"] = machine()
     results["settings"] = {"rounds": rounds, "runs_per_round": count, "warmup": warmup,
                            "batch_size": args.batch_size, "client_threads": CLIENT_THREADS,
-                           "gunicorn_workers": harness.system.workers, "run_threads": 4,
-                           "quick": args.quick,
+                           "gunicorn_workers": harness.system.workers,
+                           "run_threads": args.run_threads, "quick": args.quick,
                            "load_average_before": [round(x, 2) for x in load_before],
                            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
     print(json.dumps({"ratios": results["ratios"], "settings": results["settings"]}, indent=2))
