@@ -70,6 +70,27 @@ def test_taken_unique_keys_refuse_the_whole_batch_naming_each(store: Store) -> N
     assert row_count(store) == before + 4
 
 
+def test_ids_follow_the_items_however_they_are_known(store: Store) -> None:
+    """Ids drawn before the insert (PostgreSQL's sequence; SQLite's next rowids under the write
+    lock) and ids read back from it (a caller's SQLite transaction) both follow the items, and
+    single runs written before and after take ids of their own."""
+    before = store.runs.create(new_run(kwargs={"value": -1}))
+    made = create_many(store.db, [new_run(kwargs={"value": i}, unique_key=(
+        f"own:{i}" if i % 3 == 0 else None)) for i in range(50)])
+    with store.db.write() as conn:
+        inside = insert_many(conn, [new_run(kwargs={"value": 100 + i}, unique_key=(
+            f"in:{i}" if i % 2 else None)) for i in range(20)])
+        plain = insert_many(conn, [new_run(kwargs={"value": 200 + i}) for i in range(5)])
+    after = store.runs.create(new_run(kwargs={"value": 999}))
+    every = [before, *made, *inside, *plain, after]
+    assert len({r.id for r in every}) == len(every)
+    for run in every:
+        stored = store.runs.get(run.id)
+        assert stored is not None and stored.kwargs == run.kwargs
+        assert stored.unique_key == run.unique_key
+    assert [r.id for r in made] == sorted(r.id for r in made)
+
+
 def test_a_batch_past_the_queue_limit_writes_nothing(store: Store) -> None:
     create_many(store.db, [new_run() for _ in range(3)], max_queued=5)
     with pytest.raises(QueueFull, match="3 runs are queued and the batch adds 3"):

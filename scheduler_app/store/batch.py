@@ -25,8 +25,9 @@ from .lifecycle import NewRun, Run, RunState, new_run_values
 from .schema import ACTIVE_PREDICATE, runs
 from .stats import Tally
 
-# Ids come back in the order of the rows given (SQLAlchemy's "insertmanyvalues" sorts them),
-# so the answer's ids[i] is the run of the batch's item i.
+# Where the ids are not known before the insert (a host's SQLite session), they come back in
+# the order of the rows given (SQLAlchemy's "insertmanyvalues" sorts them), so the answer's
+# ids[i] is still the run of the batch's item i.
 _INSERT = runs.insert().returning(runs.c.id, sort_by_parameter_order=True)
 _COUNT_QUEUED = sa.select(sa.func.count()).select_from(runs).where(
     runs.c.state == RunState.QUEUED.value)
@@ -60,7 +61,8 @@ def create_many(db: Database, news: Sequence[NewRun], max_queued: int | None = N
     for attempt in range(_TRIES):
         try:
             with db.write() as conn:
-                return insert_many(conn, news, max_queued, last_try=attempt == _TRIES - 1)
+                return insert_many(conn, news, max_queued, last_try=attempt == _TRIES - 1,
+                                   own_writer=True)
         except BatchConflict as refused:
             _count_refused(db, news, refused)
             raise
@@ -70,7 +72,7 @@ def create_many(db: Database, news: Sequence[NewRun], max_queued: int | None = N
 
 
 def insert_many(conn: Connection, news: Sequence[NewRun], max_queued: int | None = None,
-                *, last_try: bool = True) -> list[Run]:
+                *, last_try: bool = True, own_writer: bool = False) -> list[Run]:
     """``create_many`` in the caller's transaction (a host's session). A refused batch leaves
     no row of its own in that transaction, whatever the caller then does with it."""
     inside = duplicates_within(news)
@@ -83,20 +85,34 @@ def insert_many(conn: Connection, news: Sequence[NewRun], max_queued: int | None
                             f"{max_queued} may wait (MAX_QUEUED_RUNS)")
     now = utcnow()
     rows = [new_run_values(new, now) for new in news]
-    keys = [new.unique_key for new in news if new.unique_key is not None]
-    if not keys:
-        ids: list[int | None] = list(conn.execute(_INSERT, rows).scalars())
+    keyed = any(new.unique_key is not None for new in news)
+    given = _allocate_ids(conn, len(rows), own_writer)
+    ids: list[int | None]
+    if given is not None:
+        # Ids known before the insert: a plain multi-row insert (on PostgreSQL, psycopg's
+        # pipelined executemany), with no RETURNING to sort back into the items' order.
+        for row, run_id in zip(rows, given, strict=True):
+            row["id"] = run_id
+        if not keyed:
+            conn.execute(_INSERT_GIVEN, rows)
+            ids = list(given)
+        else:
+            # The index decides, as for one run: a key taken meanwhile by another transaction
+            # makes its row insert nothing here (no error that would end the transaction).
+            came_in = set(conn.execute(_insert_if_free(conn.dialect.name, False), rows)
+                          .scalars())
+            ids = [run_id if run_id in came_in else None for run_id in given]
+    elif not keyed:
+        ids = list(conn.execute(_INSERT, rows).scalars())
     else:
-        # The index decides, as for one run: a key taken meanwhile by another transaction
-        # makes its row insert nothing here (no error that would end the transaction).
-        ids = _aligned(news, conn.execute(_insert_if_free(conn.dialect.name), rows).all())
-        if None in ids:
-            refused = _refusal(conn, news, ids, last_try)
-            # Take back what did go in: a host that catches the error and commits its own
-            # work anyway must not commit part of the batch.
-            conn.execute(runs.delete().where(runs.c.id.in_(
-                [run_id for run_id in ids if run_id is not None])))
-            raise refused
+        ids = _aligned(news, conn.execute(_insert_if_free(conn.dialect.name, True), rows).all())
+    if None in ids:
+        refused = _refusal(conn, news, ids, last_try)
+        # Take back what did go in: a host that catches the error and commits its own work
+        # anyway must not commit part of the batch.
+        conn.execute(runs.delete().where(runs.c.id.in_(
+            [run_id for run_id in ids if run_id is not None])))
+        raise refused
     return [Run.inserted(run_id, values)  # type: ignore[arg-type]
             for run_id, values in zip(ids, rows, strict=True)]
 
@@ -155,15 +171,40 @@ def _count_refused(db: Database, news: Sequence[NewRun], refused: BatchConflict)
             tally.flush(conn)
 
 
+def _allocate_ids(conn: Connection, count: int, own_writer: bool) -> list[int] | None:
+    """``count`` new run ids, ascending, before the insert; None where they cannot be known.
+
+    PostgreSQL: drawn from the ids' sequence, in any transaction. SQLite: the ids it would give
+    itself (the largest id plus one, and on: the table has no AUTOINCREMENT), only when this
+    transaction is the file's one writer since its start (``own_writer``: ``Database.write``
+    began it IMMEDIATE), so no other insert can take them first; a host's session may have
+    read outside its transaction, so it gets its ids back from the insert instead."""
+    if conn.dialect.name == "postgresql":
+        table = conn.dialect.identifier_preparer.format_table(runs)
+        return sorted(conn.execute(_NEXT_IDS, {"table": table, "count": count}).scalars())
+    if conn.dialect.name == "sqlite" and own_writer:
+        top = conn.execute(_LAST_ID).scalar() or 0
+        return list(range(top + 1, top + 1 + count))
+    return None
+
+
+_NEXT_IDS = sa.text("SELECT nextval(pg_get_serial_sequence(:table, 'id')) "
+                    "FROM generate_series(1, :count)")
+_LAST_ID = sa.select(sa.func.max(runs.c.id))
+_INSERT_GIVEN = runs.insert()
+
+
 @functools.cache
-def _insert_if_free(dialect: str) -> Any:
+def _insert_if_free(dialect: str, ordered: bool) -> Any:
     """The multi-row ``INSERT … ON CONFLICT (unique_key) WHERE <active> DO NOTHING RETURNING
-    id, unique_key``: a row whose key is taken is left out of what comes back, and its key says
-    which rows came in."""
+    id``: a row whose key is taken is left out of what comes back. ``ordered`` (the ids are not
+    known before): the rows come back in the items' order, with their key, to say which rows
+    came in (``_aligned``)."""
     insert = _CONFLICT_INSERTS.get(dialect)
     if insert is None:
         raise NotImplementedError(f"unique runs need SQLite or PostgreSQL, not {dialect}")
-    return (insert(runs)
-            .on_conflict_do_nothing(index_elements=[runs.c.unique_key],
-                                    index_where=ACTIVE_PREDICATE)
-            .returning(runs.c.id, runs.c.unique_key, sort_by_parameter_order=True))
+    statement = insert(runs).on_conflict_do_nothing(index_elements=[runs.c.unique_key],
+                                                    index_where=ACTIVE_PREDICATE)
+    if ordered:
+        return statement.returning(runs.c.id, runs.c.unique_key, sort_by_parameter_order=True)
+    return statement.returning(runs.c.id)
