@@ -53,6 +53,8 @@ class Database:
                       pool_pre_ping=not self.is_sqlite)
         self.engine: Engine = sa.create_engine(self.url, **kwargs)
         self._sqlite_writer = threading.Lock()
+        self._writer_conn: Connection | None = None
+        self._writer_pid = 0
         self._across_processes: _FileLock | None = None
         self._checkpointer: _Checkpointer | None = None
         self._polls: dict[sa.Select[Any], tuple[str, Any]] = {}
@@ -85,9 +87,16 @@ class Database:
         """
         if self.is_sqlite:
             # Writers queue here, not in SQLite's busy handler.
-            with self._hold_writers(), self.engine.connect().execution_options(
-                    sqlite_immediate=True) as conn, conn.begin():
-                yield conn
+            with self._hold_writers():
+                conn = self._writer()
+                try:
+                    with conn.begin():
+                        yield conn
+                except BaseException:
+                    if conn.invalidated:  # the driver connection broke: a new one next time
+                        self._writer_conn = None
+                        conn.close()
+                    raise
             assert self._checkpointer is not None
             self._checkpointer.wrote()
             return
@@ -95,6 +104,17 @@ class Database:
             if lock is not None:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(lock)))
             yield conn
+
+    def _writer(self) -> Connection:
+        """This process's SQLite write connection, kept open (SQLite only; with the writer lock
+        held). Only the lock's holder uses it, so one is enough, and a write transaction skips
+        the pool's checkout, reset and checkin, which cost as much as a run's insert."""
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated or self._writer_pid != os.getpid():
+            # After a fork the parent's connection is left alone: it is the parent's.
+            conn = self.engine.connect().execution_options(sqlite_immediate=True)
+            self._writer_conn, self._writer_pid = conn, os.getpid()
+        return conn
 
     @contextmanager
     def write_one(self) -> Iterator[Connection]:
@@ -236,6 +256,18 @@ class Database:
         for own in left:
             own.close(patience=POLL_CLOSE_PATIENCE)
         self._poll_conns = threading.local()
+        # The write connection likewise, once no writer holds it.
+        if self._writer_conn is not None:
+            if self._sqlite_writer.acquire(timeout=POLL_CLOSE_PATIENCE):
+                try:
+                    if self._writer_pid == os.getpid():
+                        self._writer_conn.close()
+                    self._writer_conn = None
+                finally:
+                    self._sqlite_writer.release()
+            else:
+                log.warning("the write connection still in use after %.0f s was left open",
+                            POLL_CLOSE_PATIENCE)
         self.engine.dispose()
 
 

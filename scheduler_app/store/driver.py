@@ -5,9 +5,10 @@ execution layer.
 Why: on SQLite that layer (the statement's cache key, an execution context, the parameters'
 and the result's set-up, per call) costs several times the statement itself: an insert plus
 commit took about 235 µs through ``Connection.execute`` against 33 µs through ``sqlite3``
-(bench/README.md). A run's insert, its finish and the metrics' upsert run once per run. The SQL
-is the statement's, compiled by the dialect, and values go through the same bind and result
-processors, so what is stored and read back is what ``Connection.execute`` stores and reads.
+(bench/README.md). A run's insert (and the queue's count before it), its finish and the
+metrics' upsert run once per run. The SQL is the statement's, compiled by the dialect, and
+values go through the same bind and result processors, so what is stored and read back is what
+``Connection.execute`` stores and reads.
 
 Only on connections of a ``Database``'s own SQLite engine (``adopt``), which does not echo;
 anywhere else (PostgreSQL, the session of a host app's engine) the statement goes through
@@ -24,7 +25,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.selectable import Select
 
+Statement = UpdateBase | Select[Any]
 _ADOPTED: weakref.WeakSet[Engine] = weakref.WeakSet()
 _REQUIRED: Any = object()
 
@@ -43,7 +46,7 @@ class Prepared:
 
     __slots__ = ("statement", "_forms")
 
-    def __init__(self, statement: UpdateBase) -> None:
+    def __init__(self, statement: Statement) -> None:
         self.statement = statement
         self._forms: dict[frozenset[str], _Form] = {}
 
@@ -93,7 +96,7 @@ class _Form:
 
     __slots__ = ("sql", "binds", "keys", "results")
 
-    def __init__(self, statement: UpdateBase, dialect: Dialect, keys: frozenset[str]) -> None:
+    def __init__(self, statement: Statement, dialect: Dialect, keys: frozenset[str]) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
         positions = compiled.positiontup
         if positions is None or compiled.insert_prefetch or compiled.update_prefetch \

@@ -40,6 +40,9 @@ CLOCK_SKEW = timedelta(seconds=1)
 # every run's path, so on SQLite they run on the driver (``driver.Prepared``). The insert
 # returns only the id: the rest of the row is what was written (``Run.inserted``).
 _INSERT_RUN = Prepared(runs.insert().returning(runs.c.id))
+# Every run queued with MAX_QUEUED_RUNS set (the default) counts the queue first.
+_COUNT_QUEUED = Prepared(sa.select(sa.func.count()).select_from(runs)
+                         .where(runs.c.state == RunState.QUEUED.value))
 _NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(
     runs.c.state == RunState.QUEUED.value)
 _FINISH_CLEANLY = Prepared(
@@ -106,9 +109,7 @@ class RunStore:
     def _insert(conn: Connection, tally: Tally, new: NewRun, max_queued: int | None,
                 running_on: str | None) -> tuple[Run, bool]:
         if max_queued is not None:
-            queued = conn.execute(
-                sa.select(sa.func.count()).select_from(runs)
-                .where(runs.c.state == RunState.QUEUED.value)).scalar_one()
+            queued = _COUNT_QUEUED.scalar(conn, {})
             if queued >= max_queued:
                 raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
         now = utcnow()
