@@ -96,11 +96,16 @@ class TaskCall:
         ``enqueue`` would run it."""
         svc = self.scheduler.services()
         when = _start_time(self.run_after)
-        if svc.settings.eager:
-            runs = svc.batch.execute_eagerly(self.scheduler.app_of(svc), self.task, calls,
-                                             when, self.controls)
-        else:
-            runs = svc.batch.enqueue(self.task, calls, when, self.controls, self.session)
+        try:
+            if svc.settings.eager:
+                runs = svc.batch.execute_eagerly(self.scheduler.app_of(svc), self.task, calls,
+                                                 when, self.controls)
+            else:
+                runs = svc.batch.enqueue(self.task, calls, when, self.controls, self.session)
+        except AlreadyQueued as exc:  # an eager call's key held: as enqueue raises it
+            if exc.run is not None:
+                with_handle(exc, svc)
+            raise
         return [RunHandle(run, svc) for run in runs]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,11 +16,12 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
 
-from scheduler_app import BatchConflict, RunHandle, Scheduler
+from scheduler_app import AlreadyQueued, BatchConflict, RunHandle, Scheduler
 from scheduler_app.errors import InvalidRequest, QueueFull
 from scheduler_app.store import RunState, Store
 from scheduler_app.store.batch import create_many, insert_many
 from scheduler_app.store.schema import runs
+from scheduler_app.tasks.controls import derived_unique_key
 from tests import tasks_for_tests
 from tests.conftest import new_run, wait_for
 from tests.test_extension import host_app
@@ -299,7 +301,7 @@ def test_enqueue_many_returns_handles_in_order_and_runs_each(host: Flask) -> Non
         handles = add.enqueue_many([{"a": i, "b": 1} for i in range(30)])
         assert all(isinstance(h, RunHandle) for h in handles)
         assert [h.wait(timeout=20).result for h in handles] == [i + 1 for i in range(30)]
-        later = add.using(run_after=__import__("datetime").timedelta(hours=1)).enqueue_many(
+        later = add.using(run_after=timedelta(hours=1)).enqueue_many(
             [{"a": 1}, {"a": 2}])
         assert [h.state for h in later] == ["queued", "queued"]
 
@@ -358,7 +360,14 @@ def test_enqueue_many_eager_runs_each_now(db_url: str) -> None:
                                                              ("succeeded", 7)]
             with pytest.raises(InvalidRequest):
                 add.enqueue_many([{"a": 9}, {"a": "x"}])
-        assert row_count(app.extensions["scheduler_app"].store) == 2
+            store: Store = app.extensions["scheduler_app"].store
+            holder = store.runs.create(new_run(task=wait.name, kwargs={"account": 5},
+                                               unique_key=derived_unique_key(
+                                                   wait.name, {"account": 5})))
+            with pytest.raises(AlreadyQueued) as held:  # eager: each call as enqueue makes it
+                wait.enqueue_many([{"account": 5}])
+            assert isinstance(held.value.run, RunHandle) and held.value.run.id == holder.id
+        assert row_count(app.extensions["scheduler_app"].store) == 3
     finally:
         app.extensions["scheduler_app"].store.db.dispose()
 
