@@ -55,6 +55,7 @@ class Engine:
                           "misfire_grace_time": settings.misfire_grace_time,
                           "max_instances": settings.max_instances},
             timezone=settings.timezone)
+        self.node.wakeups.on_jobs_changed = self._reread_schedule
         self._start_lock = threading.Lock()
         self._started = False
 
@@ -99,7 +100,12 @@ class Engine:
 
     # -- what the services call -------------------------------------------------------------
     def jobs_changed(self) -> None:
-        """A job was written: re-read the schedule now rather than at the next wake-up."""
+        """A job was written and committed: this node's loop and every other node's (told
+        through the wake-ups) re-read the schedule now rather than at their next poll."""
+        self._reread_schedule()
+        self.node.wakeups.jobs_changed()
+
+    def _reread_schedule(self) -> None:
         if self._loop.running:
             self._loop.wakeup()
 

@@ -1,10 +1,11 @@
 """Wake-ups: what one node tells the others so a hand-off takes milliseconds, not a poll.
 
-Three events cross processes: runs were queued (by a web node, a retry, a job fired on a busy
+Four events cross processes: runs were queued (by a web node, a retry, a job fired on a busy
 node), a run ended and freed a place other nodes may be waiting for (a task's
-``max_running``), and a cancel was requested for a run another node executes. Each is a short
-message on the store's transport (``store.notify``); a node that hears one acts as its own poll
-or tick would, only now. Messages name their sender, which ignores its own.
+``max_running``), a cancel was requested for a run another node executes, and a job was
+written (added, edited, paused, resumed: the scheduler loops re-read the schedule). Each is a
+short message on the store's transport (``store.notify``); a node that hears one acts as its
+own poll or tick would, only now. Messages name their sender, which ignores its own.
 
 A message about one run queued due now and free of every limit names it (``runs <sender>
 <id> <task>``): the nodes that run its task try to take it by its id, one statement, and those
@@ -16,6 +17,7 @@ look at the queue, as an older node's messages do.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.engine import Connection
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RUNS = "runs"
 CANCEL = "cancel"
+JOBS = "jobs"
 
 
 class Wakeups:
@@ -37,6 +40,8 @@ class Wakeups:
         self.signals = signals
         self.node_id = node_id
         self.runner = runner
+        # Set by the engine: wakes this node's scheduler loop to re-read the schedule.
+        self.on_jobs_changed: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Listen (a node that executes). A transport that cannot listen (a folder that cannot
@@ -72,6 +77,11 @@ class Wakeups:
         """A cancel was written for a running run: the node executing it should tell it now."""
         self.signals.send(f"{CANCEL} {self.node_id} {run_id}")
 
+    def jobs_changed(self) -> None:
+        """A job was written here: the other nodes' loops should re-read the schedule now, or
+        a job due sooner than their next pass fires up to a poll late."""
+        self.signals.send(f"{JOBS} {self.node_id}")
+
     def run_settled(self, run: Run) -> None:
         """A run settled here. It matters when it went back to the queue (a retry: this node's
         runner looks too, as it would not otherwise until its poll), or when its task is
@@ -99,6 +109,10 @@ class Wakeups:
                 log.warning("ignored a malformed wake-up %r", message)
                 return
             self.runner.signal_cancel(run_id)
+            return
+        if kind == JOBS:
+            if self.on_jobs_changed is not None:
+                self.on_jobs_changed()
             return
         named, _, task_name = arg.partition(" ")
         if kind == RUNS and named.isdigit() and task_name:

@@ -85,3 +85,29 @@ def test_a_malformed_named_wake_up_still_makes_the_worker_look(make_engine, sqli
     worker.node.wakeups._heard("runs another-node not-a-number demo.echo")
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
     assert done.state is RunState.SUCCEEDED
+
+
+def test_a_job_written_on_a_web_node_fires_on_a_worker_without_waiting_for_its_poll(
+        make_engine, sqlite_store):
+    """The worker's loop, finding no job, sleeps its 5 s poll; a job due in 0.3 s added on the
+    web node wakes it to re-read the schedule, so the fire is recorded on time."""
+    from datetime import timedelta
+
+    from scheduler_app.scheduler.jobspec import JobSpec
+    from scheduler_app.timeutil import utcnow
+
+    web = make_engine(role="web", **SLOW)
+    worker = make_engine(**SLOW)
+    worker.start(as_worker=True)
+    web.start()
+    wait_for(lambda: worker.loop_running, message="the worker's loop to start")
+    time.sleep(0.2)  # its first pass found no job: it sleeps on its 5 s poll
+    due = utcnow() + timedelta(seconds=0.3)
+    spec = JobSpec("soon", "demo.echo", {"value": 7},
+                   {"type": "interval", "seconds": 3600, "start_date": due.isoformat()})
+    sqlite_store.jobs.insert("soon", "demo.echo", spec.to_json(), due)
+    web.jobs_changed()
+    [run] = wait_for(lambda: sqlite_store.runs.find(job_id="soon"), timeout=2.5,
+                     message="the job's fire to be recorded")
+    assert abs((run.fire_time - due).total_seconds()) < 1.0
+    assert (run.created_at - due).total_seconds() < 2.0
