@@ -6,10 +6,11 @@ import threading
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
 from scheduler_app.store import Database, RunState
 from scheduler_app.timeutil import utcnow
-from tests.conftest import new_run
+from tests.conftest import new_run, wait_for
 
 
 def test_times_come_back_aware_utc(store):
@@ -140,3 +141,28 @@ def test_a_created_run_is_exactly_what_reading_it_back_gives(store, running_on):
                   job_id="j1", fire_time=utcnow().astimezone(east))
     created = store.runs.create(new, running_on=running_on)
     assert created == store.runs.get(created.id)
+
+
+def test_postgresql_a_pooled_connection_the_server_dropped_is_replaced_unseen(pg_url):
+    """The pool hands out no connection whose session the server ended (a restart, a
+    terminated backend): the next transaction works, on a new session."""
+    db = Database(pg_url, pool_size=1)
+    admin = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
+
+    def backend_alive(pid: int) -> bool:
+        with admin.connect() as conn:
+            return conn.execute(sa.text("SELECT 1 FROM pg_stat_activity WHERE pid = :pid"),
+                                {"pid": pid}).first() is not None
+    try:
+        with db.read() as conn:
+            before = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"),
+                                {"pid": before}).scalar_one()
+        wait_for(lambda: not backend_alive(before), message="the backend to end")
+        with db.read() as conn:
+            after = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert after != before
+    finally:
+        admin.dispose()
+        db.dispose()
