@@ -254,23 +254,26 @@ class Runner:
             taking = min(free, len(wanted))
             self._reserved += taking
         started: list[Run] = []
+        uncounted: list[Run] = []
         try:
             unlimited = self._unlimited_task_names()
             for run_id in wanted[:taking]:
-                run = self.store.runs.claim_named(run_id, self.node_id, unlimited)
+                run, counted = self.store.runs.claim_named(run_id, self.node_id, unlimited)
                 if run is not None:
                     self._submit(run, reserved=True)
                     started.append(run)
+                    if not counted:
+                        uncounted.append(run)
         finally:
             with self._lock:
                 self._reserved -= taking - len(started)
             if taking < len(wanted):
                 self._backlog = True
         try:
-            self.store.runs.count_waits(started)
+            self.store.runs.count_waits(uncounted)
         except Exception:
             log.exception("could not count the queue waits of runs %s",
-                          [run.id for run in started])
+                          [run.id for run in uncounted])
         return free, len(started)
 
     def _claim(self, look_first: bool = True) -> tuple[int, int]:

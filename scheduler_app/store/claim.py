@@ -20,19 +20,21 @@ Why: docs/ARCHITECTURE.md, "Concurrency controls".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
 from .lifecycle import Run, RunState
-from .schema import rate_starts, runs
-from .stats import Tally
+from .schema import rate_starts, runs, stats
+from .stats import QUEUE_WAIT, QUEUE_WAIT_BUCKETS, SUM, Tally, bound_label
 
 # Starts older than the longest period (an hour) count for no window.
 LONGEST_PERIOD = timedelta(hours=1)
@@ -89,6 +91,31 @@ _START_NAMED = (runs.update()
                 .values(state=_RUNNING, node=sa.bindparam("on_node"),
                         started_at=sa.bindparam("at"), finished_at=None)
                 .returning(*runs.c))
+
+
+
+def _counting_wait(start: Any) -> Any:
+    """PostgreSQL: ``start`` (an ``UPDATE … RETURNING`` the run) with the started run's queue
+    wait added to the statistics in the same statement (a data-modifying CTE), as
+    ``Tally.waited`` would in a second one: its bucket, then its sum, the order every
+    transaction locks those rows in."""
+    started = start.cte("started")
+    wait = sa.func.greatest(0.0, sa.cast(sa.extract(
+        "epoch", sa.bindparam("at", type_=runs.c.started_at.type) - started.c.scheduled_for),
+        sa.Float))
+    bucket = sa.case(*[(wait <= bound, bound_label(bound)) for bound in QUEUE_WAIT_BUCKETS],
+                     else_=bound_label(math.inf))
+    rows = sa.union_all(
+        sa.select(sa.literal(QUEUE_WAIT), started.c.task, bucket, sa.literal(1.0)),
+        sa.select(sa.literal(QUEUE_WAIT), started.c.task, sa.literal(SUM), wait))
+    insert = postgresql.insert(stats).from_select(["metric", "task", "label", "value"], rows)
+    counted = insert.on_conflict_do_update(
+        index_elements=[stats.c.metric, stats.c.task, stats.c.label],
+        set_={"value": stats.c.value + insert.excluded.value}).cte("counted")
+    return sa.select(started).add_cte(counted)
+
+
+_START_NAMED_COUNTED = _counting_wait(_START_NAMED)
 _OF_TASKS = runs.c.task.in_(sa.bindparam("tasks", expanding=True))
 _DUE_OF_TASKS = (_DUE.where(_OF_TASKS), _DUE.where(_OF_TASKS, _AFTER))
 
@@ -183,17 +210,19 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
 
 
 def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
-                now: datetime, skew: timedelta) -> Run | None:
+                now: datetime, skew: timedelta) -> tuple[Run | None, bool]:
     """Move the queued run ``run_id`` to ``running`` on ``node`` in one statement, if no limit
     applies to it (``unlimited``: the tasks ``node`` runs that have no ``max_running``) and it
     is due by ``now`` plus ``skew``; None otherwise, or when another node has it (taken, or
-    being taken). Needs no serialised transaction: nothing is counted."""
+    being taken). Needs no serialised transaction: no limit is counted. The second value:
+    whether the run's queue wait was counted too (PostgreSQL, in the same statement)."""
     if not unlimited:
-        return None
-    row = conn.execute(_START_NAMED, {
+        return None, False
+    counting = conn.dialect.name == "postgresql"
+    row = conn.execute(_START_NAMED_COUNTED if counting else _START_NAMED, {
         "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),
         "on_node": node, "at": now}).mappings().first()
-    return None if row is None else Run.from_row(row)
+    return (None, False) if row is None else (Run.from_row(row), counting)
 
 
 def _count_keys(conn: Connection, page: Sequence[Any], by_key: dict[str, int]) -> None:

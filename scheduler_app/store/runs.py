@@ -212,19 +212,21 @@ class RunStore:
             return claim_due(conn, node, limit, task_limits, tasks, utcnow())
 
     def claim_named(self, run_id: int, node: str, unlimited: Collection[str],
-                    skew: timedelta = CLOCK_SKEW) -> Run | None:
+                    skew: timedelta = CLOCK_SKEW) -> tuple[Run | None, bool]:
         """Claim the run a wake-up named, in one statement, without the serialised claim:
         only if no limit applies to it and ``node`` runs its task (``unlimited``: the tasks
         ``node`` runs without ``max_running``), and only if it is still queued and no other
         node is taking it (``claim.claim_named``). None: the caller's node leaves it (taken,
-        cancelled, or for a full claim to weigh). Its queue wait is counted apart, by
-        ``count_waits``, once the run has started."""
+        cancelled, or for a full claim to weigh). The second value: whether its queue wait
+        was counted by the same statement (PostgreSQL); if not, ``count_waits`` counts it
+        once the run has started."""
         with self.db.write_one() as conn:
             return claim_named(conn, run_id, node, unlimited, utcnow(), skew)
 
     def count_waits(self, claimed: Sequence[Run]) -> None:
-        """Count the queue waits of runs ``claim_named`` took, after they started (off the
-        hand-off's path; a crash in between loses only these observations, never a run)."""
+        """Count the queue waits of runs ``claim_named`` took without counting them, after
+        they started (off the hand-off's path; a crash in between loses only these
+        observations, never a run)."""
         def count(_conn: Connection, tally: Tally) -> None:
             for run in claimed:
                 if run.started_at is not None:
