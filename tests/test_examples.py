@@ -103,10 +103,15 @@ def post_report(client: FlaskClient, customer: str = "acme") -> dict[str, int]:
 
 
 def wait_built(client: FlaskClient, report_id: int) -> dict[str, Any]:
-    def built() -> dict[str, Any] | None:
-        report: dict[str, Any] = client.get(f"/reports/{report_id}").get_json()
-        return report if report["run"]["state"] not in ("queued", "running") else None
-    return wait_for(built, timeout=15, message=f"the build of report {report_id} to end")
+    """The report once its run has ended. Read again after the run is seen ended: the view
+    reads the report before the run, so the read that first shows the run ended may hold the
+    report as it was a moment before the task's last commit."""
+    def ended() -> bool:
+        run = client.get(f"/reports/{report_id}").get_json()["run"]
+        return run["state"] not in ("queued", "running")
+    wait_for(ended, timeout=15, message=f"the build of report {report_id} to end")
+    report: dict[str, Any] = client.get(f"/reports/{report_id}").get_json()
+    return report
 
 
 def test_a_report_is_built_by_its_run_through_the_hosts_db_session(
