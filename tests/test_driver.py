@@ -106,5 +106,5 @@ def test_only_an_adopted_sqlite_engine_that_does_not_echo_goes_to_the_driver(
             assert driver._driver(conn) is None
     finally:
         echoing.dispose()
-    with pytest.raises(ValueError, match="pysqlite"):
+    with pytest.raises(ValueError, match="SQLite"):
         driver.adopt(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1/none"))

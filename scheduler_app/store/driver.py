@@ -34,10 +34,11 @@ _REQUIRED: Any = object()
 
 def adopt(engine: Engine) -> None:
     """Let ``Prepared`` statements use the driver connections of ``engine`` (a SQLite engine
-    this service owns)."""
-    if engine.dialect.name != "sqlite" or engine.dialect.driver != "pysqlite":
-        raise ValueError(f"only a pysqlite engine can be adopted, not {engine.url}")
-    if not engine.echo:
+    this service owns). An engine that echoes its statements, or on another SQLite driver
+    than the standard ``sqlite3``, keeps ``Connection.execute``."""
+    if engine.dialect.name != "sqlite":
+        raise ValueError(f"only a SQLite engine can be adopted, not {engine.url}")
+    if engine.dialect.driver == "pysqlite" and not engine.echo:
         _ADOPTED.add(engine)
 
 
