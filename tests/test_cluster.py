@@ -271,8 +271,12 @@ def test_rolling_restart_loses_no_run(servers):
     store = open_store(f"sqlite:///{servers.db_path}")
     ids: list[int] = []
     for i in range(60):
+        # A HUP ends the old workers as soon as the new ones are forked, not once they serve:
+        # a POST meanwhile waits in the listen queue for a new worker's app to be built (5 s
+        # seen on a busy machine), so it gets longer than the usual 5 s to be answered.
         response = server.post("/api/runs", json={"task": "demo.sleep",
-                                                  "kwargs": {"seconds": 0.3, "steps": 3}})
+                                                  "kwargs": {"seconds": 0.3, "steps": 3}},
+                               timeout=30)
         assert response.status_code == 202
         ids.append(response.json()["id"])
         if i in (15, 40):

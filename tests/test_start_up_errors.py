@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -50,13 +51,16 @@ def test_workers_stay_up_and_say_the_schema_is_missing(servers: Servers) -> None
 
 def test_cli_commands_name_the_upgrade_and_db_current_changes_nothing(tmp_path: Path) -> None:
     db_path = tmp_path / "scheduler.sqlite3"
-    for command in (["jobs", "list"], ["runs", "show", "1"], ["tasks", "list"],
-                    ["scheduler", "nodes"], ["scheduler", "jobs", "list"]):
-        done = flask(db_path, *command, SCHEMA_AUTO_UPGRADE=False)
+    commands = (["jobs", "list"], ["runs", "show", "1"], ["tasks", "list"],
+                ["scheduler", "nodes"], ["scheduler", "jobs", "list"], ["db", "current"])
+    # Side by side: each is a process of its own that must change nothing, checked below.
+    with ThreadPoolExecutor(len(commands)) as pool:
+        *refused, current = pool.map(
+            lambda command: flask(db_path, *command, SCHEMA_AUTO_UPGRADE=False), commands)
+    for command, done in zip(commands, refused, strict=False):
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert "Error: the database schema is at nothing" in done.stderr
         assert UPGRADE_HINT in done.stderr and "Traceback" not in done.stderr
-    current = flask(db_path, "db", "current", SCHEMA_AUTO_UPGRADE=False)
     assert current.returncode == 0 and "never migrated" in current.stdout
     assert not {t for t in tables(db_path) if t.startswith("scheduler_")}
     upgraded = flask(db_path, "scheduler", "db", "upgrade", SCHEMA_AUTO_UPGRADE=False)
