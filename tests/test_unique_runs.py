@@ -221,6 +221,10 @@ def test_http_answers_409_already_queued_with_the_existing_run(api: Any) -> None
     assert post_run(api, unique=True).json["error"]["details"]["run_id"] == same_call.json["id"]
     for run_id in (first.json["id"], same_call.json["id"]):
         assert api.post(f"/api/runs/{run_id}/cancel").status_code == 202
+    # A running run holds its key until its task has stopped (a queued one is cancelled at
+    # once): the key is free again once the run has ended.
+    wait_for(lambda: api.get(f"/api/runs/{first.json['id']}").json["state"] == "cancelled",
+             message="the first run to end cancelled")
     assert post_run(api, unique_key="import:7").status_code == 202
     metrics = api.get("/metrics").get_data(as_text=True)
     assert 'scheduler_runs_deduplicated_total{task="demo.sleep"} 2.0' in metrics
