@@ -73,6 +73,39 @@ if os.environ.get("FLASK_LOG_FORMAT", "").strip().lower() == "json":
     access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
+def on_starting(server):
+    _halt_once(server)
+
+
+def _halt_once(arbiter):
+    """Keep the master's exit status when several workers fail to boot.
+
+    The master halts when a worker exits with "failed to boot" (3), and while halting it reaps
+    the other workers; in gunicorn 27 a second worker that failed alike raises ``HaltServer``
+    again inside ``halt``, so the master dies with a traceback and status 1 instead of 3 (a bad
+    setting fails every worker at once). While halting, that second report is ignored and the
+    reaping goes on."""
+    from gunicorn.errors import HaltServer
+
+    halt, reap_workers = arbiter.halt, arbiter.reap_workers
+    halting = False
+
+    def halt_once(reason=None, exit_status=0):
+        nonlocal halting
+        halting = True
+        halt(reason, exit_status)
+
+    def reap_while_halting():
+        while True:
+            try:
+                return reap_workers()
+            except HaltServer:
+                if not halting:
+                    raise
+
+    arbiter.halt, arbiter.reap_workers = halt_once, reap_while_halting
+
+
 def post_worker_init(worker):
     import gc
 
