@@ -274,13 +274,20 @@ def test_a_thread_run_that_ignores_its_timeout_or_a_cancel_says_so_on_its_view(
     assert "past its 0.5 s timeout" in page, "the dashboard's run page shows it too"
     final = wait_final(app, run_id)
     assert final["overdue"] is None
+    # It ended on its own: its work is done, so it succeeded, and its log says what happened.
+    assert final["state"] == "succeeded"
+    last = log_lines(app, run_id)[-1]
+    assert last.startswith("its timeout of 0.5 s passed, but the task did not look at its "
+                           "context and ended on its own"), last
     # A cancel that the task ignores reads the same way, without a timeout to be past.
     cancelled = submit(app, "testing.thread_sleep_untimed", seconds=2)
     wait_for(lambda: view(app, cancelled)["state"] == "running", message="running")
     app.test_client().post(f"/api/runs/{cancelled}/cancel")
     note = view(app, cancelled)["overdue"]
     assert note.startswith("Still running after it was asked to cancel: it runs on a thread")
-    wait_final(app, cancelled)
+    assert wait_final(app, cancelled)["state"] == "succeeded"
+    assert log_lines(app, cancelled)[-1].startswith(
+        "it was asked to cancel, but the task did not look at its context")
 
 
 def test_a_process_run_past_its_timeout_says_it_will_be_stopped(

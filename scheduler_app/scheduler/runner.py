@@ -405,7 +405,10 @@ def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = regis
         kwargs = task.validate(run.kwargs)
         with app.app_context():
             value = task.fn(ctx, **kwargs)
-        return RunState.SUCCEEDED, _jsonable(value), None
+        result = _jsonable(value)
+        if ctx.cancel_reason in (CANCEL_USER, CANCEL_TIMEOUT):
+            ctx.record_log("WARNING", _stop_ignored(run, ctx))
+        return RunState.SUCCEEDED, result, None
     except UnknownTask as exc:
         return RunState.FAILED, None, _error("UnknownTask", str(exc), None)
     except ArgumentError as exc:
@@ -428,6 +431,17 @@ def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = regis
                                              traceback.format_exc())
     finally:
         set_current_run(None)
+
+
+def _stop_ignored(run: Run, ctx: RunContext) -> str:
+    """The run's last log line when its task returned normally after it was asked to stop: a
+    thread cannot be stopped, so the run ends succeeded with its result, and says why."""
+    late = ctx.seconds_since_cancel or 0.0
+    asked = (f"its timeout of {run.timeout} s passed" if ctx.cancel_reason == CANCEL_TIMEOUT
+             else "it was asked to cancel")
+    return (f"{asked}, but the task did not look at its context and ended on its own "
+            f"{late:.1f} s later: a run on a thread cannot be stopped, so it succeeded and "
+            f"its result is kept (isolation=\"process\" stops such a task)")
 
 
 class ResultNotJSON(TypeError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -54,6 +55,7 @@ class RunContext:
         self.logger = logging.getLogger(f"scheduler_app.runs.{task}")
         self._cancel = threading.Event()
         self._cancel_reason: str | None = None
+        self._cancel_at: float | None = None  # time.monotonic() of the first request
         self._lock = threading.Lock()
         self._reported: tuple[float, float | None, str | None] = (0, None, None)
         self._taken: tuple[float, float | None, str | None] = self._reported  # by identity
@@ -106,12 +108,18 @@ class RunContext:
         """Ask the task to stop; the first reason given wins (a timeout stays a timeout)."""
         with self._lock:
             if self._cancel_reason is None:
-                self._cancel_reason = reason
+                self._cancel_reason, self._cancel_at = reason, time.monotonic()
         self._cancel.set()
 
     @property
     def cancel_reason(self) -> str | None:
         return self._cancel_reason
+
+    @property
+    def seconds_since_cancel(self) -> float | None:
+        """How long ago the task was first asked to stop (None: it was not)."""
+        at = self._cancel_at
+        return None if at is None else time.monotonic() - at
 
     def record_log(self, level: str, message: str) -> None:
         """Keep a log line for the run, up to the cap; past it, one line says lines were cut."""
