@@ -24,7 +24,7 @@ from scheduler_app.store.schema import runs
 from scheduler_app.tasks.controls import derived_unique_key
 from tests import tasks_for_tests
 from tests.conftest import new_run, wait_for
-from tests.test_extension import host_app
+from tests.test_extension import host_app, running_host
 
 ADMIN, VIEWER = "batch-admin", "batch-viewer"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
@@ -288,12 +288,7 @@ def wait(ctx: Any, account: int) -> int:
 
 @pytest.fixture
 def host(db_url: str) -> Iterator[Flask]:
-    app = host_app(db_url, SCHEDULER_PRUNE_RUNS_CRON="")
-    scheduler.init_app(app)
-    scheduler.start(app=app)
-    yield app
-    scheduler.shutdown(app=app)
-    app.extensions["scheduler_app"].store.db.dispose()
+    yield from running_host(scheduler, db_url)
 
 
 def test_enqueue_many_returns_handles_in_order_and_runs_each(host: Flask) -> None:

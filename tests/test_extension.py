@@ -75,6 +75,17 @@ def host_app(db_url: str, **config: Any) -> Flask:
     return app
 
 
+def running_host(extension: Scheduler, db_url: str) -> Iterator[Flask]:
+    """For a fixture: a host app with ``extension`` started on ``db_url`` (no pruning job),
+    stopped and its database closed at the end (``yield from running_host(...)``)."""
+    app = host_app(db_url, SCHEDULER_PRUNE_RUNS_CRON="")
+    extension.init_app(app)
+    extension.start(app=app)
+    yield app
+    extension.shutdown(app=app)
+    app.extensions["scheduler_app"].store.db.dispose()
+
+
 @pytest.fixture
 def make_host(db_url: str) -> Iterator[Callable[..., Flask]]:
     apps: list[Flask] = []

@@ -20,7 +20,7 @@ from scheduler_app.store import RunState, Store
 from scheduler_app.tasks.controls import derived_unique_key
 from scheduler_app.timeutil import utcnow
 from tests.conftest import new_run, wait_for
-from tests.test_extension import host_app
+from tests.test_extension import running_host
 
 scheduler = Scheduler()
 
@@ -114,12 +114,7 @@ def test_concurrent_creates_of_one_key_in_one_process_make_one_run(store: Store)
 
 @pytest.fixture
 def host(db_url: str) -> Iterator[Flask]:
-    app = host_app(db_url, SCHEDULER_PRUNE_RUNS_CRON="")
-    scheduler.init_app(app)
-    scheduler.start(app=app)
-    yield app
-    scheduler.shutdown(app=app)
-    app.extensions["scheduler_app"].store.db.dispose()
+    yield from running_host(scheduler, db_url)
 
 
 def test_unique_true_keys_on_the_task_and_its_arguments(host: Flask) -> None:

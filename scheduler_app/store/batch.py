@@ -10,19 +10,18 @@ batch stored (a retry after a lost answer is refused naming them).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from ..errors import BatchConflict, KeyConflict, QueueFull
+from ..errors import BatchConflict, KeyConflict
 from ..timeutil import utcnow
 from .db import Database
 from .driver import Prepared
-from .lifecycle import NewRun, Run, RunState, new_run_values
+from .lifecycle import NewRun, Run, new_run_values
+from .runs import insert_if_free, refuse_past_queue_limit
 from .schema import ACTIVE_PREDICATE, runs
 from .stats import Tally
 
@@ -30,11 +29,8 @@ from .stats import Tally
 # the order of the rows given (SQLAlchemy's "insertmanyvalues" sorts them), so the answer's
 # ids[i] is still the run of the batch's item i.
 _INSERT = runs.insert().returning(runs.c.id, sort_by_parameter_order=True)
-_COUNT_QUEUED = sa.select(sa.func.count()).select_from(runs).where(
-    runs.c.state == RunState.QUEUED.value)
 _HOLDERS = sa.select(runs.c.id, runs.c.unique_key, runs.c.state).where(
     runs.c.unique_key.in_(sa.bindparam("keys", expanding=True)), ACTIVE_PREDICATE)
-_CONFLICT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 # How often a batch whose key holders all ended between its insert and its read is tried again
 # before it is refused anyway (each try needs a holder to end in a window of microseconds).
 _TRIES = 3
@@ -80,10 +76,7 @@ def insert_many(conn: Connection, news: Sequence[NewRun], max_queued: int | None
     if inside:
         raise BatchConflict(inside)
     if max_queued is not None:
-        queued = conn.execute(_COUNT_QUEUED).scalar_one()
-        if queued + len(news) > max_queued:
-            raise QueueFull(f"{queued} runs are queued and the batch adds {len(news)}; at most "
-                            f"{max_queued} may wait (MAX_QUEUED_RUNS)")
+        refuse_past_queue_limit(conn, max_queued, adding=len(news))
     now = utcnow()
     rows = [new_run_values(new, now) for new in news]
     keyed = any(new.unique_key is not None for new in news)
@@ -100,13 +93,14 @@ def insert_many(conn: Connection, news: Sequence[NewRun], max_queued: int | None
         else:
             # The index decides, as for one run: a key taken meanwhile by another transaction
             # makes its row insert nothing here (no error that would end the transaction).
-            came_in = set(conn.execute(_insert_if_free(conn.dialect.name, False), rows)
+            came_in = set(conn.execute(insert_if_free(conn.dialect.name), rows)
                           .scalars())
             ids = [run_id if run_id in came_in else None for run_id in given]
     elif not keyed:
         ids = list(conn.execute(_INSERT, rows).scalars())
     else:
-        ids = _aligned(news, conn.execute(_insert_if_free(conn.dialect.name, True), rows).all())
+        statement = insert_if_free(conn.dialect.name, ordered=True)
+        ids = _aligned(news, conn.execute(statement, rows).all())
     if None in ids:
         refused = _refusal(conn, news, ids, last_try)
         # Take back what did go in: a host that catches the error and commits its own work
@@ -195,19 +189,3 @@ _LAST_ID = sa.select(sa.func.max(runs.c.id))
 # On SQLite through the driver connection (``store.driver``): SQLAlchemy's per-row parameter
 # set-up cost more than the insert itself.
 _INSERT_GIVEN = Prepared(runs.insert())
-
-
-@functools.cache
-def _insert_if_free(dialect: str, ordered: bool) -> Any:
-    """The multi-row ``INSERT … ON CONFLICT (unique_key) WHERE <active> DO NOTHING RETURNING
-    id``: a row whose key is taken is left out of what comes back. ``ordered`` (the ids are not
-    known before): the rows come back in the items' order, with their key, to say which rows
-    came in (``_aligned``)."""
-    insert = _CONFLICT_INSERTS.get(dialect)
-    if insert is None:
-        raise NotImplementedError(f"unique runs need SQLite or PostgreSQL, not {dialect}")
-    statement = insert(runs).on_conflict_do_nothing(index_elements=[runs.c.unique_key],
-                                                    index_where=ACTIVE_PREDICATE)
-    if ordered:
-        return statement.returning(runs.c.id, runs.c.unique_key, sort_by_parameter_order=True)
-    return statement.returning(runs.c.id)

@@ -109,9 +109,7 @@ class RunStore:
     def _insert(conn: Connection, tally: Tally, new: NewRun, max_queued: int | None,
                 running_on: str | None) -> tuple[Run, bool]:
         if max_queued is not None:
-            queued = _COUNT_QUEUED.scalar(conn, {})
-            if queued >= max_queued:
-                raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
+            refuse_past_queue_limit(conn, max_queued)
         now = utcnow()
         values = new_run_values(new, now, running_on)
         if new.unique_key is None:
@@ -470,18 +468,33 @@ def already_queued(run: Run) -> AlreadyQueued:
 _CONFLICT_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
+def refuse_past_queue_limit(conn: Connection, max_queued: int, adding: int = 1) -> None:
+    """Raise QueueFull (in the writing transaction, before anything is written) when queuing
+    ``adding`` more runs would leave more than ``max_queued`` waiting (MAX_QUEUED_RUNS)."""
+    queued = _COUNT_QUEUED.scalar(conn, {})
+    if queued + adding <= max_queued:
+        return
+    if adding == 1:
+        raise QueueFull(f"{queued} runs are already queued (MAX_QUEUED_RUNS)")
+    raise QueueFull(f"{queued} runs are queued and the batch adds {adding}; at most "
+                    f"{max_queued} may wait (MAX_QUEUED_RUNS)")
+
+
 @functools.cache
-def _insert_if_free(dialect: str) -> Any:
+def insert_if_free(dialect: str, ordered: bool = False) -> Any:
     """``INSERT … ON CONFLICT (unique_key) WHERE <active> DO NOTHING RETURNING id``, built once
     per dialect: a held key inserts nothing and raises nothing, so the transaction (a group
-    commit's, or a scheduler pass's) goes on."""
+    commit's, a scheduler pass's, a batch's) goes on. ``ordered`` (a batch whose ids are not
+    known before its insert, ``store.batch``): the rows come back in the items' order, with
+    their key, to say which rows came in."""
     insert = _CONFLICT_INSERTS.get(dialect)
     if insert is None:
         raise NotImplementedError(f"unique runs need SQLite or PostgreSQL, not {dialect}")
-    return (insert(runs)
-            .on_conflict_do_nothing(index_elements=[runs.c.unique_key],
-                                    index_where=ACTIVE_PREDICATE)
-            .returning(runs.c.id))
+    statement = insert(runs).on_conflict_do_nothing(index_elements=[runs.c.unique_key],
+                                                    index_where=ACTIVE_PREDICATE)
+    if ordered:
+        return statement.returning(runs.c.id, runs.c.unique_key, sort_by_parameter_order=True)
+    return statement.returning(runs.c.id)
 
 
 _ACTIVE_WITH_KEY = sa.select(runs).where(runs.c.unique_key == sa.bindparam("key"),
@@ -495,7 +508,7 @@ def _insert_unique(conn: Connection, values: dict[str, Any]) -> int | Run:
     Never a read-then-write: the insert itself asks the index. On PostgreSQL an insert that
     meets a key another transaction is inserting waits for it; if that run has finished by the
     time it is read back (the key is free again), the insert is simply tried again."""
-    statement = _insert_if_free(conn.dialect.name)
+    statement = insert_if_free(conn.dialect.name)
     while True:
         run_id: int | None = conn.execute(statement, values).scalar()
         if run_id is not None:
