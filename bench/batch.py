@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
 import threading
 import time
@@ -44,11 +43,13 @@ from bench.run import (
     Server,
     machine,
     measured_on,
+    median_summary,
     quick_output,
     replace_readme_section,
     results_file,
     server_cpu_seconds,
     systems,
+    take_turns,
 )
 from scheduler_app.store import schema
 
@@ -168,28 +169,15 @@ def main() -> None:
     warmup = 200
     load_before = os.getloadavg()
     probe = Probe()
-    per_round: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
     with tempfile.TemporaryDirectory() as tmp_text:
         harness = Harness(Path(tmp_text), probe, args.batch_size, args.run_threads)
         try:
-            for way in WAYS:  # connections, imports, first writes, thread pools
-                harness.round(way, warmup, f"{way}-w")
-            for r in range(rounds):
-                order = WAYS[r % 2:] + WAYS[:r % 2]
-                for way in order:
-                    entry = harness.round(way, count, f"{way}-r{r}")
-                    per_round[way].append(entry)
-                    print(way, r, json.dumps({k: round(v, 3) for k, v in entry.items()}),
-                          flush=True)
+            per_round = take_turns(harness, list(WAYS), rounds, count, warmup)
         finally:
             harness.stop()
-    results: dict[str, Any] = {"ways": {}}
-    for way, entries in per_round.items():
-        keys = [k for k in entries[0] if k not in ("recorded", "succeeded", "distinct")]
-        summary: dict[str, Any] = {k: statistics.median(e[k] for e in entries) for k in keys}
-        summary["every_run_recorded_once"] = all(
-            e["recorded"] == e["succeeded"] == e["distinct"] == count for e in entries)
-        results["ways"][way] = {"label": LABELS[way], **summary, "rounds": entries}
+    results: dict[str, Any] = {"ways": {
+        way: {"label": LABELS[way], **median_summary(entries, count), "rounds": entries}
+        for way, entries in per_round.items()}}
     batch, single = results["ways"]["batch"], results["ways"]["single"]
     results["ratios"] = {
         "recorded_speedup": single["recorded_s"] / batch["recorded_s"],
@@ -222,7 +210,7 @@ def write_section(results: dict[str, Any]) -> None:
         label = d["label"] + (f", batches of {s['batch_size']:,}" if way == "batch" else "")
         rows.append(f"| {label} | {d['recorded_s']:.2f} s | {d['started_s']:.2f} s | "
                     f"{d['started_per_s']:.0f} | {d['server_cpu_ms_per_run']:.2f} ms |")
-    once = all(results["ways"][w]["every_run_recorded_once"] for w in WAYS)
+    once = all(results["ways"][w]["every_run_recorded"] for w in WAYS)
     verdict = "met" if r["started_speedup"] >= 5 else "**not met**"
     batch = results["ways"]["batch"]
     load = s["load_average_before"]

@@ -33,7 +33,6 @@ import gc
 import json
 import os
 import sqlite3
-import statistics
 import tempfile
 import threading
 import time
@@ -51,12 +50,14 @@ from bench.run import (
     _own_cpu_seconds,
     machine,
     measured_on,
+    median_summary,
     percentile,
     quick_output,
     replace_readme_section,
     results_file,
     server_cpu_seconds,
     systems,
+    take_turns,
 )
 from bench.systems.probe import report
 from scheduler_app import RunContext, Scheduler
@@ -193,6 +194,13 @@ class Harness:
 
 
 # -- the run ----------------------------------------------------------------------------------
+def _freeze_like_a_gunicorn_worker() -> None:
+    """The gunicorn worker freezes what it built before serving (gunicorn.conf.py); the host
+    app here gets the same, so a full collection lands on neither."""
+    gc.collect()
+    gc.freeze()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds of 100, under a minute")
@@ -207,33 +215,16 @@ def main() -> None:
     warmup = 20 if args.quick else 50
     load_before = os.getloadavg()
     probe = Probe()
-    per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in SYSTEMS}
     with tempfile.TemporaryDirectory() as tmp_text:
         harness = Harness(Path(tmp_text), probe)
         try:
-            for name in SYSTEMS:  # connections, imports, first writes, thread pools
-                harness.round(name, warmup, f"{name}-w")
-            # The gunicorn worker freezes what it built before serving (gunicorn.conf.py);
-            # the host app here gets the same, so a full collection lands on neither.
-            gc.collect()
-            gc.freeze()
-            for r in range(rounds):
-                order = SYSTEMS[r % 3:] + SYSTEMS[:r % 3]
-                for name in order:
-                    entry = harness.round(name, count, f"{name}-r{r}")
-                    per_round[name].append(entry)
-                    print(name, r, json.dumps({k: round(v, 3) for k, v in entry.items()}),
-                          flush=True)
+            per_round = take_turns(harness, list(SYSTEMS), rounds, count, warmup,
+                                   after_warmup=_freeze_like_a_gunicorn_worker)
         finally:
             harness.stop()
-    results: dict[str, Any] = {"systems": {}}
-    for name, entries in per_round.items():
-        keys = [k for k in entries[0] if k not in ("recorded", "succeeded", "distinct")]
-        summary: dict[str, Any] = {k: statistics.median(e[k] for e in entries) for k in keys}
-        if "recorded" in entries[0]:
-            summary["every_run_recorded"] = all(
-                e["recorded"] == e["succeeded"] == e["distinct"] == count for e in entries)
-        results["systems"][name] = {"label": LABELS[name], **summary, "rounds": entries}
+    results: dict[str, Any] = {"systems": {
+        name: {"label": LABELS[name], **median_summary(entries, count), "rounds": entries}
+        for name, entries in per_round.items()}}
     results["ratios"] = ratios(results["systems"])
     results["machine"] = machine()
     results["settings"] = {"rounds": rounds, "calls_per_round": count, "warmup": warmup,

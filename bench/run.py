@@ -265,6 +265,39 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+def take_turns(harness: Any, names: list[str], rounds: int, count: int, warmup: int,
+               after_warmup: Callable[[], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Warm each of ``names`` up (``harness.round(name, warmup, tag)``: connections, imports,
+    first writes, thread pools), then ``rounds`` rounds of ``count`` in which they take turns,
+    the order rotated from round to round, so load from elsewhere on this shared machine lands
+    on all of them. Each round's entry is printed as it comes; returns them by name."""
+    per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for name in names:
+        harness.round(name, warmup, f"{name}-w")
+    if after_warmup is not None:
+        after_warmup()
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            entry = harness.round(name, count, f"{name}-r{r}")
+            per_round[name].append(entry)
+            print(name, r, json.dumps({k: round(v, 3) for k, v in entry.items()}), flush=True)
+    return per_round
+
+
+def median_summary(entries: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """The median of each figure over a system's rounds; with the database's counts of its
+    runs (``recorded``, ``succeeded``, ``distinct``), ``every_run_recorded``: every round's
+    ``count`` runs are there once and succeeded."""
+    counts = ("recorded", "succeeded", "distinct")
+    summary: dict[str, Any] = {k: statistics.median(e[k] for e in entries)
+                               for k in entries[0] if k not in counts}
+    if "recorded" in entries[0]:
+        summary["every_run_recorded"] = all(
+            e["recorded"] == e["succeeded"] == e["distinct"] == count for e in entries)
+    return summary
+
+
 def dispatch(system: System, server: Server, probe: Probe, count: int, tag: str,
              first_wait: float = 10) -> dict[str, float]:
     """Sequential requests; ``first_wait`` lets the warm-up's first task wait for a worker
