@@ -31,9 +31,10 @@ except ImportError:  # not POSIX: SQLite's busy handler alone queues the process
 
 log = logging.getLogger(__name__)
 
+# How long dispose waits for a thread still using a connection (a poll query, a write) before
+# leaving that connection open.
+CLOSE_PATIENCE = 5.0
 # Keys for pg_advisory_xact_lock; arbitrary, but fixed and distinct.
-# How long dispose waits for a thread's poll query to end before leaving its connection open.
-POLL_CLOSE_PATIENCE = 5.0
 LOCK_SCHEMA = 0x5C_0001
 LOCK_CLAIM = 0x5C_0002
 
@@ -255,11 +256,11 @@ class Database:
         with self._poll_lock:
             left, self._poll_open = self._poll_open, []
         for own in left:
-            own.close(patience=POLL_CLOSE_PATIENCE)
+            own.close(patience=CLOSE_PATIENCE)
         self._poll_conns = threading.local()
         # The write connection likewise, once no writer holds it.
         if self._writer_conn is not None:
-            if self._sqlite_writer.acquire(timeout=POLL_CLOSE_PATIENCE):
+            if self._sqlite_writer.acquire(timeout=CLOSE_PATIENCE):
                 try:
                     if self._writer_pid == os.getpid():
                         self._writer_conn.close()
@@ -268,7 +269,7 @@ class Database:
                     self._sqlite_writer.release()
             else:
                 log.warning("the write connection still in use after %.0f s was left open",
-                            POLL_CLOSE_PATIENCE)
+                            CLOSE_PATIENCE)
         self.engine.dispose()
 
 
