@@ -49,7 +49,10 @@ class Settings(BaseModel):
     # Where the JSON API (<prefix>/api), the dashboard (<prefix>/) and health routes live.
     url_prefix: str = Field("/scheduler-app", alias="URL_PREFIX")
     # Threads that execute runs in each node (process). A node never claims more than this.
-    worker_threads: PositiveInt = Field(4, alias="WORKER_THREADS")
+    # 8: as many as gunicorn.conf.py's request threads, so a run-now request usually finds
+    # a thread free and starts its run at once, without the queue (Dramatiq's default too;
+    # APScheduler's own pool has 10).
+    worker_threads: PositiveInt = Field(8, alias="WORKER_THREADS")
     # all: serves HTTP and runs jobs; web: serves HTTP, never executes; worker: executes only.
     role: Literal["all", "web", "worker"] = Field("all", alias="SCHEDULER_ROLE")
     # Time zone of cron triggers that do not name one.

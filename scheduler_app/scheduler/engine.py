@@ -135,7 +135,10 @@ class Engine:
         free of every limit (the message names it, so one node takes it by its id).
         ``announced``: the other nodes were told in the transaction (``announce_in``)."""
         if self.runner is not None:
-            self.runner.wake()
+            if run is not None:
+                self.runner.offer(run.id, run.task)  # taken by id by the first free thread
+            else:
+                self.runner.wake()
         if not announced:
             self.node.wakeups.runs_queued(run)
 

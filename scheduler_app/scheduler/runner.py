@@ -18,13 +18,20 @@ from typing import Any, Protocol
 from flask import Flask
 
 from ..logs import bind_run, install_run_log_handler
-from ..store import Run, RunState, Store
+from ..store import NextClaim, Run, RunState, Store
 from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
 from .isolation import ProcessIsolation
 
 log = logging.getLogger(__name__)
+
+# How many runs named by wake-ups a finishing run's thread tries to take over, by id, in its
+# settle's transaction (some may have been taken by another node since).
+NAMED_PER_HANDOVER = 4
+# How many named runs wait for a free thread at most; past it, the oldest are dropped and the
+# next full look at the queue finds them.
+MAX_OFFERED = 1024
 
 CANCEL_USER = "cancelled"
 CANCEL_TIMEOUT = "timeout"
@@ -134,12 +141,13 @@ class Runner:
         self._wake.set()
 
     def offer(self, run_id: int, task_name: str) -> None:
-        """Another node queued run ``run_id`` of ``task_name``, due now and free of every limit
-        (no concurrency key, no rate limit). With a thread free, the dispatcher takes it by
-        its id, one statement that the nodes that lose the race skip at once, instead of a
-        full claim on every node for one run. A task this node does not run is left to the
-        others; one it caps (``max_running``, maybe not capped where the run was queued)
-        gets a full look."""
+        """A node (this one, or another) queued run ``run_id`` of ``task_name``, due now and
+        free of every limit (no concurrency key, no rate limit). With a thread free, the
+        dispatcher takes it by its id, one statement that the nodes that lose the race skip
+        at once, instead of a full claim on every node for one run; without, the next thread
+        to free up takes it over in its run's settle. A task this node does not run is left
+        to the others; one it caps (``max_running``, maybe not capped where the run was
+        queued) gets a full look."""
         if task_name not in self.tasks:
             return
         if self.tasks.get(task_name).max_running is not None:
@@ -147,6 +155,9 @@ class Runner:
             return
         with self._lock:
             self._offered.append(run_id)
+            if len(self._offered) > MAX_OFFERED:
+                del self._offered[:-MAX_OFFERED]
+                self._backlog = True  # the next full look finds the ones dropped
         self._wake.set()
 
     # -- what the node's maintenance loop calls ---------------------------------------------
@@ -267,8 +278,9 @@ class Runner:
         finally:
             with self._lock:
                 self._reserved -= taking - len(started)
-            if taking < len(wanted):
-                self._backlog = True
+                # The rest wait for a thread: the next to free up (a finishing run's takes
+                # them over in its settle) or the next look.
+                self._offered[:0] = wanted[taking:]
         try:
             self.store.runs.count_waits(uncounted)
         except Exception:
@@ -330,6 +342,14 @@ class Runner:
         self._submit(run, reserved=True)
 
     def _submit(self, run: Run, reserved: bool = False) -> None:
+        ctx = self._track(run, reserved)
+        assert self._pool is not None
+        self._pool.submit(self._execute, run, ctx)
+        self.events.run_started()
+
+    def _track(self, run: Run, reserved: bool, replacing: int | None = None) -> RunContext:
+        """Count ``run`` as running here (on a reserved thread, or on the thread of the run
+        ``replacing``, which it takes over) and give it its context."""
         ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
         if run.cancel_requested:
             ctx.request_cancel(CANCEL_USER)
@@ -337,20 +357,30 @@ class Runner:
         if run.timeout is not None and run.started_at is not None:
             deadline = run.started_at + timedelta(seconds=run.timeout)
         with self._lock:
+            if replacing is not None:
+                self._active.pop(replacing, None)
             self._active[run.id] = _Active(run, ctx, deadline)
             if reserved:
                 self._reserved -= 1
-        assert self._pool is not None
-        self._pool.submit(self._execute, run, ctx)
-        self.events.run_started()
+        return ctx
 
     def _execute(self, run: Run, ctx: RunContext) -> None:
+        """Execute ``run`` and settle it; while queued runs wait, each settle claims the next
+        one in its transaction and this thread executes it too."""
+        following: tuple[Run, RunContext] | None = (run, ctx)
+        while following is not None:
+            following = self._execute_one(*following)
+
+    def _execute_one(self, run: Run, ctx: RunContext) -> tuple[Run, RunContext] | None:
+        """One run on this thread; the next run this thread takes over, if its settle claimed
+        one."""
         extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
         log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
         with bind_run(**extra):  # the task's own log lines name the run too
             state, result, error = self._call_task(run, ctx)
         with self._lock:
             active = self._active.get(run.id)
+        following: tuple[Run, RunContext] | None = None
         try:
             if state is None:  # stopped by shutdown: not this attempt's fault
                 if active is not None:
@@ -360,13 +390,31 @@ class Runner:
             else:
                 # After any flush of this run in flight has committed, so its last lines
                 # follow the ones the tick took before them.
-                with active.writing if active is not None else nullcontext():
-                    progress = ctx.take_progress()
-                    settled = self.store.runs.finish(
-                        run.id, self.node_id, state, result=result, error=error,
-                        progress=None if progress is None else (
-                            progress.done, progress.total, progress.message),
-                        logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()])
+                claim_next = self._next_claim()
+                try:
+                    with active.writing if active is not None else nullcontext():
+                        progress = ctx.take_progress()
+                        handover = self.store.runs.finish_and_claim(
+                            run.id, self.node_id, state, result=result, error=error,
+                            progress=None if progress is None else (
+                                progress.done, progress.total, progress.message),
+                            logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()],
+                            claim_next=claim_next)
+                except BaseException:
+                    if claim_next is not None:
+                        self._offer_again(claim_next.named, claim_next.any_due)
+                    raise
+                settled, claimed = handover.settled, handover.claimed
+                if claimed is not None:
+                    # The thread passes from the settled run to the claimed one: the place
+                    # is never free in between, so the node stays within its capacity.
+                    following = claimed, self._track(claimed, False, replacing=run.id)
+                if claim_next is not None:
+                    self._offer_again(claim_next.named[handover.tried:], False)
+                if claimed is None and claim_next is not None and claim_next.any_due:
+                    # Nothing was due for this thread as of that transaction: the dispatcher
+                    # would find nothing either (a run queued since wakes it on its own).
+                    self._backlog = False
         except Exception:
             log.exception("could not record the outcome of run %s", run.id, extra=extra)
             settled = None
@@ -374,10 +422,11 @@ class Runner:
             # The run holds its place until its outcome is written: while the database says
             # "running", it counts against this node's capacity (a run accepted the moment
             # the task returned would make the node look over capacity in the runs' times).
-            with self._lock:
-                self._active.pop(run.id, None)
-            if self._backlog:
-                self._wake.set()
+            if following is None:
+                with self._lock:
+                    self._active.pop(run.id, None)
+                if self._backlog or self._offered:
+                    self._wake.set()
         if settled is not None:
             if settled.state is RunState.FAILED and settled.error:
                 log.warning("run %s failed: %s: %s", run.id, settled.error.get("type"),
@@ -385,6 +434,34 @@ class Runner:
             else:
                 log.info("run %s %s", run.id, settled.state.value, extra=extra)
             self.events.run_settled(settled)
+        if following is not None:
+            self.events.run_started()
+        return following
+
+    def _next_claim(self) -> NextClaim | None:
+        """What a settle needs to claim the next run for its thread, while this runner takes
+        runs: the runs named by wake-ups not taken yet (a few, tried by id in turn), and a
+        full look when queued runs may be waiting (the last look at the queue found some, or
+        runs were queued since). None when there is neither."""
+        if not self._accepting:
+            return None
+        with self._lock:
+            named = tuple(self._offered[:NAMED_PER_HANDOVER])
+            del self._offered[:NAMED_PER_HANDOVER]
+        if not named and not (self._backlog):
+            return None
+        return NextClaim(self.task_names(), self.task_limits(), named, self._backlog)
+
+    def _offer_again(self, named: tuple[int, ...], look: bool) -> None:
+        """Put back the named runs a handover did not try (first in line again), and wake the
+        dispatcher for them, or for a full look, if a thread is free."""
+        if named:
+            with self._lock:
+                self._offered[:0] = named
+        if look:
+            self._backlog = True
+        if named or look:
+            self._wake.set()
 
     def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
         if self.isolation is not None and run.task in self.tasks:

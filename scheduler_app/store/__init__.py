@@ -16,7 +16,7 @@ from .lifecycle import (
     RunState,
 )
 from .nodes import NodeRecord, NodeStore
-from .runs import RunStore
+from .runs import Handover, NextClaim, RunStore
 from .stats import StatsStore
 
 
@@ -40,11 +40,13 @@ __all__ = [
     "ClaimedAlert",
     "FINAL_STATES",
     "Database",
+    "Handover",
     "JobExists",
     "JobRecord",
     "JobStoreQueries",
     "LogEntry",
     "NewRun",
+    "NextClaim",
     "NodeRecord",
     "NodeStore",
     "Run",

@@ -210,15 +210,18 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
 
 
 def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
-                now: datetime, skew: timedelta) -> tuple[Run | None, bool]:
+                now: datetime, skew: timedelta, count_wait: bool = True
+                ) -> tuple[Run | None, bool]:
     """Move the queued run ``run_id`` to ``running`` on ``node`` in one statement, if no limit
     applies to it (``unlimited``: the tasks ``node`` runs that have no ``max_running``) and it
     is due by ``now`` plus ``skew``; None otherwise, or when another node has it (taken, or
     being taken). Needs no serialised transaction: no limit is counted. The second value:
-    whether the run's queue wait was counted too (PostgreSQL, in the same statement)."""
+    whether the run's queue wait was counted too (PostgreSQL, in the same statement, unless
+    ``count_wait`` is false: a caller whose transaction counts other statistics counts it
+    with them, in the order every transaction locks their rows)."""
     if not unlimited:
         return None, False
-    counting = conn.dialect.name == "postgresql"
+    counting = count_wait and conn.dialect.name == "postgresql"
     row = conn.execute(_START_NAMED_COUNTED if counting else _START_NAMED, {
         "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),
         "on_node": node, "at": now}).mappings().first()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +54,34 @@ _FINISH_CLEANLY = Prepared(
             result=sa.bindparam("outcome", type_=sa.JSON()), error=None)
     .returning(*runs.c)
 )
+
+
+@dataclass(frozen=True)
+class NextClaim:
+    """What a finish needs to claim the next run for its thread (``finish_and_claim``): the
+    node's tasks (it claims runs of those only), their ``max_running`` caps, the runs named
+    by wake-ups to try first by their ids (``claim_named``), and whether to look for any due
+    run after them (``claim_due``)."""
+
+    tasks: frozenset[str]
+    task_limits: dict[str, int]
+    named: tuple[int, ...] = ()
+    any_due: bool = False
+
+    @property
+    def unlimited(self) -> frozenset[str]:
+        return self.tasks - self.task_limits.keys()
+
+
+@dataclass(frozen=True)
+class Handover:
+    """What ``finish_and_claim`` did: the run it settled (None: no longer this node's), the
+    run it claimed for the thread (None: none), and how many of the named runs it tried (the
+    rest are for the caller to offer again)."""
+
+    settled: Run | None
+    claimed: Run | None = None
+    tried: int = 0
 
 
 class RunStore:
@@ -284,10 +313,30 @@ class RunStore:
         The attempt's last ``progress`` (done, total, message) and log lines not yet written
         go in the same transaction, which joins the group commit: one write per finished run,
         where there were up to three."""
+        return self.finish_and_claim(run_id, node, state, result=result, error=error,
+                                     progress=progress, logs=logs).settled
+
+    def finish_and_claim(
+        self,
+        run_id: int,
+        node: str,
+        state: RunState,
+        *,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        progress: tuple[float, float | None, str | None] | None = None,
+        logs: Iterable[tuple[datetime, str, str]] = (),
+        claim_next: NextClaim | None = None,
+    ) -> Handover:
+        """``finish``, and with ``claim_next``, in the same transaction, claim the next run for
+        the thread the settled run frees: a run named by a wake-up, by its id, or else any due
+        run within every limit (as ``claim`` of one run). A node whose runs queue up hands its
+        thread from one run to the next this way, with one write and no hop through the
+        dispatcher thread, where a separate claim would cost a second write transaction."""
         assert state in FINAL_STATES
         log_rows = _log_rows(run_id, logs)
 
-        def settle(conn: Connection, tally: Tally) -> Run | None:
+        def settle(conn: Connection, tally: Tally) -> Handover:
             if progress is not None:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
@@ -295,9 +344,24 @@ class RunStore:
             settled = self._settle(conn, tally, run_id, node, state, result, error)
             if settled is not None:
                 self.alerts.record(conn, settled)
-            return settled
+            if settled is None or claim_next is None or not claim_next.tasks:
+                return Handover(settled)
+            # ``now`` after the settle, so a slot this finish freed counts for the claim.
+            now = utcnow()
+            for tried, named in enumerate(claim_next.named, start=1):
+                claimed, _ = claim_named(conn, named, node, claim_next.unlimited, now,
+                                         CLOCK_SKEW, count_wait=False)
+                if claimed is not None:
+                    tally.waited(claimed.task, claimed.scheduled_for, now)
+                    return Handover(settled, claimed, tried)
+            if claim_next.any_due:
+                found = claim_due(conn, node, 1, claim_next.task_limits, claim_next.tasks, now)
+                if found:
+                    return Handover(settled, found[0], len(claim_next.named))
+            return Handover(settled, None, len(claim_next.named))
 
-        return self.group.run(settle)
+        # A full claim counts limits: serialised with the other claims (PostgreSQL).
+        return self.group.run(settle, serialised=claim_next is not None and claim_next.any_due)
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
