@@ -22,6 +22,10 @@ from .loop import PollingScheduler
 from .node import Companion, Node, new_node_id
 from .runner import Runner
 
+# How long a run-now request waits for its run's thread to begin before it answers (it gives
+# that thread the interpreter first; a busy pool never holds the answer back longer).
+START_WAIT = 0.05
+
 
 class Engine:
     def __init__(self, app: Flask, settings: Settings, store: Store, *,
@@ -121,7 +125,7 @@ class Engine:
         except BaseException:
             self.runner.release()
             raise
-        self.runner.start_reserved(run)
+        self.runner.start_reserved(run, wait=START_WAIT)
         return run
 
     def executes(self, task: str) -> bool:

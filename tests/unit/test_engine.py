@@ -119,3 +119,26 @@ def test_shutdown_stops_running_tasks_even_when_the_loop_is_stuck_in_a_pass(
         loop_thread = engine._loop._thread
         if loop_thread is not None:
             loop_thread.join(5)
+
+
+def test_run_now_on_an_idle_node_answers_once_the_runs_thread_has_begun(make_engine,
+                                                                        monkeypatch):
+    """As ``threading.Thread.start``: the run's thread gets the interpreter before the
+    request goes on to build its answer, so the task starts first."""
+    from scheduler_app.scheduler.runner import Runner
+
+    entered = threading.Event()
+    real_execute = Runner._execute
+
+    def execute(self, run, ctx, began=None):
+        entered.set()
+        return real_execute(self, run, ctx, began)
+
+    monkeypatch.setattr(Runner, "_execute", execute)
+    engine = make_engine(worker_threads=2)
+    engine.start()
+    for _ in range(5):
+        entered.clear()
+        run = engine.run_here(new_run())
+        assert run is not None and entered.is_set()
+        wait_for(lambda: engine.runner is not None and engine.runner.running == 0)
