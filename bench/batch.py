@@ -1,5 +1,5 @@
 """Many runs at once: ``POST /api/runs/batch`` against one ``POST /api/runs`` per run, on the
-default deployment (gunicorn, ``gunicorn.conf.py``, 2 workers of 4 run threads, one SQLite
+default deployment (gunicorn, ``gunicorn.conf.py``, 2 workers of 8 run threads, one SQLite
 file), started by ``bench.run.Server``.
 
 The same no-op task as every bench (``bench.noop``: its first line sends its start time over
@@ -12,7 +12,7 @@ UDP, ``bench/systems/probe.py``), 10,000 runs per round, in two ways:
 
 Two times per round, from the first request sent: **recorded**, when the last answer came back
 (every run is durable by then), and **started**, when the probe heard the last task's first line
-(every run has started). Starting 10,000 runs is bounded by execution (8 run threads claiming
+(every run has started). Starting 10,000 runs is bounded by execution (16 run threads claiming
 and settling runs, and the GIL they share with the requests) as much as by recording them, so
 both are given. Each round also reads the server's CPU (gunicorn's master and workers, from
 /proc). After each round every run is checked in the database (recorded once, succeeded), and
@@ -158,8 +158,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--count", type=int, help="runs per way per round")
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--run-threads", type=int, default=4,
-                        help="WORKER_THREADS of each gunicorn worker (default 4, the product's)")
+    parser.add_argument("--run-threads", type=int, default=8,
+                        help="WORKER_THREADS of each gunicorn worker (default 8, the product's)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the results; leave results.json and README.md alone")
     args = parser.parse_args()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from scheduler_app import start_scheduler
 from scheduler_app.scheduler.runner import Runner
 from scheduler_app.services import services
 from scheduler_app.store import NewRun, NextClaim, RunState
@@ -101,10 +102,11 @@ def test_a_backlog_drains_thread_to_thread_without_a_claim_per_run(make_app, mon
         return outcome
 
     monkeypatch.setattr(Runner, "_claim", counted)
-    app = make_app(WORKER_THREADS=1, DISPATCH_POLL_SECONDS=0.2)
+    app = make_app(start=False, WORKER_THREADS=1, DISPATCH_POLL_SECONDS=0.2)
     client = app.test_client()
     store = services(app).store
     ids = [store.runs.create(new_run(kwargs={"value": i})).id for i in range(20)]
+    start_scheduler(app)  # its first look finds the backlog
     wait_for(lambda: all(get(client, i)["state"] == "succeeded" for i in ids), timeout=15)
 
     assert sum(claims) <= 2, f"the dispatcher claimed {sum(claims)} of 20 runs"
@@ -112,3 +114,33 @@ def test_a_backlog_drains_thread_to_thread_without_a_claim_per_run(make_app, mon
     for earlier, later in zip(runs, runs[1:], strict=False):
         assert datetime.fromisoformat(later["started_at"]) >= \
             datetime.fromisoformat(earlier["finished_at"])
+
+
+def test_a_run_taken_over_as_the_node_stops_goes_back_to_the_queue_unrun(make_app,
+                                                                        monkeypatch):
+    """Stopping begins while a settle claims the next run (``stop`` may already have asked
+    the running runs to stop): that run is handed back, queued for another node, not run."""
+    from scheduler_app.store.runs import RunStore
+
+    app = make_app(start=False, WORKER_THREADS=1, DISPATCH_POLL_SECONDS=0.2)
+    engine = services(app).scheduler
+    store = services(app).store
+    real = RunStore.finish_and_claim
+    handed: list[int] = []
+
+    def stopping_meanwhile(self, *args, **kwargs):
+        handover = real(self, *args, **kwargs)
+        if handover.claimed is not None and not handed:
+            handed.append(handover.claimed.id)
+            engine.runner._accepting = False  # what ``Runner.stop`` does first
+        return handover
+
+    monkeypatch.setattr(RunStore, "finish_and_claim", stopping_meanwhile)
+    first, second = (store.runs.create(new_run(kwargs={"value": i})).id for i in range(2))
+    start_scheduler(app)  # its first look claims the first run: one thread
+    wait_for(lambda: store.runs.get(first).state is RunState.SUCCEEDED)
+    wait_for(lambda: bool(handed) and engine.runner.running == 0)
+    assert handed == [second]
+    back = store.runs.get(second)
+    assert (back.state, back.node, back.started_at, back.result) == \
+        (RunState.QUEUED, None, None, None)

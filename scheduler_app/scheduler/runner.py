@@ -422,6 +422,15 @@ class Runner:
                     # The thread passes from the settled run to the claimed one: the place
                     # is never free in between, so the node stays within its capacity.
                     following = claimed, self._track(claimed, False, replacing=run.id)
+                    if not self._accepting:
+                        # Stopping began while it was claimed: ``stop`` may have asked the
+                        # running runs to stop already, so it goes back to the queue unrun.
+                        following = None
+                        try:
+                            self.store.runs.hand_back(claimed.id, self.node_id)
+                        finally:
+                            with self._lock:
+                                self._active.pop(claimed.id, None)
                 if claim_next is not None:
                     self._offer_again(claim_next.named[handover.tried:], False)
                 if claimed is None and claim_next is not None and claim_next.any_due:
