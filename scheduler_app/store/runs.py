@@ -70,7 +70,7 @@ class NextClaim:
 
     @property
     def unlimited(self) -> frozenset[str]:
-        return self.tasks - self.task_limits.keys()
+        return frozenset(t for t in self.tasks if t not in self.task_limits)
 
 
 @dataclass(frozen=True)
