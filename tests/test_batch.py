@@ -232,8 +232,10 @@ def test_http_taken_unique_keys_are_409_naming_each_item(api: Any) -> None:
 
 
 def test_http_size_limits(make_app: Callable[..., Flask]) -> None:
+    # 4 threads: of the 20 long runs below, 16 stay queued, and 11 more would be 27 > 25.
     api = make_app(PRUNE_RUNS_CRON="", BATCH_MAX_RUNS=20, MAX_CONTENT_LENGTH=2000,
-                   BATCH_MAX_CONTENT_LENGTH=40_000, MAX_QUEUED_RUNS=25).test_client()
+                   BATCH_MAX_CONTENT_LENGTH=40_000, MAX_QUEUED_RUNS=25,
+                   WORKER_THREADS=4).test_client()
     items = [{"task": "demo.sleep", "kwargs": {"seconds": 30}} for _ in range(21)]
     too_many = api.post("/api/runs/batch", json={"runs": items})
     assert too_many.status_code == 400

@@ -294,11 +294,42 @@ def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[
     with them, in the order every transaction locks their rows)."""
     if not unlimited:
         return None, False
+    if conn.dialect.name == "sqlite":
+        # One writer at a time: nothing to skip, and the statement runs on the driver.
+        found = _NamedFree.of(frozenset(unlimited)).first(
+            conn, {"run_id": run_id, "due_by": now + skew, "on_node": node, "at": now})
+        return (None, False) if found is None else (Run.from_row(found), False)
     counting = count_wait and conn.dialect.name == "postgresql"
     row = conn.execute(_START_NAMED_COUNTED if counting else _START_NAMED, {
         "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),
         "on_node": node, "at": now}).mappings().first()
     return (None, False) if row is None else (Run.from_row(row), counting)
+
+
+class _NamedFree:
+    """SQLite's ``_START_NAMED``: the tasks bound as values, not an ``IN`` list expanded at
+    each call, so that it runs on the driver as prepared; built once per set of tasks."""
+
+    _built: dict[frozenset[str], Prepared] = {}
+
+    @classmethod
+    def of(cls, unlimited: frozenset[str]) -> Prepared:
+        found = cls._built.get(unlimited)
+        if found is None:
+            found = Prepared(
+                runs.update()
+                .where(runs.c.id == sa.bindparam("run_id"), runs.c.state == _QUEUED,
+                       runs.c.scheduled_for <= sa.bindparam("due_by"),
+                       runs.c.throttled_until.is_(None), runs.c.concurrency_key.is_(None),
+                       runs.c.rate_limit.is_(None),
+                       runs.c.task.in_([sa.literal(t) for t in sorted(unlimited)]))
+                .values(state=_RUNNING, node=sa.bindparam("on_node"),
+                        started_at=sa.bindparam("at"), finished_at=None)
+                .returning(*runs.c))
+            if len(cls._built) > 64:  # task sets change only as modules register tasks
+                cls._built.clear()
+            cls._built[unlimited] = found
+        return found
 
 
 def _count_keys(conn: Connection, page: Sequence[Any], by_key: dict[str, int]) -> None:
