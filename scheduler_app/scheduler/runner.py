@@ -470,7 +470,7 @@ class Runner:
         with self._lock:
             named = tuple(self._offered[:NAMED_PER_HANDOVER])
             del self._offered[:NAMED_PER_HANDOVER]
-        if not named and not (self._backlog):
+        if not named and not self._backlog:
             return None
         return NextClaim(self.task_names(), self.task_limits(), named, self._backlog)
 

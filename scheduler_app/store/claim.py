@@ -20,6 +20,7 @@ Why: docs/ARCHITECTURE.md, "Concurrency controls".
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -145,19 +146,26 @@ class _Window:
 
 
 def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
-              tasks: Collection[str] | None, now: datetime) -> list[Run]:
+              tasks: Collection[str] | None, now: datetime, tally: Tally | None = None
+              ) -> list[Run]:
     """In the caller's serialised write transaction: move up to ``limit`` due queued runs to
-    ``running`` on ``node``, oldest due first, within every limit above."""
-    free = _claim_free_oldest(conn, node, limit, task_limits, tasks, now)
-    if len(free) == limit:
-        return free
-    return free + _claim_counted(conn, node, limit - len(free), task_limits, tasks, now)
+    ``running`` on ``node``, oldest due first, within every limit above. ``tally``: the
+    transaction's statistics, written by the caller (else written here), so a transaction
+    writes them once, in the order every transaction locks their rows."""
+    counts = Tally() if tally is None else tally
+    claimed = _claim_free_oldest(conn, node, limit, task_limits, tasks, now, counts)
+    if len(claimed) < limit:
+        claimed += _claim_counted(conn, node, limit - len(claimed), task_limits, tasks, now,
+                                  counts)
+    if tally is None:
+        counts.flush(conn)
+    return claimed
 
 
 def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
-                       tasks: Collection[str] | None, now: datetime) -> list[Run]:
+                       tasks: Collection[str] | None, now: datetime, tally: Tally) -> list[Run]:
     """SQLite: take the oldest due runs while each is free of every limit, one statement a
-    run on the driver (``_FreeOldest``), stopping at the first that is not; ``_claim_counted``
+    run on the driver (``_free_oldest``), stopping at the first that is not; ``_claim_counted``
     weighs the rest. The same runs in the same order as it would take them: the oldest due
     run (of ``tasks``), when no limit applies to it, is the one it takes first too. Why: the
     counted claim goes through SQLAlchemy's execution layer, a page read and an ``IN`` list
@@ -165,11 +173,10 @@ def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dic
     (bench/README.md)."""
     if conn.dialect.name != "sqlite" or not tasks:
         return []
-    statement = _FreeOldest.of(frozenset(tasks),
-                               frozenset(t for t in tasks if t not in task_limits))
-    if statement is None:
+    unlimited = frozenset(t for t in tasks if t not in task_limits)
+    if not unlimited:
         return []
-    tally = Tally()
+    statement = _free_oldest(frozenset(tasks), unlimited)
     taken: list[Run] = []
     while len(taken) < limit:
         row = statement.first(conn, {"now": now, "on_node": node, "at": now})
@@ -178,47 +185,40 @@ def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dic
         run = Run.from_row(row)
         tally.waited(run.task, run.scheduled_for, now)
         taken.append(run)
-    tally.flush(conn)
     return taken
 
 
-class _FreeOldest:
-    """The statement taking the oldest due run of a set of tasks if no limit applies to it (no
-    concurrency key, no rate limit, a task without ``max_running``), built once per set of
-    tasks, the names bound as values so that it runs on the driver as prepared."""
+def _literal_in(column: sa.Column[Any], values: frozenset[str]) -> sa.ColumnElement[bool]:
+    """``column IN (…)`` with each value a bound value of its own, not an ``IN`` list expanded
+    at execution: a statement that can run on the driver as prepared (``driver.Prepared``)."""
+    return column.in_([sa.literal(v) for v in sorted(values)])
 
-    _built: dict[tuple[frozenset[str], frozenset[str]], Prepared] = {}
 
-    @classmethod
-    def of(cls, tasks: frozenset[str], unlimited: frozenset[str]) -> Prepared | None:
-        if not unlimited:
-            return None
-        found = cls._built.get((tasks, unlimited))
-        if found is None:
-            oldest = (sa.select(runs.c.id)
-                      .where(runs.c.state == _QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
-                             sa.or_(runs.c.throttled_until.is_(None),
-                                    runs.c.throttled_until <= sa.bindparam("now")),
-                             runs.c.task.in_([sa.literal(t) for t in sorted(tasks)]))
-                      .order_by(runs.c.scheduled_for, runs.c.id)
-                      .limit(sa.literal(1, sa.Integer()))
-                      .scalar_subquery())
-            found = Prepared(
-                runs.update()
-                .where(runs.c.id == oldest, runs.c.state == _QUEUED,
-                       runs.c.concurrency_key.is_(None), runs.c.rate_limit.is_(None),
-                       runs.c.task.in_([sa.literal(t) for t in sorted(unlimited)]))
-                .values(state=_RUNNING, node=sa.bindparam("on_node"),
-                        started_at=sa.bindparam("at"), finished_at=None, throttled_until=None)
-                .returning(*runs.c))
-            if len(cls._built) > 64:  # task sets change only as modules register tasks
-                cls._built.clear()
-            cls._built[tasks, unlimited] = found
-        return found
+# Built once per set of tasks (they change only as task modules register tasks).
+@functools.lru_cache(maxsize=64)
+def _free_oldest(tasks: frozenset[str], unlimited: frozenset[str]) -> Prepared:
+    """Take the oldest due run of ``tasks`` if no limit applies to it: no concurrency key, no
+    rate limit, a task of ``unlimited`` (without ``max_running``)."""
+    oldest = (sa.select(runs.c.id)
+              .where(runs.c.state == _QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
+                     sa.or_(runs.c.throttled_until.is_(None),
+                            runs.c.throttled_until <= sa.bindparam("now")),
+                     _literal_in(runs.c.task, tasks))
+              .order_by(runs.c.scheduled_for, runs.c.id)
+              .limit(sa.literal(1, sa.Integer()))
+              .scalar_subquery())
+    return Prepared(
+        runs.update()
+        .where(runs.c.id == oldest, runs.c.state == _QUEUED,
+               runs.c.concurrency_key.is_(None), runs.c.rate_limit.is_(None),
+               _literal_in(runs.c.task, unlimited))
+        .values(state=_RUNNING, node=sa.bindparam("on_node"), started_at=sa.bindparam("at"),
+                finished_at=None, throttled_until=None)
+        .returning(*runs.c))
 
 
 def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
-                   tasks: Collection[str] | None, now: datetime) -> list[Run]:
+                   tasks: Collection[str] | None, now: datetime, tally: Tally) -> list[Run]:
     """``claim_due``, every limit counted."""
     running: dict[str, int] = {}
     if task_limits:
@@ -272,14 +272,11 @@ def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[st
             break
         query = after_page
         params.update(after_due=page[-1].scheduled_for, after_id=page[-1].id)
-    tally = Tally()
     _hold_back(conn, throttled, tally)
     # The start time is read after the counts: on PostgreSQL a finish that committed while
     # this claim read may be what freed a slot, and its finished_at must not be later than
     # the start it made room for.
-    claimed = _start(conn, node, [row.id for row in chosen], utcnow(), tally)
-    tally.flush(conn)
-    return claimed
+    return _start(conn, node, [row.id for row in chosen], utcnow(), tally)
 
 
 def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
@@ -295,8 +292,7 @@ def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[
     if not unlimited:
         return None, False
     if conn.dialect.name == "sqlite":
-        # One writer at a time: nothing to skip, and the statement runs on the driver.
-        found = _NamedFree.of(frozenset(unlimited)).first(
+        found = _named_free(frozenset(unlimited)).first(
             conn, {"run_id": run_id, "due_by": now + skew, "on_node": node, "at": now})
         return (None, False) if found is None else (Run.from_row(found), False)
     counting = count_wait and conn.dialect.name == "postgresql"
@@ -306,30 +302,19 @@ def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[
     return (None, False) if row is None else (Run.from_row(row), counting)
 
 
-class _NamedFree:
-    """SQLite's ``_START_NAMED``: the tasks bound as values, not an ``IN`` list expanded at
-    each call, so that it runs on the driver as prepared; built once per set of tasks."""
-
-    _built: dict[frozenset[str], Prepared] = {}
-
-    @classmethod
-    def of(cls, unlimited: frozenset[str]) -> Prepared:
-        found = cls._built.get(unlimited)
-        if found is None:
-            found = Prepared(
-                runs.update()
-                .where(runs.c.id == sa.bindparam("run_id"), runs.c.state == _QUEUED,
-                       runs.c.scheduled_for <= sa.bindparam("due_by"),
-                       runs.c.throttled_until.is_(None), runs.c.concurrency_key.is_(None),
-                       runs.c.rate_limit.is_(None),
-                       runs.c.task.in_([sa.literal(t) for t in sorted(unlimited)]))
-                .values(state=_RUNNING, node=sa.bindparam("on_node"),
-                        started_at=sa.bindparam("at"), finished_at=None)
-                .returning(*runs.c))
-            if len(cls._built) > 64:  # task sets change only as modules register tasks
-                cls._built.clear()
-            cls._built[unlimited] = found
-        return found
+@functools.lru_cache(maxsize=64)
+def _named_free(unlimited: frozenset[str]) -> Prepared:
+    """SQLite's ``_START_NAMED``: nothing to skip with one writer at a time, and the tasks
+    bound as values, so that it runs on the driver as prepared."""
+    return Prepared(
+        runs.update()
+        .where(runs.c.id == sa.bindparam("run_id"), runs.c.state == _QUEUED,
+               runs.c.scheduled_for <= sa.bindparam("due_by"),
+               runs.c.throttled_until.is_(None), runs.c.concurrency_key.is_(None),
+               runs.c.rate_limit.is_(None), _literal_in(runs.c.task, unlimited))
+        .values(state=_RUNNING, node=sa.bindparam("on_node"), started_at=sa.bindparam("at"),
+                finished_at=None)
+        .returning(*runs.c))
 
 
 def _count_keys(conn: Connection, page: Sequence[Any], by_key: dict[str, int]) -> None:

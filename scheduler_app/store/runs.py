@@ -68,8 +68,9 @@ class NextClaim:
     named: tuple[int, ...] = ()
     any_due: bool = False
 
-    @property
+    @functools.cached_property
     def unlimited(self) -> frozenset[str]:
+        """The tasks without ``max_running`` (those a run named by id may be of)."""
         return frozenset(t for t in self.tasks if t not in self.task_limits)
 
 
@@ -355,7 +356,8 @@ class RunStore:
                     tally.waited(claimed.task, claimed.scheduled_for, now)
                     return Handover(settled, claimed, tried)
             if claim_next.any_due:
-                found = claim_due(conn, node, 1, claim_next.task_limits, claim_next.tasks, now)
+                found = claim_due(conn, node, 1, claim_next.task_limits, claim_next.tasks, now,
+                                  tally)
                 if found:
                     return Handover(settled, found[0], len(claim_next.named))
             return Handover(settled, None, len(claim_next.named))
