@@ -115,6 +115,10 @@ def test_metrics_count_known_runs_exactly(make_app: Callable[..., Flask]) -> Non
     job_ids = {j["id"]: j["paused"] for j in client.get("/api/jobs").json["items"]}
     assert job_ids == {"late": False, "idle": True, "maintenance.prune_runs": False}
 
+    # A run started at once by its request has its queue wait counted by its settle, or by
+    # its node's next tick while it still runs.
+    wait_for(lambda: store.stats.snapshot(30).queue_wait["demo.sleep"].count == 2,
+             message="the running sleep's queue wait to be counted by a tick")
     samples = scrape(client)
     finished = {(dict(k[1])["task"], dict(k[1])["state"]): v for k, v in samples.items()
                 if k[0] == "scheduler_runs_finished_total"}

@@ -57,6 +57,8 @@ class _Active:
     # flush and by the finish alike: without it, lines the finish took after the tick's could
     # commit first, and the run's log (read in insert order) would read out of order.
     writing: threading.Lock = field(default_factory=threading.Lock)
+    # False for a run written already started whose queue wait its settle is to count.
+    wait_counted: bool = True
 
 
 class Runner:
@@ -196,11 +198,28 @@ class Runner:
                                                          for ln in lines])
 
     def flush_all(self) -> None:
+        self._count_started_waits()
         for active in self.active():
             try:
                 self.flush(active)
             except Exception:
                 log.exception("could not save progress of run %s", active.run.id)
+
+    def _count_started_waits(self) -> None:
+        """Count the queue waits of the runs written already started (run now) whose settle
+        has not counted them yet, in one write: a long run's wait is in the metrics within a
+        tick of its start, a short one's comes with its settle."""
+        uncounted = []
+        for active in self.active():
+            with active.writing:  # the settle decides under it too
+                if not active.wait_counted:
+                    active.wait_counted = True
+                    uncounted.append(active.run)
+        try:
+            self.store.runs.count_waits(uncounted)
+        except Exception:
+            log.exception("could not count the queue waits of runs %s",
+                          [run.id for run in uncounted])
 
     # -- dispatching ------------------------------------------------------------------------
     def _dispatch_loop(self) -> None:
@@ -337,18 +356,21 @@ class Runner:
         with self._lock:
             self._reserved -= 1
 
-    def start_reserved(self, run: Run, wait: float = 0.0) -> None:
+    def start_reserved(self, run: Run, wait: float = 0.0, wait_counted: bool = True) -> None:
         """Start ``run`` (written claimed by this node) on the thread reserved for it.
 
         ``wait``: on a node running nothing else, return once the run's thread has begun,
         or after that many seconds. A caller about to answer its request (run now) gives the
         run's thread the interpreter first, as ``threading.Thread.start`` does, so the task
         starts before the answer is built rather than after it. On a busy node the answer is
-        not held back: each wait costs a thread switch, which under load is throughput."""
-        self._submit(run, reserved=True, wait=wait)
+        not held back: each wait costs a thread switch, which under load is throughput.
+        ``wait_counted``: False when the run's queue wait was not counted as it was written
+        (its settle counts it)."""
+        self._submit(run, reserved=True, wait=wait, wait_counted=wait_counted)
 
-    def _submit(self, run: Run, reserved: bool = False, wait: float = 0.0) -> None:
-        ctx = self._track(run, reserved)
+    def _submit(self, run: Run, reserved: bool = False, wait: float = 0.0,
+                wait_counted: bool = True) -> None:
+        ctx = self._track(run, reserved, wait_counted=wait_counted)
         assert self._pool is not None
         began = threading.Event() if wait > 0 and len(self._active) == 1 else None
         self._pool.submit(self._execute, run, ctx, began)
@@ -356,7 +378,8 @@ class Runner:
         if began is not None:
             began.wait(wait)
 
-    def _track(self, run: Run, reserved: bool, replacing: int | None = None) -> RunContext:
+    def _track(self, run: Run, reserved: bool, replacing: int | None = None,
+               wait_counted: bool = True) -> RunContext:
         """Count ``run`` as running here (on a reserved thread, or on the thread of the run
         ``replacing``, which it takes over) and give it its context."""
         ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
@@ -368,7 +391,7 @@ class Runner:
         with self._lock:
             if replacing is not None:
                 self._active.pop(replacing, None)
-            self._active[run.id] = _Active(run, ctx, deadline)
+            self._active[run.id] = _Active(run, ctx, deadline, wait_counted=wait_counted)
             if reserved:
                 self._reserved -= 1
         return ctx
@@ -412,7 +435,11 @@ class Runner:
                             progress=None if progress is None else (
                                 progress.done, progress.total, progress.message),
                             logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()],
-                            claim_next=claim_next)
+                            claim_next=claim_next,
+                            uncounted_wait=None if active is None or active.wait_counted
+                            else active.run)
+                        if active is not None:
+                            active.wait_counted = True  # a tick must not count it again
                 except BaseException:
                     if claim_next is not None:
                         self._offer_again(claim_next.named, claim_next.any_due)

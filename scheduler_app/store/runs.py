@@ -96,10 +96,14 @@ class RunStore:
     # -- creating ---------------------------------------------------------------------------
     def create(self, new: NewRun, conn: Connection | None = None,
                max_queued: int | None = None, running_on: str | None = None,
-               announce: Callable[[Connection, Run], None] | None = None) -> Run:
+               announce: Callable[[Connection, Run], None] | None = None,
+               count_wait: bool = True) -> Run:
         """Queue a run. With ``max_queued``, refuse (QueueFull, nothing written) when that many
         runs are already queued, counted in the same transaction. With ``running_on``, the run
-        is written already claimed by that node (the node has a thread waiting for it).
+        is written already claimed by that node (the node has a thread waiting for it), and
+        its queue wait is counted here, unless ``count_wait`` is False: then its settle counts
+        it (``finish_and_claim(uncounted_wait=...)``), one statement less before the task
+        starts.
 
         A run with a ``unique_key`` held by a queued or running run is not written:
         ``AlreadyQueued`` is raised, its ``run`` that run (the database's unique index decides,
@@ -111,7 +115,7 @@ class RunStore:
         ``announce(conn, run)``: called in the transaction once the run is written (a wake-up
         that the database delivers at commit); called again if the transaction is retried."""
         def insert(conn: Connection, tally: Tally) -> tuple[Run, bool]:
-            outcome = self._insert(conn, tally, new, max_queued, running_on)
+            outcome = self._insert(conn, tally, new, max_queued, running_on, count_wait)
             if outcome[1] and announce is not None:
                 announce(conn, outcome[0])
             return outcome
@@ -137,7 +141,7 @@ class RunStore:
 
     @staticmethod
     def _insert(conn: Connection, tally: Tally, new: NewRun, max_queued: int | None,
-                running_on: str | None) -> tuple[Run, bool]:
+                running_on: str | None, count_wait: bool = True) -> tuple[Run, bool]:
         if max_queued is not None:
             refuse_past_queue_limit(conn, max_queued)
         now = utcnow()
@@ -150,7 +154,7 @@ class RunStore:
                 tally.deduplicated(new.task)
                 return outcome, False
             run_id = outcome
-        if running_on is not None:
+        if running_on is not None and count_wait:
             tally.waited(new.task, values["scheduled_for"], now)
         return Run.inserted(run_id, values), True
 
@@ -328,12 +332,17 @@ class RunStore:
         progress: tuple[float, float | None, str | None] | None = None,
         logs: Iterable[tuple[datetime, str, str]] = (),
         claim_next: NextClaim | None = None,
+        uncounted_wait: Run | None = None,
     ) -> Handover:
         """``finish``, and with ``claim_next``, in the same transaction, claim the next run for
         the thread the settled run frees: a run named by a wake-up, by its id, or else any due
         run within every limit (as ``claim`` of one run). A node whose runs queue up hands its
         thread from one run to the next this way, with one write and no hop through the
-        dispatcher thread, where a separate claim would cost a second write transaction."""
+        dispatcher thread, where a separate claim would cost a second write transaction.
+
+        ``uncounted_wait``: the run as it started, written already started without its queue
+        wait counted (``create(count_wait=False)``); the settle counts it, in the statement
+        that writes its other statistics."""
         assert state in FINAL_STATES
         log_rows = _log_rows(run_id, logs)
 
@@ -345,6 +354,9 @@ class RunStore:
             settled = self._settle(conn, tally, run_id, node, state, result, error)
             if settled is not None:
                 self.alerts.record(conn, settled)
+                if uncounted_wait is not None and uncounted_wait.started_at is not None:
+                    tally.waited(uncounted_wait.task, uncounted_wait.scheduled_for,
+                                 uncounted_wait.started_at)
             if settled is None or claim_next is None or not claim_next.tasks:
                 return Handover(settled)
             # ``now`` after the settle, so a slot this finish freed counts for the claim.
