@@ -374,9 +374,11 @@ class Runner:
         assert self._pool is not None
         began = threading.Event() if wait > 0 and len(self._active) == 1 else None
         self._pool.submit(self._execute, run, ctx, began)
-        self.events.run_started()
         if began is not None:
             began.wait(wait)
+        # After the wait: a nudge wakes the node's maintenance thread, which would compete
+        # with the run's own start for the interpreter.
+        self.events.run_started()
 
     def _track(self, run: Run, reserved: bool, replacing: int | None = None,
                wait_counted: bool = True) -> RunContext:

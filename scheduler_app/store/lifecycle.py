@@ -75,10 +75,19 @@ class Run:
 
     @classmethod
     def _from_values(cls, values: dict[str, Any]) -> Run:
-        """``values`` is a fresh dict of every column, converted in place."""
+        """``values`` is a fresh dict of every column, converted in place.
+
+        It becomes the instance's attributes as it is: a frozen dataclass's ``__init__`` sets
+        each of the 30 fields through ``object.__setattr__``, which cost more than reading
+        the row (every claim and settle builds one, inside the write transaction)."""
         values["state"] = RunState(values["state"])
         values["errors"] = values.get("errors") or []
-        return cls(**values)
+        if values.keys() != _FIELD_NAMES:
+            raise TypeError(f"a run's values must name each of its fields: "
+                            f"{sorted(values.keys() ^ _FIELD_NAMES)} differ")
+        run = object.__new__(cls)
+        run.__dict__.update(values)
+        return run
 
     @property
     def is_final(self) -> bool:
@@ -86,6 +95,7 @@ class Run:
 
 
 _UNWRITTEN = dict.fromkeys((f.name for f in fields(Run)), None)
+_FIELD_NAMES = frozenset(_UNWRITTEN)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Revision 0009 (four run indexes partial over the rows with a value) on a database with runs
+in it, on SQLite and PostgreSQL: the indexes keep their names and columns and leave out the
+rows whose first column is NULL, every row is kept, the queries that read them still do, and
+the downgrade restores 0008's full indexes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from scheduler_app.store import Database
+from scheduler_app.store.schema import runs
+from scheduler_app.timeutil import utcnow
+from tests.test_migrations import downgrade_to, upgrade_to
+
+# The four indexes and their columns; each leaves out the rows whose first column is NULL.
+INDEXES = (
+    ("ix_scheduler_runs_job", ["job_id", "id"]),
+    ("ix_scheduler_runs_concurrency", ["concurrency_key", "state"]),
+    ("ix_scheduler_runs_finished", ["finished_at"]),
+    ("ix_scheduler_runs_node_state", ["node", "state"]),
+)
+
+
+@pytest.fixture
+def db(any_db_url: str) -> Iterator[Database]:
+    database = Database(any_db_url)
+    yield database
+    database.dispose()
+
+
+def definitions(db: Database) -> dict[str, str]:
+    """Each of the four indexes' SQL as the database keeps it."""
+    names = [name for name, _ in INDEXES]
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = "
+                                        "'index' AND tbl_name = 'scheduler_runs'")).all()
+        else:
+            rows = conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE "
+                                        "tablename = 'scheduler_runs'")).all()
+    return {name: " ".join(sql.split()) for name, sql in rows if name in names}
+
+
+def test_0009_makes_four_run_indexes_partial(db: Database) -> None:
+    db.migrate()
+    downgrade_to(db, "0008")
+    now = utcnow()
+    with db.engine.begin() as conn:
+        conn.execute(runs.insert(), [
+            {"task": "demo.echo", "kwargs": {}, "state": "queued" if i % 2 else "succeeded",
+             "attempt": 1, "max_attempts": 1, "retry_backoff": 2.0, "cancel_requested": False,
+             "errors": [], "created_at": now, "scheduled_for": now,
+             "job_id": "nightly" if i % 3 == 0 else None,
+             "concurrency_key": "k" if i == 4 else None,
+             "node": None if i % 2 else "n1", "finished_at": None if i % 2 else now}
+            for i in range(6)])
+    before = definitions(db)
+    assert len(before) == 4 and not any(" WHERE " in sql for sql in before.values()), before
+
+    upgrade_to(db, "0009")
+    after = definitions(db)
+    for name, columns in INDEXES:
+        sql = after[name]
+        assert f"WHERE {columns[0]} IS NOT NULL" in sql.replace("(", "").replace(")", ""), sql
+        assert all(column in sql for column in columns), sql
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 6
+    downgrade_to(db, "0008")
+    assert not any(" WHERE " in sql for sql in definitions(db).values())
+    assert len(definitions(db)) == 4
