@@ -39,6 +39,24 @@ LOCK_SCHEMA = 0x5C_0001
 LOCK_CLAIM = 0x5C_0002
 
 
+# This process's id, kept up to date across ``fork``: every write asks whether its connection
+# and locks are this process's own (three times), and ``os.getpid`` is a system call each time.
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    return _pid
+
+
 class Database:
     """Owns the engine; hands out read and write transactions."""
 
@@ -112,10 +130,10 @@ class Database:
         held). Only the lock's holder uses it, so one is enough, and a write transaction skips
         the pool's checkout, reset and checkin, which cost as much as a run's insert."""
         conn = self._writer_conn
-        if conn is None or conn.closed or conn.invalidated or self._writer_pid != os.getpid():
+        if conn is None or conn.closed or conn.invalidated or self._writer_pid != current_pid():
             # After a fork the parent's connection is left alone: it is the parent's.
             conn = self.engine.connect().execution_options(sqlite_immediate=True)
-            self._writer_conn, self._writer_pid = conn, os.getpid()
+            self._writer_conn, self._writer_pid = conn, current_pid()
         return conn
 
     @contextmanager
@@ -262,7 +280,7 @@ class Database:
         if self._writer_conn is not None:
             if self._sqlite_writer.acquire(timeout=CLOSE_PATIENCE):
                 try:
-                    if self._writer_pid == os.getpid():
+                    if self._writer_pid == current_pid():
                         self._writer_conn.close()
                     self._writer_conn = None
                 finally:
@@ -308,9 +326,9 @@ class _FileLock:
         self._pid = 0
 
     def __enter__(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
+            self._pid = current_pid()
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # type: ignore[arg-type]
 
     def __exit__(self, *exc: object) -> None:
@@ -342,16 +360,16 @@ class _Checkpointer:
         self._thread: threading.Thread | None = None
 
     def wrote(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             self._start()
         if not self._dirty.is_set():
             self._dirty.set()
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == os.getpid() or self._stopping.is_set():
+            if self._pid == current_pid() or self._stopping.is_set():
                 return
-            self._pid = os.getpid()
+            self._pid = current_pid()
             self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint",
                                             daemon=True)
             self._thread.start()
@@ -382,7 +400,7 @@ class _Checkpointer:
         self._stopping.set()
         self._dirty.set()
         thread = self._thread
-        if thread is not None and self._pid == os.getpid():
+        if thread is not None and self._pid == current_pid():
             thread.join(5)
 
 
