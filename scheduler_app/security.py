@@ -19,14 +19,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
 import secrets
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request, session
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from .errors import Forbidden, Unauthorized
 
@@ -43,8 +46,12 @@ class CsrfFailed(Forbidden):
 
 
 def is_loopback(address: str | None) -> bool:
-    if not address:
-        return False
+    return bool(address) and _is_loopback(address)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_loopback(address: str) -> bool:
+    """Parsed once per address (every request of a loopback client asks it)."""
     try:
         return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
     except ValueError:
@@ -187,10 +194,27 @@ def logout() -> None:
 
 
 class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, Secure whenever the request came over HTTPS."""
+    """Flask's signed-cookie session, Secure whenever the request came over HTTPS; its signer
+    built once per set of keys, not at every request (Flask builds one to open each request's
+    session, cookie or none: an API call with a bearer token or from loopback paid for it)."""
+
+    def __init__(self) -> None:
+        self._signers: dict[tuple[Any, ...], URLSafeTimedSerializer | None] = {}
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return bool(super().get_cookie_secure(app)) or request.is_secure
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, *(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        try:
+            return self._signers[keys]
+        except KeyError:
+            if len(self._signers) >= 8:  # keys rotated again and again: keep the newest
+                self._signers.clear()
+            signer = self._signers[keys] = super().get_signing_serializer(app)
+            return signer
+        except TypeError:  # a key that cannot be hashed (a list of fallbacks' items)
+            return super().get_signing_serializer(app)
 
 
 def harden_sessions(app: Flask) -> None:

@@ -100,6 +100,23 @@ def test_session_ends_when_its_token_is_removed(make_app):
     assert rotated.get("/api/runs").status_code == 401
 
 
+def test_a_new_secret_key_ends_sessions_unless_the_old_one_is_a_fallback(make_app):
+    """The session's signer is built once per set of keys: changing them takes effect at
+    the next request, in both directions."""
+    app = make_app(API_TOKENS=TOKENS, SECRET_KEY="first-key", PRUNE_RUNS_CRON="")
+    client = app.test_client()
+    client.post("/auth/login", json={"token": "admin-token-456"})
+    assert client.get("/api/runs").status_code == 200
+    signed_with_first = client.get_cookie("scheduler_session").value
+    app.secret_key = "second-key"
+    assert client.get("/api/runs").status_code == 401
+    app.config["SECRET_KEY_FALLBACKS"] = ["first-key"]
+    assert client.get("/api/runs").status_code == 200
+    app.config["SECRET_KEY_FALLBACKS"] = []
+    client.set_cookie("scheduler_session", signed_with_first)
+    assert client.get("/api/runs").status_code == 401
+
+
 def test_secure_cookie_over_https(secured):
     client = secured.test_client()
     login = client.post("/auth/login", json={"token": "admin-token-456"},

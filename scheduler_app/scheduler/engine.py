@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from apscheduler.schedulers import SchedulerNotRunningError
 from flask import Flask
@@ -113,10 +114,11 @@ class Engine:
         if self._loop.running:
             self._loop.wakeup()
 
-    def run_here(self, new: NewRun) -> Run | None:
+    def run_here(self, new: NewRun, arguments: dict[str, Any] | None = None) -> Run | None:
         """If a thread is free here, write ``new`` already claimed by this node and start it at
         once; None otherwise (the caller queues it for whichever node frees up first). Only
-        a task this node executes: the services check it against this process's registry."""
+        a task this node executes: the services check it against this process's registry.
+        ``arguments``: its kwargs as already validated, for the task's call."""
         if self.runner is None or not self._started or new.task not in self.runner.tasks \
                 or not self.runner.reserve():
             return None
@@ -126,7 +128,8 @@ class Engine:
         except BaseException:
             self.runner.release()
             raise
-        self.runner.start_reserved(run, wait=START_WAIT, wait_counted=False)
+        self.runner.start_reserved(run, wait=START_WAIT, wait_counted=False,
+                                   arguments=arguments)
         return run
 
     def executes(self, task: str) -> bool:

@@ -59,6 +59,8 @@ class _Active:
     writing: threading.Lock = field(default_factory=threading.Lock)
     # False for a run written already started whose queue wait its settle is to count.
     wait_counted: bool = True
+    # Its kwargs as validated by its request (run now), for the task's call; None: validate.
+    arguments: dict[str, Any] | None = None
 
 
 class Runner:
@@ -356,7 +358,8 @@ class Runner:
         with self._lock:
             self._reserved -= 1
 
-    def start_reserved(self, run: Run, wait: float = 0.0, wait_counted: bool = True) -> None:
+    def start_reserved(self, run: Run, wait: float = 0.0, wait_counted: bool = True,
+                       arguments: dict[str, Any] | None = None) -> None:
         """Start ``run`` (written claimed by this node) on the thread reserved for it.
 
         ``wait``: on a node running nothing else, return once the run's thread has begun,
@@ -365,12 +368,13 @@ class Runner:
         starts before the answer is built rather than after it. On a busy node the answer is
         not held back: each wait costs a thread switch, which under load is throughput.
         ``wait_counted``: False when the run's queue wait was not counted as it was written
-        (its settle counts it)."""
-        self._submit(run, reserved=True, wait=wait, wait_counted=wait_counted)
+        (its settle counts it). ``arguments``: its kwargs as already validated."""
+        self._submit(run, reserved=True, wait=wait, wait_counted=wait_counted,
+                     arguments=arguments)
 
     def _submit(self, run: Run, reserved: bool = False, wait: float = 0.0,
-                wait_counted: bool = True) -> None:
-        ctx = self._track(run, reserved, wait_counted=wait_counted)
+                wait_counted: bool = True, arguments: dict[str, Any] | None = None) -> None:
+        ctx = self._track(run, reserved, wait_counted=wait_counted, arguments=arguments)
         assert self._pool is not None
         began = threading.Event() if wait > 0 and len(self._active) == 1 else None
         self._pool.submit(self._execute, run, ctx, began)
@@ -381,7 +385,8 @@ class Runner:
         self.events.run_started()
 
     def _track(self, run: Run, reserved: bool, replacing: int | None = None,
-               wait_counted: bool = True) -> RunContext:
+               wait_counted: bool = True, arguments: dict[str, Any] | None = None
+               ) -> RunContext:
         """Count ``run`` as running here (on a reserved thread, or on the thread of the run
         ``replacing``, which it takes over) and give it its context."""
         ctx = RunContext(run.id, run.task, run.attempt, max_log_lines=self.max_log_lines)
@@ -393,7 +398,8 @@ class Runner:
         with self._lock:
             if replacing is not None:
                 self._active.pop(replacing, None)
-            self._active[run.id] = _Active(run, ctx, deadline, wait_counted=wait_counted)
+            self._active[run.id] = _Active(run, ctx, deadline, wait_counted=wait_counted,
+                                           arguments=arguments)
             if reserved:
                 self._reserved -= 1
         return ctx
@@ -414,10 +420,11 @@ class Runner:
         one."""
         extra = {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
         log.debug("run %s started (attempt %s)", run.id, run.attempt, extra=extra)
-        with bind_run(**extra):  # the task's own log lines name the run too
-            state, result, error = self._call_task(run, ctx)
         with self._lock:
             active = self._active.get(run.id)
+        with bind_run(**extra):  # the task's own log lines name the run too
+            state, result, error = self._call_task(
+                run, ctx, None if active is None else active.arguments)
         following: tuple[Run, RunContext] | None = None
         try:
             if state is None:  # stopped by shutdown: not this attempt's fault
@@ -514,23 +521,25 @@ class Runner:
         if named or look:
             self._wake.set()
 
-    def _call_task(self, run: Run, ctx: RunContext) -> tuple[RunState | None, Any, Any]:
+    def _call_task(self, run: Run, ctx: RunContext, arguments: dict[str, Any] | None = None
+                   ) -> tuple[RunState | None, Any, Any]:
         if self.isolation is not None and run.task in self.tasks:
             task = self.tasks.get(run.task)
             if self.isolation.applies_to(task):
                 return self.isolation.run(run, ctx, task)
-        return call_task(self.app, run, ctx, self.tasks)
+        return call_task(self.app, run, ctx, self.tasks, arguments)
 
 
-def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = registry
-              ) -> tuple[RunState | None, Any, Any]:
+def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = registry,
+              arguments: dict[str, Any] | None = None) -> tuple[RunState | None, Any, Any]:
     """One attempt of ``run``: its task (from ``tasks``) called inside ``app``'s app context
     (torn down after). Returns the outcome (state, result, error); state None: stopped by a
-    shutdown."""
+    shutdown. ``arguments``: its kwargs as its request validated them (run now); None:
+    validated here, from what the row holds."""
     set_current_run(ctx)
     try:
         task = tasks.get(run.task)
-        kwargs = task.validate(run.kwargs)
+        kwargs = task.validate(run.kwargs) if arguments is None else arguments
         with app.app_context():
             value = task.fn(ctx, **kwargs)
         result = _jsonable(value)

@@ -34,14 +34,17 @@ def resolve_task(name: object, field: str = "task") -> Task:
             from None
 
 
-def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None) -> None:
+def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None
+                    ) -> dict[str, Any]:
+    """The arguments as the task will be called with them (``Task.validate``), or
+    InvalidRequest naming every bad one, or the size past ``max_bytes`` (KWARGS_MAX_BYTES)."""
     if max_bytes is not None and isinstance(kwargs, dict):
         size = len(json.dumps(kwargs, separators=(",", ":"), default=str))
         if size > max_bytes:
             raise InvalidRequest.field(
                 "kwargs", f"is {size} bytes as JSON; at most {max_bytes} (KWARGS_MAX_BYTES)")
     try:
-        task.validate(kwargs)
+        return task.validate(kwargs)
     except ArgumentError as exc:
         raise InvalidRequest(str(exc), details=exc.problems) from None
 
@@ -85,17 +88,18 @@ class RunService:
     def submit(self, request: RunCreate) -> Run:
         """Validate and queue a run; it is durable before this returns."""
         task = resolve_task(request.task)
-        validate_kwargs(task, request.kwargs, self.settings.kwargs_max_bytes)
+        arguments = validate_kwargs(task, request.kwargs, self.settings.kwargs_max_bytes)
         when = start_time(request.run_at)
         return self.queue(task, request.kwargs, when,
-                          controls=controls_with(task, control_changes(request)))
+                          controls=controls_with(task, control_changes(request)),
+                          arguments=arguments)
 
     def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime,
                 controls: Controls | None = None) -> Run:
         """Validate and queue a run of ``task`` (``Task.enqueue`` from Python); ``controls``:
         its concurrency controls, the task's own unless given (``using(...)``)."""
-        validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
-        return self.queue(task, kwargs, when, controls=controls)
+        arguments = validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
+        return self.queue(task, kwargs, when, controls=controls, arguments=arguments)
 
     def execute_eagerly(self, app: Flask, task: Task, kwargs: dict[str, Any],
                         when: datetime, controls: Controls | None = None) -> Run:
@@ -151,14 +155,17 @@ class RunService:
             **(task.controls if controls is None else controls).row_values(task.name, kwargs))
 
     def queue(self, task: Task, kwargs: dict[str, Any], when: datetime,
-              job_id: str | None = None, controls: Controls | None = None) -> Run:
+              job_id: str | None = None, controls: Controls | None = None,
+              arguments: dict[str, Any] | None = None) -> Run:
         """Queue a run (or start it here at once). A unique key held by an active run raises
-        ``AlreadyQueued``, whose ``run`` is that run, and nothing is written."""
+        ``AlreadyQueued``, whose ``run`` is that run, and nothing is written. ``arguments``:
+        ``kwargs`` as validated (``validate_kwargs``); a run started here at once is called
+        with them, not validated a second time on its thread."""
         new = self.new_run(task, kwargs, when, job_id, controls)
         unlimited_now = task.max_running is None and not new.needs_claim and when <= utcnow()
         if unlimited_now:
             # Due now and this node has a free thread: skip the queue (one write, no hop).
-            started = self.scheduler.run_here(new)
+            started = self.scheduler.run_here(new, arguments)
             if started is not None:
                 return started
         # The other nodes are told in the insert's transaction where the store can (delivered
