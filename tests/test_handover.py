@@ -144,3 +144,29 @@ def test_a_run_taken_over_as_the_node_stops_goes_back_to_the_queue_unrun(make_ap
     back = store.runs.get(second)
     assert (back.state, back.node, back.started_at, back.result) == \
         (RunState.QUEUED, None, None, None)
+
+
+def test_a_settle_given_the_run_as_it_started_returns_the_row_as_stored(store):
+    """Given the run as it started, a settle reads back only what may have changed since (a
+    cancel asked for, progress); the run it returns is still the stored row, field for field,
+    and the queue wait it was asked to count is counted once, from the attempt's start."""
+    started = store.runs.create(new_run(kwargs={"value": {"nested": [1, 2]}}),
+                                running_on="node-a", count_wait=False)
+    store.runs.request_cancel(started.id)  # by someone else while it runs
+    store.runs.save_progress(started.id, 3, 10, "three")
+    before = store.stats.snapshot(lease_seconds=30).queue_wait.get("demo.echo")
+    waits = 0 if before is None else before.count
+
+    settled = store.runs.finish_and_claim(
+        started.id, "node-a", RunState.CANCELLED, result={"kept": 1}, started=started,
+        count_wait=True).settled
+
+    assert settled is not None
+    assert settled == store.runs.get(started.id)
+    assert settled.cancel_requested and settled.progress_done == 3
+    assert settled.progress_message == "three" and settled.result == {"kept": 1}
+    assert store.stats.snapshot(lease_seconds=30).queue_wait["demo.echo"].count == waits + 1
+    # Another node's run (or one no longer running) is not settled, whatever it was given.
+    other = store.runs.create(new_run(), running_on="node-b")
+    assert store.runs.finish_and_claim(other.id, "node-a", RunState.SUCCEEDED,
+                                       started=other).settled is None

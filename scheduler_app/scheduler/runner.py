@@ -445,8 +445,8 @@ class Runner:
                                 progress.done, progress.total, progress.message),
                             logs=[(ln.at, ln.level, ln.message) for ln in ctx.take_logs()],
                             claim_next=claim_next,
-                            uncounted_wait=None if active is None or active.wait_counted
-                            else active.run)
+                            started=None if active is None else active.run,
+                            count_wait=active is not None and not active.wait_counted)
                         if active is not None:
                             active.wait_counted = True  # a tick must not count it again
                 except BaseException:

@@ -46,14 +46,20 @@ _COUNT_QUEUED = Prepared(sa.select(sa.func.count()).select_from(runs)
                          .where(runs.c.state == RunState.QUEUED.value))
 _NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(
     runs.c.state == RunState.QUEUED.value)
-_FINISH_CLEANLY = Prepared(
+_SETTLE_CLEANLY = (
     runs.update()
     .where(runs.c.id == sa.bindparam("run_id"), runs.c.node == sa.bindparam("on_node"),
            runs.c.state == RunState.RUNNING.value)
     .values(state=sa.bindparam("new_state"), finished_at=sa.bindparam("ended_at"),
             result=sa.bindparam("outcome", type_=sa.JSON()), error=None)
-    .returning(*runs.c)
 )
+_FINISH_CLEANLY = Prepared(_SETTLE_CLEANLY.returning(*runs.c))
+# The columns of a running run that others may change (a cancel asked for, progress flushed)
+# or that its settle writes: with the run as it started, the whole row, without reading back
+# (and decoding) its arguments, errors and times.
+_CHANGING = ("state", "finished_at", "result", "error", "cancel_requested", "progress_done",
+             "progress_total", "progress_message")
+_FINISH_KNOWN = Prepared(_SETTLE_CLEANLY.returning(*(runs.c[name] for name in _CHANGING)))
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ class RunStore:
         runs are already queued, counted in the same transaction. With ``running_on``, the run
         is written already claimed by that node (the node has a thread waiting for it), and
         its queue wait is counted here, unless ``count_wait`` is False: then its settle counts
-        it (``finish_and_claim(uncounted_wait=...)``), one statement less before the task
+        it (``finish_and_claim(count_wait=True)``), one statement less before the task
         starts.
 
         A run with a ``unique_key`` held by a queued or running run is not written:
@@ -332,7 +338,8 @@ class RunStore:
         progress: tuple[float, float | None, str | None] | None = None,
         logs: Iterable[tuple[datetime, str, str]] = (),
         claim_next: NextClaim | None = None,
-        uncounted_wait: Run | None = None,
+        started: Run | None = None,
+        count_wait: bool = False,
     ) -> Handover:
         """``finish``, and with ``claim_next``, in the same transaction, claim the next run for
         the thread the settled run frees: a run named by a wake-up, by its id, or else any due
@@ -340,9 +347,10 @@ class RunStore:
         thread from one run to the next this way, with one write and no hop through the
         dispatcher thread, where a separate claim would cost a second write transaction.
 
-        ``uncounted_wait``: the run as it started, written already started without its queue
-        wait counted (``create(count_wait=False)``); the settle counts it, in the statement
-        that writes its other statistics."""
+        ``started``: the run as the caller started it; only the columns that may have changed
+        since are then read back. ``count_wait``: count its queue wait too (a run written
+        already started, ``create(count_wait=False)``), in the statement that writes the
+        settle's other statistics."""
         assert state in FINAL_STATES
         log_rows = _log_rows(run_id, logs)
 
@@ -351,12 +359,12 @@ class RunStore:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
                 conn.execute(run_logs.insert(), log_rows)
-            settled = self._settle(conn, tally, run_id, node, state, result, error)
+            settled = self._settle(conn, tally, run_id, node, state, result, error, started)
             if settled is not None:
                 self.alerts.record(conn, settled)
-                if uncounted_wait is not None and uncounted_wait.started_at is not None:
-                    tally.waited(uncounted_wait.task, uncounted_wait.scheduled_for,
-                                 uncounted_wait.started_at)
+                attempt = started or settled  # a retried run's row no longer says when
+                if count_wait and attempt.started_at is not None:
+                    tally.waited(attempt.task, attempt.scheduled_for, attempt.started_at)
             if settled is None or claim_next is None or not claim_next.tasks:
                 return Handover(settled)
             # ``now`` after the settle, so a slot this finish freed counts for the claim.
@@ -379,15 +387,18 @@ class RunStore:
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
-                result: Any, error: dict[str, Any] | None) -> Run | None:
+                result: Any, error: dict[str, Any] | None, started: Run | None = None
+                ) -> Run | None:
         if error is None:
-            # Success or cancel: no retry to decide, so one UPDATE, no read first.
-            row = _FINISH_CLEANLY.first(conn, {
+            # Success or cancel: no retry to decide, so one UPDATE, no read first; with the
+            # run as it started, only what may have changed since is read back.
+            known = started is not None and started.id == run_id
+            row = (_FINISH_KNOWN if known else _FINISH_CLEANLY).first(conn, {
                 "run_id": run_id, "on_node": node, "new_state": state.value,
                 "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
-            settled = Run.from_row(row)
+            settled = Run.from_row({**vars(started), **row} if known else row)
             assert settled.started_at is not None and settled.finished_at is not None
             tally.attempt(settled.task, settled.started_at, settled.finished_at)
             tally.finished(settled.task, settled.state.value)
