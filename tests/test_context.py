@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from scheduler_app.tasks import Cancelled, RunContext
+from tests.conftest import wait_for
 
 
 @pytest.mark.parametrize("args, error", [
@@ -40,3 +44,27 @@ def test_cancel_is_seen_and_the_first_reason_wins():
         ctx.check_cancelled()
     with pytest.raises(Cancelled):
         ctx.sleep(5)
+
+
+def test_a_cancel_wakes_a_sleeping_task_at_once_and_a_later_sleep_raises():
+    """The sleep's event is made by the first sleep: a cancel from another thread while the
+    task sleeps wakes it (not the sleep's end), and every sleep after raises at once."""
+    ctx = RunContext(1, "t.t", 1)
+    ctx.sleep(0)  # nothing asked yet: returns
+    woke: list[float] = []
+
+    def sleeper() -> None:
+        started = time.monotonic()
+        try:
+            ctx.sleep(30)
+        except Cancelled:
+            woke.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    wait_for(lambda: ctx._cancel_event is not None, message="the task to sleep")
+    ctx.request_cancel("cancelled")
+    thread.join(5)
+    assert woke and woke[0] < 5
+    with pytest.raises(Cancelled):
+        ctx.sleep(30)

@@ -53,7 +53,10 @@ class RunContext:
         self.task = task
         self.attempt = attempt
         self.logger = logging.getLogger(f"scheduler_app.runs.{task}")
-        self._cancel = threading.Event()
+        # Made by the first ``sleep`` (most tasks never sleep on it): an Event is a lock and a
+        # condition, built for every run otherwise. The reason, set once under the lock, is
+        # the flag.
+        self._cancel_event: threading.Event | None = None
         self._cancel_reason: str | None = None
         self._cancel_at: float | None = None  # time.monotonic() of the first request
         self._lock = threading.Lock()
@@ -84,16 +87,21 @@ class RunContext:
     @property
     def cancelled(self) -> bool:
         """True once the run has been asked to stop (cancel, timeout or shutdown)."""
-        return self._cancel.is_set()
+        return self._cancel_reason is not None
 
     def check_cancelled(self) -> None:
         """Raise ``Cancelled`` if the run has been asked to stop."""
-        if self._cancel.is_set():
-            raise Cancelled(self._cancel_reason or "cancelled")
+        if self._cancel_reason is not None:
+            raise Cancelled(self._cancel_reason)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, waking early and raising ``Cancelled`` if the run is asked to stop."""
-        if self._cancel.wait(max(0.0, seconds)):
+        with self._lock:  # request_cancel sets the reason, then the event, under it too
+            if self._cancel_reason is None and self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        if self._cancel_reason is not None or (
+                event is not None and event.wait(max(0.0, seconds))):
             raise Cancelled(self._cancel_reason or "cancelled")
 
     def log(self, message: str, level: str | int = logging.INFO) -> None:
@@ -109,7 +117,9 @@ class RunContext:
         with self._lock:
             if self._cancel_reason is None:
                 self._cancel_reason, self._cancel_at = reason, time.monotonic()
-        self._cancel.set()
+            event = self._cancel_event
+        if event is not None:
+            event.set()
 
     @property
     def cancel_reason(self) -> str | None:
