@@ -35,7 +35,7 @@ from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
 from .driver import Prepared
 from .lifecycle import Run, RunState
-from .schema import rate_starts, runs, stats
+from .schema import IS_QUEUED, rate_starts, runs, stats
 from .stats import QUEUE_WAIT, QUEUE_WAIT_BUCKETS, SUM, Tally, bound_label
 
 # Starts older than the longest period (an hour) count for no window.
@@ -59,7 +59,7 @@ _RUNNING_OF_KEY = (sa.select(sa.func.count()).select_from(_other)
 _DUE = (sa.select(runs.c.id, runs.c.task, runs.c.scheduled_for, runs.c.concurrency_key,
                   runs.c.concurrency_limit, runs.c.rate_limit, runs.c.rate_key,
                   runs.c.throttled_until)
-        .where(runs.c.state == _QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
+        .where(IS_QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
                sa.or_(runs.c.throttled_until.is_(None),
                       runs.c.throttled_until <= sa.bindparam("now")),
                sa.or_(runs.c.concurrency_key.is_(None),
@@ -200,7 +200,7 @@ def _free_oldest(tasks: frozenset[str], unlimited: frozenset[str]) -> Prepared:
     """Take the oldest due run of ``tasks`` if no limit applies to it: no concurrency key, no
     rate limit, a task of ``unlimited`` (without ``max_running``)."""
     oldest = (sa.select(runs.c.id)
-              .where(runs.c.state == _QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
+              .where(IS_QUEUED, runs.c.scheduled_for <= sa.bindparam("now"),
                      sa.or_(runs.c.throttled_until.is_(None),
                             runs.c.throttled_until <= sa.bindparam("now")),
                      _literal_in(runs.c.task, tasks))

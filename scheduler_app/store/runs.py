@@ -31,7 +31,7 @@ from .lifecycle import (
     new_run_values,
     settle_values,
 )
-from .schema import ACTIVE_PREDICATE, jobs, nodes, run_logs, runs
+from .schema import ACTIVE_PREDICATE, IS_QUEUED, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
 
 # How far ahead of this node's clock a run named by a wake-up may be due and still be taken:
@@ -44,8 +44,7 @@ _INSERT_RUN = Prepared(runs.insert().returning(runs.c.id))
 # Every run queued with MAX_QUEUED_RUNS set (the default) counts the queue first.
 _COUNT_QUEUED = Prepared(sa.select(sa.func.count()).select_from(runs)
                          .where(runs.c.state == RunState.QUEUED.value))
-_NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(
-    runs.c.state == RunState.QUEUED.value)
+_NEXT_DUE = sa.select(sa.func.min(runs.c.scheduled_for)).where(IS_QUEUED)
 _SETTLE_CLEANLY = (
     runs.update()
     .where(runs.c.id == sa.bindparam("run_id"), runs.c.node == sa.bindparam("on_node"),
@@ -242,7 +241,7 @@ class RunStore:
             # whether one of ours is due, and take the write lock only then.
             with self.db.read() as conn:
                 if conn.execute(sa.select(runs.c.id).where(
-                        runs.c.state == RunState.QUEUED.value, runs.c.scheduled_for <= utcnow(),
+                        IS_QUEUED, runs.c.scheduled_for <= utcnow(),
                         runs.c.task.in_(sorted(tasks))).limit(1)).first() is None:
                     return []
         with self.db.write(lock=LOCK_CLAIM) as conn:

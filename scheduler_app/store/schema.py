@@ -21,6 +21,10 @@ metadata = sa.MetaData()
 # A run is active while queued or running (``lifecycle.ACTIVE_STATES``; spelled here as SQL
 # because a partial index's predicate must be a literal the database can match a query to).
 ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
+# The queue by due time (``ix_scheduler_runs_state_due``) holds only queued runs: a query must
+# name the state as this literal, not as a bound value, for either database to know that its
+# rows are all in that index (a query with ``state = ?`` reads another index, or the table).
+QUEUED_LITERAL = "state = 'queued'"
 
 def _present(column: str) -> dict[str, Any]:
     """A partial index's options: only the rows where ``column`` is not NULL."""
@@ -109,7 +113,10 @@ runs = sa.Table(
     # opens, so the claims until then pass it over without counting, and its view can say so.
     sa.Column("throttled_until", UTCDateTime, nullable=True),
     sa.UniqueConstraint("job_id", "fire_time", name=f"uq_{TABLE_PREFIX}runs_job_fire"),
-    sa.Index(f"ix_{TABLE_PREFIX}runs_state_due", "state", "scheduled_for"),
+    # Queued runs by due time, the claims' and the dispatchers' order (revision 0009: queued
+    # runs only, so a run's settle and a run written already started never touch it).
+    sa.Index(f"ix_{TABLE_PREFIX}runs_state_due", "state", "scheduled_for",
+             sqlite_where=sa.text(QUEUED_LITERAL), postgresql_where=sa.text(QUEUED_LITERAL)),
     # Runs in one state, newest first (GET /api/runs?state=failed): a seek, not a sort of
     # every run in that state.
     sa.Index(f"ix_{TABLE_PREFIX}runs_state_id", "state", "id"),
@@ -128,6 +135,9 @@ runs = sa.Table(
     sa.Index(f"ix_{TABLE_PREFIX}runs_concurrency", "concurrency_key", "state",
              **_present("concurrency_key")),
 )
+
+# ``runs.state = 'queued'`` with the state as a literal: see QUEUED_LITERAL.
+IS_QUEUED = runs.c.state == sa.literal_column("'queued'")
 
 run_logs = sa.Table(
     f"{TABLE_PREFIX}run_logs",
