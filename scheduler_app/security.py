@@ -46,7 +46,9 @@ class CsrfFailed(Forbidden):
 
 
 def is_loopback(address: str | None) -> bool:
-    return bool(address) and _is_loopback(address)  # type: ignore[arg-type]
+    if not address:
+        return False
+    return _is_loopback(address)
 
 
 @functools.lru_cache(maxsize=1024)
