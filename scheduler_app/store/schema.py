@@ -21,9 +21,10 @@ metadata = sa.MetaData()
 # A run is active while queued or running (``lifecycle.ACTIVE_STATES``; spelled here as SQL
 # because a partial index's predicate must be a literal the database can match a query to).
 ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
-# The queue by due time (``ix_scheduler_runs_state_due``) holds only queued runs: a query must
-# name the state as this literal, not as a bound value, for either database to know that its
-# rows are all in that index (a query with ``state = ?`` reads another index, or the table).
+# The queue by due time (``ix_scheduler_runs_state_due``) holds only queued runs: its queries
+# name the state as this literal, not as a bound value. SQLite plans with the value bound and
+# uses the index either way, but a PostgreSQL generic plan cannot prove that ``state = $1``
+# matches the index and reads another one (every queued run) or the table.
 QUEUED_LITERAL = "state = 'queued'"
 
 def _present(column: str) -> dict[str, Any]:
