@@ -173,7 +173,7 @@ def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dic
     (bench/README.md)."""
     if conn.dialect.name != "sqlite" or not tasks:
         return []
-    unlimited = frozenset(t for t in tasks if t not in task_limits)
+    unlimited = unlimited_tasks(tasks, task_limits)
     if not unlimited:
         return []
     statement = _free_oldest(frozenset(tasks), unlimited)
@@ -186,6 +186,11 @@ def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dic
         tally.waited(run.task, run.scheduled_for, now)
         taken.append(run)
     return taken
+
+
+def unlimited_tasks(tasks: Collection[str], task_limits: dict[str, int]) -> frozenset[str]:
+    """The tasks of ``tasks`` without a ``max_running`` cap: those a claim need not count."""
+    return frozenset(t for t in tasks if t not in task_limits)
 
 
 def _literal_in(column: sa.Column[Any], values: frozenset[str]) -> sa.ColumnElement[bool]:

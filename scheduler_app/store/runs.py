@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from ..errors import AlreadyQueued, QueueFull
 from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
-from .claim import claim_due, claim_named
+from .claim import claim_due, claim_named, unlimited_tasks
 from .db import LOCK_CLAIM, Database
 from .driver import Prepared
 from .group import GroupCommit
@@ -76,7 +76,7 @@ class NextClaim:
     @functools.cached_property
     def unlimited(self) -> frozenset[str]:
         """The tasks without ``max_running`` (those a run named by id may be of)."""
-        return frozenset(t for t in self.tasks if t not in self.task_limits)
+        return unlimited_tasks(self.tasks, self.task_limits)
 
 
 @dataclass(frozen=True)
