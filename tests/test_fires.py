@@ -240,6 +240,8 @@ def test_many_jobs_due_together_fire_in_one_pass(make_app, monkeypatch):
     store = services(app).store
     wait_for(lambda: len([r for r in store.runs.find(limit=100) if r.job_id]) == 20,
              timeout=10, message="20 fires")
+    # The pass appends after its transaction commits, so the rows may be seen first.
+    wait_for(lambda: passes, timeout=10, message="the pass that recorded them to return")
     assert passes[0] == 20
     wait_for(lambda: all(r.state is RunState.SUCCEEDED for r in store.runs.find(limit=100)),
              message="every run to succeed")
