@@ -13,7 +13,7 @@ from scheduler_app.store.group import GroupCommit
 from scheduler_app.store.schema import runs, stats
 from scheduler_app.timeutil import utcnow
 
-from .conftest import new_run, wait_for
+from .conftest import migrated_store, new_run, wait_for
 
 
 def insert(key, then=None):
@@ -38,7 +38,7 @@ def keys(db):
 def start_behind_leader(group, operations):
     """Hold a leader inside its transaction until every operation has queued behind it; return
     the threads and a dict of what each caller got (value or exception)."""
-    release = threading.Event()
+    inside, release = threading.Event(), threading.Event()
     outcomes = {}
 
     def call(name, operation):
@@ -47,9 +47,13 @@ def start_behind_leader(group, operations):
         except Exception as exc:
             outcomes[name] = exc
 
-    leader = threading.Thread(target=call, args=("leader", insert("leader", release.wait)))
+    def hold():
+        inside.set()
+        release.wait()
+
+    leader = threading.Thread(target=call, args=("leader", insert("leader", hold)))
     leader.start()
-    wait_for(lambda: group._committing, message="the leader to start committing")
+    assert inside.wait(10), "the leader never ran its operation"
     threads = [threading.Thread(target=call, args=(name, op)) for name, op in operations]
     for t in threads:
         t.start()
@@ -72,6 +76,35 @@ def test_writes_queued_behind_a_commit_share_the_next_transaction(store):
         counted = conn.execute(sa.select(stats.c.value).where(
             stats.c.label == "grouped")).scalar_one()
     assert counted == 6  # the batch's statistics are flushed in its transaction
+
+
+def test_writes_queued_while_the_leader_waits_for_the_file_join_its_transaction(db_url):
+    """On SQLite the leader takes in what queued while another writer (another process) had
+    the file: one commit for all of them, not one for it and one for the rest."""
+    stores = migrated_store(db_url)
+    store = next(stores)
+    group = GroupCommit(store.db)
+    outcomes = {}
+
+    def call(name):
+        outcomes[name] = group.run(insert(name))
+
+    try:
+        with store.db.turn():  # another writer has the file
+            leader = threading.Thread(target=call, args=("leader",))
+            leader.start()
+            wait_for(lambda: group._committing, message="the leader to start committing")
+            followers = [threading.Thread(target=call, args=(f"f{i}",)) for i in range(3)]
+            for t in followers:
+                t.start()
+            wait_for(lambda: len(group._queue) == 3, message="followers to queue")
+        for t in [leader, *followers]:
+            t.join(10)
+        assert sorted(outcomes) == ["f0", "f1", "f2", "leader"]
+        assert keys(store.db) == ["f0", "f1", "f2", "leader"]
+        assert (group.batches, group.operations) == (1, 4)
+    finally:
+        stores.close()
 
 
 def test_a_failing_write_fails_alone_and_leaves_nothing_behind(store):

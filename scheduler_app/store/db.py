@@ -73,6 +73,7 @@ class Database:
         if self.dialect == "postgresql":
             _check_before_use(self.engine)
         self._sqlite_writer = threading.Lock()
+        self._turn = threading.local()  # ``held``: this thread holds the writer lock (``turn``)
         self._writer_conn: Connection | None = None
         self._writer_pid = 0
         self._across_processes: _FileLock | None = None
@@ -107,7 +108,8 @@ class Database:
         """
         if self.is_sqlite:
             # Writers queue here, not in SQLite's busy handler.
-            with self._hold_writers():
+            holding = getattr(self._turn, "held", False)
+            with contextlib.nullcontext() if holding else self._hold_writers():
                 conn = self._writer()
                 try:
                     with conn.begin():
@@ -135,6 +137,23 @@ class Database:
             conn = self.engine.connect().execution_options(sqlite_immediate=True)
             self._writer_conn, self._writer_pid = conn, current_pid()
         return conn
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """This process's turn to write: on SQLite, the file's writer lock that ``write``
+        takes, held by this thread across the ``write`` calls inside (one at a time); on
+        PostgreSQL nothing to wait for. Why: a group commit takes in the operations that
+        queued while it waited for the file, so the file's one writer commits more of them
+        at once (store/group.py)."""
+        if not self.is_sqlite or getattr(self._turn, "held", False):
+            yield
+            return
+        with self._hold_writers():
+            self._turn.held = True
+            try:
+                yield
+            finally:
+                self._turn.held = False
 
     @contextmanager
     def write_one(self) -> Iterator[Connection]:

@@ -84,9 +84,7 @@ class GroupCommit:
         return pending.value  # type: ignore[no-any-return]
 
     def _lead(self, pending: _Pending[Any]) -> None:
-        with self._mutex:
-            batch = [pending, *self._queue[:self.max_batch - 1]]
-            del self._queue[:self.max_batch - 1]
+        batch = [pending]
         try:
             self._commit(batch)
         finally:
@@ -99,13 +97,17 @@ class GroupCommit:
                     self._committing = False
 
     def _commit(self, batch: list[_Pending[Any]]) -> None:
+        """Commit ``batch`` (its leader) with the operations queued by the time this
+        process's turn to write comes (``Database.turn``): on SQLite, while the leader waited
+        for the file another process was writing, and the more a transaction takes in, the
+        fewer commits the file's one writer makes."""
         try:
-            if len(batch) == 1:
-                self._alone(batch[0])
-                return
             try:
                 values = self._together(batch)
-            except Exception:
+            except Exception as exc:
+                if len(batch) == 1:
+                    batch[0].error = exc
+                    return
                 for pending in batch:  # one failed: each again alone, so it fails alone
                     self._alone(pending)
                 return
@@ -120,11 +122,16 @@ class GroupCommit:
                 pending.done = True
 
     def _together(self, batch: list[_Pending[Any]]) -> list[Any]:
-        lock = LOCK_CLAIM if any(p.serialised for p in batch) else None
-        with self.db.write(lock=lock) as conn:
-            tally = Tally()
-            values = [pending.operation(conn, tally) for pending in batch]
-            tally.flush(conn)
+        with self.db.turn():
+            with self._mutex:
+                room = self.max_batch - len(batch)
+                batch.extend(self._queue[:room])
+                del self._queue[:room]
+            lock = LOCK_CLAIM if any(p.serialised for p in batch) else None
+            with self.db.write(lock=lock) as conn:
+                tally = Tally()
+                values = [pending.operation(conn, tally) for pending in batch]
+                tally.flush(conn)
         self._count(len(batch))
         return values
 
