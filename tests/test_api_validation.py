@@ -162,6 +162,16 @@ def test_run_body_not_json(api: Any, body: str | bytes) -> None:
     assert_nothing_stored(api)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32-le"])
+def test_run_body_in_any_json_encoding(api: Any, encoding: str) -> None:
+    """A body is read as ``json.loads`` reads bytes: UTF-8 (with or without a byte order
+    mark), UTF-16 or UTF-32, told apart by its first bytes."""
+    body = '{"task": "demo.echo", "kwargs": {"value": "\u00e9t\u00e9"}}'.encode(encoding)
+    response = post_raw(api, "/api/runs", body)
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["kwargs"] == {"value": "\u00e9t\u00e9"}
+
+
 @pytest.mark.parametrize("body", [
     '[{"task": "demo.echo", "kwargs": {"value": 1}}]', "[]", "null", '"demo.echo"', "42",
 ], ids=["array-of-object", "empty-array", "null", "string", "number"])

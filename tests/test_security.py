@@ -179,6 +179,17 @@ def test_kwargs_size_limit(make_app):
     assert store.runs.find() == [] and store.jobs.all() == []
 
 
+def test_kwargs_size_limit_counts_compact_json(make_app):
+    """The limit is on the arguments as compact JSON: exactly at it passes, a byte over fails."""
+    client = make_app(KWARGS_MAX_BYTES=20, PRUNE_RUNS_CRON="").test_client()
+    at_limit = {"value": "x" * 9}  # {"value":"xxxxxxxxx"} is 21 bytes
+    assert client.post("/api/runs", json={"task": "demo.echo", "kwargs": at_limit}
+                       ).status_code == 400
+    fits = {"value": "x" * 8}  # 20 bytes
+    assert client.post("/api/runs", json={"task": "demo.echo", "kwargs": fits}
+                       ).status_code == 202
+
+
 def test_queue_cap_answers_429_and_stores_nothing(make_app):
     app = make_app(start=False, MAX_QUEUED_RUNS=3, PRUNE_RUNS_CRON="")
     client = app.test_client()  # not started: runs stay queued

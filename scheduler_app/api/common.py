@@ -42,6 +42,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: ``json.loads`` with any option builds a new decoder (and its scanner) per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
     raw = request.get_data(cache=True)
@@ -55,7 +59,8 @@ def json_body(*, required: bool = True) -> Any:
             raise InvalidRequest.field("body", "a JSON object is required")
         return {}
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        # As ``json.loads`` reads bytes: UTF-8, -16 or -32, told apart by their first bytes.
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except (ValueError, RecursionError) as exc:
         message = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
         raise InvalidRequest.field("body", f"is not valid JSON: {message}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from ..store import FINAL_STATES, LogEntry, NewRun, Run, RunState, Store
 from ..tasks import ArgumentError, Task, UnknownTask, registry
 from ..tasks.controls import OPTIONS as CONTROL_OPTIONS
 from ..tasks.controls import ControlError, Controls
+from ..tasks.registry import encode_kwargs
 from ..timeutil import parse_aware, utcnow
 from .models import RunCreate
 
@@ -38,13 +38,14 @@ def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None
                     ) -> dict[str, Any]:
     """The arguments as the task will be called with them (``Task.validate``), or
     InvalidRequest naming every bad one, or the size past ``max_bytes`` (KWARGS_MAX_BYTES)."""
-    if max_bytes is not None and isinstance(kwargs, dict):
-        size = len(json.dumps(kwargs, separators=(",", ":"), default=str))
-        if size > max_bytes:
-            raise InvalidRequest.field(
-                "kwargs", f"is {size} bytes as JSON; at most {max_bytes} (KWARGS_MAX_BYTES)")
     try:
-        return task.validate(kwargs)
+        # Encoded once: its size is measured, and pydantic validates the same text.
+        encoded = encode_kwargs(kwargs) if isinstance(kwargs, dict) else None
+        if max_bytes is not None and encoded is not None and len(encoded) > max_bytes:
+            raise InvalidRequest.field(
+                "kwargs", f"is {len(encoded)} bytes as JSON; at most {max_bytes} "
+                "(KWARGS_MAX_BYTES)")
+        return task.validate(kwargs, encoded)
     except ArgumentError as exc:
         raise InvalidRequest(str(exc), details=exc.problems) from None
 

@@ -60,19 +60,18 @@ class Task:
     memory_limit_mb: int | None = None
     controls: Controls = NO_CONTROLS
 
-    def validate(self, kwargs: object) -> dict[str, Any]:
+    def validate(self, kwargs: object, encoded: str | None = None) -> dict[str, Any]:
         """Return the arguments converted to the annotated types, or raise ArgumentError.
 
         Validation runs in pydantic's strict JSON mode: ``"5"`` is not an int, extra or
-        missing arguments are errors, and values must be what JSON can carry.
+        missing arguments are errors, and values must be what JSON can carry. ``encoded``:
+        ``kwargs`` already encoded by ``encode_kwargs`` (the caller measured its size).
         """
         if not isinstance(kwargs, dict):
             raise ArgumentError([{"field": "kwargs", "message": "must be a JSON object"}])
-        try:
-            raw = json.dumps(kwargs, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            problem = {"field": "kwargs", "message": f"not plain JSON: {exc}"}
-            raise ArgumentError([problem]) from None
+        if encoded is None:
+            encoded = encode_kwargs(kwargs)
+        raw = encoded
         try:
             model = self.params_model.model_validate_json(raw, strict=True)
         except pydantic.ValidationError as exc:
@@ -83,6 +82,16 @@ class Task:
         schema = self.params_model.model_json_schema()
         schema.pop("title", None)
         return schema
+
+
+def encode_kwargs(kwargs: dict[str, Any]) -> str:
+    """``kwargs`` as compact JSON text, or ArgumentError if it is not plain JSON (a value JSON
+    cannot carry, NaN or an infinity)."""
+    try:
+        return json.dumps(kwargs, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        problem = {"field": "kwargs", "message": f"not plain JSON: {exc}"}
+        raise ArgumentError([problem]) from None
 
 
 ISOLATIONS = ("thread", "process")
