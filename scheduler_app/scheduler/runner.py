@@ -19,6 +19,7 @@ from flask import Flask
 
 from ..logs import bind_run, install_run_log_handler
 from ..store import NextClaim, Run, RunState, Store
+from ..store.claim import unlimited_tasks
 from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
@@ -63,6 +64,16 @@ class _Active:
     arguments: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class _Registered:
+    """A runner's view of its tasks at one registry version (``limits`` is never changed)."""
+
+    version: int
+    names: frozenset[str]
+    limits: dict[str, int]
+    unlimited: frozenset[str]
+
+
 class Runner:
     def __init__(self, app: Flask, store: Store, node_id: str, capacity: int, *,
                  poll_seconds: float, max_log_lines: int, events: RunEvents,
@@ -82,6 +93,7 @@ class Runner:
         self.isolation = isolation
         self._active: dict[int, _Active] = {}
         self._reserved = 0  # threads promised by reserve() or to a claim in progress
+        self._registered_tasks: _Registered | None = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # Whether queued runs may be waiting: the last queue read found some, or a run was
@@ -333,14 +345,27 @@ class Runner:
     def task_names(self) -> frozenset[str]:
         """The names of the tasks this runner executes, as registered now (a task module may
         be imported after the node started)."""
-        return frozenset(t.name for t in self.tasks.all())
+        return self._registered().names
 
     def _unlimited_task_names(self) -> frozenset[str]:
-        return frozenset(t.name for t in self.tasks.all() if t.max_running is None)
+        return self._registered().unlimited
 
     def task_limits(self) -> dict[str, int]:
         """Each task's ``max_running``, for those that have one (counted by the claim)."""
-        return {t.name: t.max_running for t in self.tasks.all() if t.max_running is not None}
+        return dict(self._registered().limits)
+
+    def _registered(self) -> _Registered:
+        """The tasks as registered now, derived again only after a registration (the
+        registry's version), not at every settle that claims."""
+        known = self._registered_tasks
+        version = self.tasks.version  # read first: a registration meanwhile is seen next time
+        if known is None or known.version != version:
+            tasks = self.tasks.all()
+            limits = {t.name: t.max_running for t in tasks if t.max_running is not None}
+            names = frozenset(t.name for t in tasks)
+            known = self._registered_tasks = _Registered(
+                version, names, limits, unlimited_tasks(names, limits))
+        return known
 
     # -- the fast path: a run written already claimed by this node ----------------------------
     def reserve(self) -> bool:
@@ -508,7 +533,8 @@ class Runner:
             del self._offered[:NAMED_PER_HANDOVER]
         if not named and not self._backlog:
             return None
-        return NextClaim(self.task_names(), self.task_limits(), named, self._backlog)
+        known = self._registered()
+        return NextClaim(known.names, known.limits, named, self._backlog)
 
     def _offer_again(self, named: tuple[int, ...], look: bool) -> None:
         """Put back the named runs a handover did not try (first in line again), and wake the

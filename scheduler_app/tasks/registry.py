@@ -180,6 +180,9 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
+        # Bumped by every registration: what is derived from the tasks (a runner's names and
+        # caps, read at every settle that claims) is kept until it changes.
+        self.version = 0
 
     def register(
         self,
@@ -248,6 +251,7 @@ class TaskRegistry:
             if existing is not None and existing.ref != task.ref:
                 raise ValueError(f"task name {task_name!r} is already taken by {existing.ref}")
             self._tasks[task_name] = task
+            self.version += 1
         return task
 
     def get(self, name: object) -> Task:

@@ -147,3 +147,37 @@ def test_a_runs_log_reads_in_the_order_its_lines_were_written(make_runner, sqlit
     assert settled(events, run).state is RunState.SUCCEEDED
     assert [entry.message for entry in sqlite_store.runs.logs(run.id)] == [
         "before the gate", "after the gate"]
+
+
+def test_a_task_registered_after_the_runner_started_is_claimed(sqlite_store):
+    """The runner's names and caps of its tasks are kept between settles, and derived again
+    after a registration: a task module imported after the node started is run."""
+    from flask import Flask
+
+    from scheduler_app.tasks import TaskRegistry
+
+    tasks = TaskRegistry()
+    tasks.register(lambda ctx: "early", name="late.early")
+    events = Events()
+    runner = Runner(Flask(__name__), sqlite_store, NODE, 2, poll_seconds=0.05,
+                    max_log_lines=100, events=events, tasks=tasks)
+    runner.start()
+    try:
+        assert runner.task_names() == {"late.early"}
+        late = sqlite_store.runs.create(new_run(task="late.added", kwargs={}))
+        runner.wake()
+        early = sqlite_store.runs.create(new_run(task="late.early", kwargs={}))
+        runner.wake()
+        wait_for(lambda: sqlite_store.runs.get(early.id).state is RunState.SUCCEEDED)
+        assert sqlite_store.runs.get(late.id).state is RunState.QUEUED  # not its task yet
+        limits = runner.task_limits()
+        limits["late.early"] = 1  # a copy: the runner's own view is not changed
+        assert runner.task_limits() == {}
+        tasks.register(lambda ctx: "late", name="late.added", max_running=1)
+        assert runner.task_names() == {"late.early", "late.added"}
+        assert runner.task_limits() == {"late.added": 1}
+        runner.wake()
+        wait_for(lambda: sqlite_store.runs.get(late.id).state is RunState.SUCCEEDED)
+        assert sqlite_store.runs.get(late.id).result == "late"
+    finally:
+        runner.stop(grace=2)
