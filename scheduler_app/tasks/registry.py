@@ -69,9 +69,7 @@ class Task:
         """
         if not isinstance(kwargs, dict):
             raise ArgumentError([{"field": "kwargs", "message": "must be a JSON object"}])
-        if encoded is None:
-            encoded = encode_kwargs(kwargs)
-        raw = encoded
+        raw = encode_kwargs(kwargs) if encoded is None else encoded
         try:
             model = self.params_model.model_validate_json(raw, strict=True)
         except pydantic.ValidationError as exc:
