@@ -108,3 +108,100 @@ def test_only_an_adopted_sqlite_engine_that_does_not_echo_goes_to_the_driver(
         echoing.dispose()
     with pytest.raises(ValueError, match="SQLite"):
         driver.adopt(sa.create_engine("postgresql+psycopg://nobody@127.0.0.1/none"))
+
+
+class _NullAsText(sa.TypeDecorator[str]):
+    """A type whose reading turns NULL into a value, as a host's custom type may."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> str:
+        return "was null" if value is None else f"read {value}"
+
+
+def test_a_row_read_on_the_driver_converts_what_sqlalchemy_converts_nulls_included(
+        tmp_path: Path) -> None:
+    """NULLs skip the processors that leave NULL as it is (most of a run's optional columns),
+    and go through those that turn it into something else."""
+    db = Database(f"sqlite:///{tmp_path / 'scratch.sqlite3'}")
+    table = sa.Table("scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("custom", _NullAsText), sa.Column("doc", sa.JSON),
+                     sa.Column("flag", sa.Boolean), sa.Column("at", runs.c.started_at.type))
+    try:
+        table.create(db.engine)
+        with db.write() as conn:
+            conn.execute(table.insert(), [
+                {"id": 1, "custom": None, "doc": None, "flag": None, "at": None},
+                {"id": 2, "custom": "x", "doc": {"a": [1]}, "flag": True, "at": MOMENT}])
+        for row_id in (1, 2):
+            query = sa.select(table).where(table.c.id == sa.bindparam("row_id"))
+            with db.write() as conn:
+                assert driver._driver(conn) is not None
+                ours = driver.Prepared(query).first(conn, {"row_id": row_id})
+                theirs = dict(conn.execute(query, {"row_id": row_id}).mappings().one())
+            assert ours == theirs
+        assert ours is not None and theirs["custom"] == "read x"
+        with db.write() as conn:
+            first = driver.Prepared(query).first(conn, {"row_id": 1})
+        assert first == {"id": 1, "custom": "was null", "doc": None, "flag": None, "at": None}
+    finally:
+        db.dispose()
+
+
+def run_count(store: Store) -> int:
+    with store.db.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM scheduler_runs").scalar_one())
+
+
+def test_a_write_mixing_driver_and_sqlalchemy_statements_is_one_transaction(
+        both: tuple[Store, Store]) -> None:
+    """A statement through ``Connection.execute`` joins the transaction begun on the driver:
+    both commit together, and a failure after both rolls both back."""
+    from scheduler_app.store.lifecycle import new_run_values
+    from scheduler_app.store.runs import _INSERT_RUN
+
+    for store in both:
+        with store.db.write() as conn:
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            conn.execute(runs.insert().values(new_run_values(new_run(), MOMENT)))
+        assert run_count(store) == 2
+        with pytest.raises(RuntimeError, match="after both"), store.db.write() as conn:
+            conn.execute(runs.insert().values(new_run_values(new_run(), MOMENT)))
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            raise RuntimeError("after both")
+        assert run_count(store) == 2
+        with pytest.raises(RuntimeError, match="driver only"), store.db.write() as conn:
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            raise RuntimeError("driver only")
+        assert run_count(store) == 2
+        with store.db.write() as conn:  # the writer is usable after each
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+        assert run_count(store) == 3
+
+
+@pytest.mark.parametrize("orphan_through", ["driver", "sqlalchemy"])
+def test_a_commit_that_fails_raises_sqlalchemys_error_and_keeps_nothing(
+        both: tuple[Store, Store], orphan_through: str) -> None:
+    """A foreign key checked at COMMIT (deferred) fails the COMMIT itself: SQLAlchemy's
+    IntegrityError, nothing of the transaction kept, and the next write goes through, whether
+    the transaction was the driver's alone or SQLAlchemy's too."""
+    from scheduler_app.store.lifecycle import new_run_values
+    from scheduler_app.store.runs import _INSERT_RUN
+    from scheduler_app.store.schema import run_logs
+
+    orphan = (f"INSERT INTO {run_logs.name} (run_id, at, level, message) "
+              "VALUES (999999, '2026-01-01 00:00:00', 'INFO', 'no such run')")
+    for store in both:
+        with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY"), \
+                store.db.write() as conn:
+            conn.connection.dbapi_connection.execute("PRAGMA defer_foreign_keys=ON")
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            if orphan_through == "driver":
+                conn.connection.dbapi_connection.execute(orphan)
+            else:
+                conn.execute(sa.text(orphan))
+        assert run_count(store) == 0
+        with store.db.write() as conn:
+            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+        assert run_count(store) == 1

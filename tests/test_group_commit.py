@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import sqlite3
 import threading
 
+import pytest
 import sqlalchemy as sa
 
 from scheduler_app.errors import QueueFull
 from scheduler_app.store import Database, RunState, Store
+from scheduler_app.store import group as group_module
 from scheduler_app.store.group import GroupCommit
 from scheduler_app.store.schema import runs, stats
 from scheduler_app.timeutil import utcnow
@@ -64,7 +69,7 @@ def start_behind_leader(group, operations):
     return outcomes
 
 
-def test_writes_queued_behind_a_commit_share_the_next_transaction(store):
+def test_writes_queued_behind_a_commit_share_the_next_transaction(store, signal):
     group = GroupCommit(store.db)
     outcomes = start_behind_leader(group, [(f"f{i}", insert(f"f{i}")) for i in range(5)])
     assert all(isinstance(v, int) for v in outcomes.values()), outcomes
@@ -107,7 +112,7 @@ def test_writes_queued_while_the_leader_waits_for_the_file_join_its_transaction(
         stores.close()
 
 
-def test_a_failing_write_fails_alone_and_leaves_nothing_behind(store):
+def test_a_failing_write_fails_alone_and_leaves_nothing_behind(store, signal):
     group = GroupCommit(store.db)
 
     def broken():
@@ -152,8 +157,42 @@ def test_run_store_writes_join_the_group_and_return_committed_rows(store):
     assert store.runs.finish(run.id, "node-a", RunState.SUCCEEDED) is None  # settled already
 
 
-def test_concurrent_creates_and_finishes_lose_nothing(store):
+@pytest.fixture(params=["eventfd", "lock"])
+def signal(request, monkeypatch):
+    """How a waiting thread is woken: an eventfd where the platform has one (Linux), else a
+    lock; the group commit must behave the same on both."""
+    if request.param == "eventfd" and not hasattr(os, "eventfd"):
+        pytest.skip("this platform has no eventfd")  # pragma: no cover - Linux has it
+    monkeypatch.setattr(group_module, "_Signal", group_module._EventfdSignal
+                        if request.param == "eventfd" else group_module._LockSignal)
+    return request.param
+
+
+class CountedEventfds:
+    """Counts the eventfds the group commit makes and closes, its own only: counting the
+    process's open eventfds instead would also see other tests' threads end meanwhile."""
+
+    def __init__(self, monkeypatch):
+        self.made = self.closed = 0
+        counter = self
+        base = group_module._ThreadEventfd
+
+        class Counted(base):
+            def __init__(self):
+                super().__init__()
+                counter.made += 1
+
+            def __del__(self):
+                super().__del__()
+                counter.closed += 1
+
+        monkeypatch.setattr(group_module, "_ThreadEventfd", Counted)
+
+
+def test_concurrent_creates_and_finishes_lose_nothing(store, signal, monkeypatch):
     errors = []
+    eventfds = CountedEventfds(monkeypatch)
+    monkeypatch.setattr(group_module, "_thread_eventfd", threading.local())  # none made yet
 
     def work(worker):
         try:
@@ -175,6 +214,31 @@ def test_concurrent_creates_and_finishes_lose_nothing(store):
                                    .group_by(runs.c.state)).all())
     assert states == {"succeeded": 200}
     assert store.runs.group.operations == 400
+    # Each thread slept on one eventfd of its own (not one per operation), closed when the
+    # thread ended; with a lock, none.
+    assert eventfds.made == (len(threads) if signal == "eventfd" else 0)
+    assert eventfds.closed == eventfds.made
+
+
+def _child_signal(parent_fd, answer):
+    signal = group_module._EventfdSignal()
+    answer.put((signal._owned.pid == os.getpid(), signal._owned.fd != parent_fd))
+
+
+@pytest.mark.skipif(not hasattr(os, "eventfd"), reason="this platform has no eventfd")
+def test_a_forked_child_sleeps_on_an_eventfd_of_its_own():
+    """A worker forked from a process whose thread already waited (gunicorn's preloading
+    master) must not share that eventfd: a wake-up meant for one would wake the other."""
+    parent = group_module._EventfdSignal()._owned
+    context = multiprocessing.get_context("fork")
+    answer = context.Queue()
+    child = context.Process(target=_child_signal, args=(parent.fd, answer))
+    child.start()
+    try:
+        assert answer.get(timeout=20) == (True, True)
+    finally:
+        child.join(20)
+    assert group_module._EventfdSignal()._owned is parent  # the parent's thread keeps its own
 
 
 def _hammer(url: str, worker: int, count: int, failures, ready, go) -> None:
@@ -289,3 +353,53 @@ def test_dispose_waits_for_a_poll_in_progress_before_closing_its_connection(tmp_
     thread.join(timeout=30)
     assert seen == [2000000]
     assert db._poll_conns is not None and not db._poll_open
+
+
+def _log_frames(path, frames):
+    """Write about ``frames`` pages of log to the SQLite file at ``path`` (WAL, no automatic
+    checkpoint), in small transactions as runs are written."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE IF NOT EXISTS filler (id INTEGER PRIMARY KEY, pad TEXT)")
+    for _ in range(frames // 2):
+        conn.execute("INSERT INTO filler (pad) VALUES (?)", ("x" * 3000,))
+    return conn
+
+
+def test_a_checkpoint_that_copied_the_whole_log_does_not_hold_the_writers(tmp_path):
+    """Past RESTART_PAGES of log, the writers are held back for a second pass only when the
+    first could not copy it all: a log copied whole starts over at the next write by itself."""
+    from scheduler_app.store.db import _Checkpointer
+
+    path = str(tmp_path / "log.sqlite3")
+    held = []
+
+    @contextlib.contextmanager
+    def hold_writers():
+        held.append(True)
+        yield
+
+    checkpointer = _Checkpointer(path, hold_writers)
+    writer = _log_frames(path, 2 * _Checkpointer.RESTART_PAGES)
+    conn = sqlite3.connect(path, isolation_level=None)
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    frames = os.path.getsize(f"{path}-wal") // (page + 24)
+    assert frames >= 2 * _Checkpointer.RESTART_PAGES  # the log is past the threshold
+    checkpointer._checkpoint(conn)
+    assert held == []
+    writer.execute("INSERT INTO filler (pad) VALUES ('after')")  # starts the log over
+    _busy, log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert 0 < log_pages < 10 and copied == log_pages
+
+    # A reader on an older snapshot keeps the first pass from copying it all: then held.
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM filler").fetchone()
+    for _ in range(_Checkpointer.RESTART_PAGES):
+        writer.execute("INSERT INTO filler (pad) VALUES (?)", ("x" * 3000,))
+    checkpointer._checkpoint(conn)
+    assert held == [True]
+    reader.execute("COMMIT")
+    for c in (reader, writer, conn):
+        c.close()

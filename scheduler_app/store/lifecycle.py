@@ -68,6 +68,13 @@ class Run:
         return cls._from_values(dict(row))
 
     @classmethod
+    def adopt(cls, values: dict[str, Any]) -> Run:
+        """The run of ``values``, a dict of every column that no one else holds (a row just
+        converted, a merge just built): taken as it is, not copied first as ``from_row`` copies
+        a row it does not own. A claim and a settle build one each inside their transaction."""
+        return cls._from_values(values)
+
+    @classmethod
     def inserted(cls, run_id: int, values: Mapping[str, Any]) -> Run:
         """The run just inserted with ``values`` (``new_run_values``) as reading it back would
         give it: the columns the insert leaves out are NULL."""
