@@ -4,6 +4,7 @@ stopped, and a check that no test leaves a scheduler thread behind."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -84,6 +85,17 @@ def any_db_url(request: Any, tmp_path: Any) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
+@pytest.fixture
+def db(any_db_url: str) -> Iterator[Any]:
+    """A ``Database`` on ``any_db_url``, not migrated (the migration tests move it between
+    revisions themselves); disposed of after the test."""
+    from scheduler_app.store import Database
+
+    database = Database(any_db_url)
+    yield database
+    database.dispose()
+
+
 def migrated_store(url: str) -> Iterator[Any]:
     """A store on ``url``, migrated; disposed of when the generator is closed."""
     from scheduler_app.store import Database, Store
@@ -100,6 +112,12 @@ def store(any_db_url: str) -> Iterator[Any]:
     yield from migrated_store(any_db_url)
 
 
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[Any]:
+    """A migrated store on a PostgreSQL database of this test's own."""
+    yield from migrated_store(pg_url)
+
+
 def new_run(**overrides: Any) -> Any:
     """A ``NewRun`` of ``demo.echo``, due now, with ``overrides``."""
     from scheduler_app.store import NewRun
@@ -109,6 +127,107 @@ def new_run(**overrides: Any) -> Any:
                                   retry_backoff=0.01, timeout=None, scheduled_for=utcnow())
     values.update(overrides)
     return NewRun(**values)
+
+
+def add_finished_runs(store: Any, count: int, node: str) -> None:
+    """``count`` runs started on ``node`` and succeeded: the settled rows a long-lived file has
+    most of, which a query must not read through."""
+    from scheduler_app.store import RunState
+
+    for _ in range(count):
+        done = store.runs.create(new_run(), running_on=node, count_wait=False)
+        store.runs.finish(done.id, node, RunState.SUCCEEDED)
+
+
+def captured_statements(store: Any, call: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """(SQL, parameters) of each statement ``call`` runs on ``store``'s engine, in order: those
+    through SQLAlchemy (an ``executemany``'s parameters are its list of rows) and those on the
+    driver (``store.driver``), each as prepared and with its parameters as bound, not as
+    expanded text, which would name every value as a literal whatever the query said."""
+    from scheduler_app.store import driver
+
+    statements: list[tuple[str, Any]] = []
+    on_driver = driver._Form.execute
+
+    def execute(form: Any, raw: Any, params: Any) -> Any:
+        statements.append((form.sql, tuple(form.parameters(params))))
+        return on_driver(form, raw, params)
+
+    def capture(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        statements.append((sql, params))
+
+    driver._Form.execute = execute  # type: ignore[method-assign]
+    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
+    try:
+        call()
+    finally:
+        sa.event.remove(store.db.engine, "before_cursor_execute", capture)
+        driver._Form.execute = on_driver  # type: ignore[method-assign]
+    return statements
+
+
+def query_plans(store: Any, call: Callable[[], Any], keep: Callable[[str], bool]
+                ) -> list[tuple[str, str]]:
+    """The plan (``plan_of``) of each statement ``call`` runs whose SQL ``keep`` accepts, as
+    (statement, plan)."""
+    return [(sql, plan_of(store, sql, params))
+            for sql, params in captured_statements(store, call) if keep(sql)]
+
+
+def plan_of(store: Any, sql: str, params: Any = ()) -> str:
+    """SQLite's plan of ``sql`` (``query_plan``), or on PostgreSQL its generic plan
+    (``generic_plan``)."""
+    if store.db.engine.dialect.name == "postgresql":
+        return generic_plan(store, sql, params)
+    return query_plan(store, sql, params)
+
+
+def query_plan(store: Any, sql: str, params: Any = ()) -> str:
+    """SQLite's query plan of ``sql``, its steps joined by " / "."""
+    with store.db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params).all()
+    return " / ".join(row[3] for row in rows)
+
+
+def generic_plan(store: Any, sql: str, params: Any = None, *, seqscan: bool = False) -> str:
+    """PostgreSQL's generic plan of ``sql`` (as psycopg is given it, ``%(name)s`` parameters),
+    its lines joined by " / ": the plan a server-side prepared statement settles on once
+    psycopg prepares it (after five runs on a connection) and the server stops planning it for
+    each set of values. It cannot know the values, so a partial index serves a query only if
+    the query names its predicate as literals. Sequential scans are priced out (unless
+    ``seqscan``), so an index the query can use is used however few rows the table has.
+    ``params`` is not needed: the plan is the same for any values."""
+    numbers: dict[str, int] = {}
+
+    def numbered(match: re.Match[str]) -> str:
+        return f"${numbers.setdefault(match.group(1), len(numbers) + 1)}"
+
+    text = re.sub(r"%\((\w+)\)s", numbered, sql).replace("%%", "%")
+    nulls = f"({', '.join(['NULL'] * len(numbers))})" if numbers else ""
+    # A connection of its own, closed after: the prepared statement and the settings are the
+    # session's, and must not reach a pooled connection.
+    engine = sa.create_engine(store.db.engine.url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            if not seqscan:
+                conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql(f"PREPARE plan_probe AS {text}")
+            rows = conn.exec_driver_sql(f"EXPLAIN EXECUTE plan_probe{nulls}").all()
+            conn.rollback()
+    finally:
+        engine.dispose()
+    return " / ".join(row[0].strip() for row in rows)
+
+
+def custom_plan(store: Any, sql: str, params: Any) -> str:
+    """PostgreSQL's plan of ``sql`` for these ``params`` (psycopg's, as captured), lines joined
+    by " / ": what the server plans for each execution before it settles on a generic plan,
+    and keeps planning while the generic one costs more."""
+    with store.db.engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN " + sql, params).all()
+        conn.rollback()
+    return " / ".join(row[0].strip() for row in rows)
 
 
 @pytest.fixture

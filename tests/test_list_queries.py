@@ -10,12 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from scheduler_app.store import RunState, Store
 from scheduler_app.store.schema import jobs, runs
 from scheduler_app.timeutil import utcnow
-from tests.conftest import migrated_store
+from tests.conftest import migrated_store, query_plans
 
 STATES = [RunState.SUCCEEDED, RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED]
 
@@ -127,23 +126,9 @@ def test_runs_by_state_page_newest_first(store: Store) -> None:
 # -- the plans: an index seek, never a sort of the table --------------------------------------
 def plans(store: Store, call: Callable[[], Any]) -> list[str]:
     """SQLite's query plan of every SELECT that ``call`` makes."""
-    statements: list[tuple[str, Any]] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, parameters))
-
-    sa.event.listen(store.db.engine, "before_cursor_execute", capture)
-    try:
-        call()
-    finally:
-        sa.event.remove(store.db.engine, "before_cursor_execute", capture)
-    assert statements
-    found = []
-    with store.db.engine.connect() as conn:
-        for statement, parameters in statements:
-            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
-            found.append(" / ".join(row[3] for row in rows))
+    found = [plan for _, plan in query_plans(
+        store, call, keep=lambda sql: sql.lstrip().upper().startswith("SELECT"))]
+    assert found
     return found
 
 

@@ -133,12 +133,6 @@ def table_names(db: Database) -> set[str]:
     return set(sa.inspect(db.engine).get_table_names()) - {VERSION_TABLE}
 
 
-@pytest.fixture
-def db(any_db_url: str) -> Any:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
-
 
 def test_empty_database_upgrades_to_exactly_the_schema(db: Database) -> None:
     """In one step (``create_all``, stamped at head); the revisions' own path to the same

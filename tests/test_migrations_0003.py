@@ -3,9 +3,6 @@ indexes exist after the upgrade, every row is kept, and the downgrade restores 0
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.store import Database
@@ -15,12 +12,6 @@ from tests.test_migrations import LEGACY, downgrade_to, upgrade_to
 # The tables under the names revisions 0001-0003 gave them.
 runs, jobs = LEGACY.tables["runs"], LEGACY.tables["jobs"]
 
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def indexes(db: Database, table: str) -> dict[str, list[str]]:

@@ -4,7 +4,6 @@ still cascading, and the downgrade bringing the old names back."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,12 +27,6 @@ from tests.test_migrations import (
 
 OLD_TABLES = {"runs", "run_logs", "jobs", "nodes", "stats", "misfire_marks"}
 
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def fill(db: Database) -> None:

@@ -4,22 +4,12 @@ downgrade restores 0004's index."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.store import Database
 from scheduler_app.store.schema import jobs
 from scheduler_app.timeutil import utcnow
 from tests.test_migrations import downgrade_to, upgrade_to
-
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def job_indexes(db: Database) -> dict[str, list[str]]:

@@ -4,21 +4,11 @@ the downgrade removes it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.store import Database
 from scheduler_app.timeutil import utcnow
 from tests.test_migrations import LEGACY, downgrade_to, upgrade_to
-
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def node_columns(db: Database) -> list[str]:

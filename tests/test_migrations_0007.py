@@ -4,8 +4,6 @@ downgrade removes it (with its rows) and leaves the run alone."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 
@@ -13,13 +11,6 @@ from scheduler_app.store import Database
 from scheduler_app.store.schema import alerts, runs
 from scheduler_app.timeutil import utcnow
 from tests.test_migrations import downgrade_to, legacy_run_rows, schema_diff, upgrade_to
-
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def tables(db: Database) -> set[str]:

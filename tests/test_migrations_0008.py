@@ -5,8 +5,6 @@ removes all of it with the rows still there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import sqlalchemy as sa
 
@@ -17,12 +15,6 @@ from tests.test_migrations import LEGACY, downgrade_to, upgrade_to
 NEW_COLUMNS = ["unique_key", "concurrency_key", "concurrency_limit", "rate_limit", "rate_key",
                "throttled_until"]
 
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def run_columns(db: Database) -> list[str]:

@@ -6,9 +6,6 @@ the downgrade restores 0008's full indexes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import sqlalchemy as sa
 
 from scheduler_app.store import Database
@@ -26,12 +23,6 @@ INDEXES = (
     ("ix_scheduler_runs_state_due", ["state", "scheduled_for"], "state = 'queued'"),
 )
 
-
-@pytest.fixture
-def db(any_db_url: str) -> Iterator[Database]:
-    database = Database(any_db_url)
-    yield database
-    database.dispose()
 
 
 def definitions(db: Database) -> dict[str, str]:

@@ -35,7 +35,7 @@ from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
 from .driver import Prepared
 from .lifecycle import Run, RunState
-from .schema import IS_QUEUED, rate_starts, runs, stats
+from .schema import IS_QUEUED, IS_RUNNING, rate_starts, runs, stats
 from .stats import QUEUE_WAIT, QUEUE_WAIT_BUCKETS, SUM, Tally, bound_label
 
 # Starts older than the longest period (an hour) count for no window.
@@ -182,7 +182,7 @@ def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dic
         row = statement.first(conn, {"now": now, "on_node": node, "at": now})
         if row is None:
             break
-        run = Run.from_row(row)
+        run = Run.adopt(row)
         tally.waited(run.task, run.scheduled_for, now)
         taken.append(run)
     return taken
@@ -229,7 +229,7 @@ def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[st
     if task_limits:
         running = dict(conn.execute(  # type: ignore[arg-type]
             sa.select(runs.c.task, sa.func.count())
-            .where(runs.c.state == _RUNNING, runs.c.task.in_(list(task_limits)))
+            .where(IS_RUNNING, runs.c.task.in_(list(task_limits)))
             .group_by(runs.c.task)).all())
     full = [t for t, cap in task_limits.items() if running.get(t, 0) >= cap]
     params: dict[str, Any] = {"now": now, "page": limit * PAGE_PER_THREAD}

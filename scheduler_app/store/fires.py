@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from ..timeutil import utcnow
 from .db import LOCK_CLAIM
 from .jobs import JobRecord, from_epoch, to_epoch
-from .lifecycle import ACTIVE_STATES, NewRun, Run, new_run_values
+from .lifecycle import NewRun, Run, new_run_values
 from .runs import RunStore
-from .schema import jobs, runs
+from .schema import IS_ACTIVE, jobs, runs
 
 _ADVANCE = (jobs.update()
             .where(jobs.c.id == sa.bindparam("job"))
@@ -24,7 +24,6 @@ _ADVANCE = (jobs.update()
 _REMOVE = jobs.delete().where(jobs.c.id == sa.bindparam("job"))
 _INSERT_RUNS = runs.insert()
 _NEXT_FIRE = sa.select(sa.func.min(jobs.c.next_run_time))
-_ACTIVE = [s.value for s in ACTIVE_STATES]
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class FireStore:
             .where(runs.c.job_id.in_(firing_ids), runs.c.fire_time >= earliest))}
         active: dict[str, int] = dict(conn.execute(
             sa.select(runs.c.job_id, sa.func.count())
-            .where(runs.c.job_id.in_(firing_ids), runs.c.state.in_(_ACTIVE))
+            .where(runs.c.job_id.in_(firing_ids), IS_ACTIVE)
             .group_by(runs.c.job_id)).all())
         now = utcnow()
         rows = []

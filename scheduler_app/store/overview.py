@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from .db import Database
-from .lifecycle import ACTIVE_STATES, FINAL_STATES, Run, RunState
-from .schema import runs
+from .lifecycle import FINAL_STATES, Run, RunState
+from .schema import IS_ACTIVE, runs
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class OverviewQueries:
     def active_counts(self) -> dict[RunState, int]:
         """Runs queued and running right now."""
         query = (sa.select(runs.c.state, sa.func.count())
-                 .where(runs.c.state.in_([s.value for s in ACTIVE_STATES]))
+                 .where(IS_ACTIVE)
                  .group_by(runs.c.state))
         with self.db.read() as conn:
             found = {RunState(state): count for state, count in conn.execute(query)}

@@ -31,7 +31,7 @@ from .lifecycle import (
     new_run_values,
     settle_values,
 )
-from .schema import ACTIVE_PREDICATE, IS_QUEUED, jobs, nodes, run_logs, runs
+from .schema import ACTIVE_PREDICATE, IS_QUEUED, IS_RUNNING, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
 
 # How far ahead of this node's clock a run named by a wake-up may be due and still be taken:
@@ -300,7 +300,7 @@ class RunStore:
             return set(conn.execute(
                 sa.select(runs.c.id).where(
                     runs.c.node == node,
-                    runs.c.state == RunState.RUNNING.value,
+                    IS_RUNNING,  # a literal, for the index of running runs (schema)
                     runs.c.cancel_requested.is_(True),
                 )
             ).scalars())
@@ -397,7 +397,7 @@ class RunStore:
                 "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
-            settled = Run.from_row({**vars(started), **row} if known else row)
+            settled = Run.adopt({**vars(started), **row} if known else row)
             assert settled.started_at is not None and settled.finished_at is not None
             tally.attempt(settled.task, settled.started_at, settled.finished_at)
             tally.finished(settled.task, settled.state.value)
@@ -478,7 +478,9 @@ class RunStore:
         condition = sa.or_(runs.c.node.is_(None), runs.c.node.not_in(alive))
         if dead_nodes:
             condition = sa.or_(condition, runs.c.node.in_(list(dead_nodes)))
-        lost_filter = (runs.c.state == RunState.RUNNING.value, condition)
+        # The state as a literal: a generic plan then searches the running runs' index
+        # (``IS_RUNNING``), where ``state = $1`` read through every run ever kept.
+        lost_filter = (IS_RUNNING, condition)
         with self.db.read() as conn:
             # Every node asks at every heartbeat, and the answer is nearly always none: ask
             # with a read, and take the write lock only when there is something to settle.
@@ -488,7 +490,7 @@ class RunStore:
         tally = Tally()
         with self.db.write(lock=LOCK_CLAIM) as conn:
             lost = conn.execute(
-                sa.select(runs).where(runs.c.state == RunState.RUNNING.value, condition)
+                sa.select(runs).where(*lost_filter)
             ).mappings().all()
             for row in lost:
                 run = Run.from_row(row)

@@ -26,6 +26,8 @@ ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
 # uses the index either way, but a PostgreSQL generic plan cannot prove that ``state = $1``
 # matches the index and reads another one (every queued run) or the table.
 QUEUED_LITERAL = "state = 'queued'"
+# The runs running on a node (``ix_scheduler_runs_node_state``, revision 0010), named the same way.
+RUNNING_LITERAL = "state = 'running'"
 
 def _present(column: str) -> dict[str, Any]:
     """A partial index's options: only the rows where ``column`` is not NULL."""
@@ -61,10 +63,25 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         def to_text(value: datetime | None) -> str | None:
             if value is None:
                 return None
+            if value.tzinfo is UTC:  # most are (utcnow): its text without "+00:00"
+                return value.isoformat(" ", "microseconds")[:-6]
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to the database")
             return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
         return to_text
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """On SQLite, the stored text parsed by one C call and handed to
+        ``process_result_value``, not through the decorator's wrapper around the impl's
+        processor: a claimed run reads three of them, a settle one more."""
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def from_text(value: str | None) -> datetime | None:
+            if value is None:
+                return None
+            return self.process_result_value(datetime.fromisoformat(value), dialect)
+        return from_text
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -122,11 +139,15 @@ runs = sa.Table(
     # every run in that state.
     sa.Index(f"ix_{TABLE_PREFIX}runs_state_id", "state", "id"),
     sa.Index(f"ix_{TABLE_PREFIX}runs_task", "task", "id"),
-    # These four hold only the rows with a value in their first column (revision 0009): every
-    # query reading them asks for a value, and most runs have no job, no concurrency key, no
-    # finish time while active, and no node while queued, so their writes skip them.
+    # These three hold only the rows with a value in their first column (revision 0009): every
+    # query reading them asks for a value, and most runs have no job, no concurrency key, and
+    # no finish time while active, so their writes skip them.
     sa.Index(f"ix_{TABLE_PREFIX}runs_job", "job_id", "id", **_present("job_id")),
-    sa.Index(f"ix_{TABLE_PREFIX}runs_node_state", "node", "state", **_present("node")),
+    # A node's running runs (its tick's look for cancels): the running runs only (revision
+    # 0010), so a settle only takes its run out, where it moved it to the settled state's
+    # place; a claim and a run written already started put it in, as before.
+    sa.Index(f"ix_{TABLE_PREFIX}runs_node_state", "node", "state",
+             sqlite_where=sa.text(RUNNING_LITERAL), postgresql_where=sa.text(RUNNING_LITERAL)),
     sa.Index(f"ix_{TABLE_PREFIX}runs_finished", "finished_at", **_present("finished_at")),
     # One queued or running run per unique key, held by the database itself: the key frees
     # however the run leaves those states (finished, failed, cancelled, settled NodeLost).
@@ -137,8 +158,11 @@ runs = sa.Table(
              **_present("concurrency_key")),
 )
 
-# ``runs.state = 'queued'`` with the state as a literal: see QUEUED_LITERAL.
+# ``runs.state = 'queued'`` (and ``'running'``) with the state as a literal: see QUEUED_LITERAL.
 IS_QUEUED = runs.c.state == sa.literal_column("'queued'")
+IS_RUNNING = runs.c.state == sa.literal_column("'running'")
+# Queued or running (``ACTIVE_PREDICATE``), the same way: counted at every /metrics scrape.
+IS_ACTIVE = runs.c.state.in_([sa.literal_column("'queued'"), sa.literal_column("'running'")])
 
 run_logs = sa.Table(
     f"{TABLE_PREFIX}run_logs",

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from ..timeutil import utcnow
 from .db import Database
 from .driver import Prepared
-from .schema import alerts, jobs, misfire_marks, nodes, runs, stats
+from .schema import IS_ACTIVE, alerts, jobs, misfire_marks, nodes, runs, stats
 
 RUNS_FINISHED = "runs_finished"
 RUN_DURATION = "run_duration_seconds"
@@ -46,6 +46,13 @@ _Key = tuple[str, str, str]  # (metric, task, label)
 def bound_label(bound: float) -> str:
     """How a bucket's upper bound is stored: ``0.5``, ``10``, ``+Inf``."""
     return "+Inf" if math.isinf(bound) else format(bound, "g")
+
+
+# Each histogram's bucket labels in its bounds' order, ``+Inf`` last: an observation inside a
+# settle's or a claim's transaction looks its label up instead of formatting it.
+_LABELS: Mapping[str, tuple[str, ...]] = {
+    metric: (*map(bound_label, bounds), bound_label(math.inf))
+    for metric, bounds in HISTOGRAMS.items()}
 
 
 class Tally:
@@ -95,10 +102,8 @@ class Tally:
 
     def _observe(self, metric: str, task: str, seconds: float) -> None:
         seconds = max(0.0, seconds)
-        bounds = HISTOGRAMS[metric]
-        index = bisect.bisect_left(bounds, seconds)
-        bound = bounds[index] if index < len(bounds) else math.inf
-        self._add(metric, task, bound_label(bound), 1)
+        index = bisect.bisect_left(HISTOGRAMS[metric], seconds)
+        self._add(metric, task, _LABELS[metric][index], 1)
         self._add(metric, task, SUM, seconds)
 
     def flush(self, conn: Connection) -> None:
@@ -219,8 +224,7 @@ class StatsStore:
                                             stats.c.value)).all()
             active = conn.execute(
                 sa.select(runs.c.task, runs.c.state, sa.func.count())
-                # The values of RunState's active states (store.runs imports this module).
-                .where(runs.c.state.in_(["queued", "running"]))
+                .where(IS_ACTIVE)
                 .group_by(runs.c.task, runs.c.state)).all()
             alive = conn.execute(
                 sa.select(nodes.c.role, sa.func.count())

@@ -1,0 +1,81 @@
+"""Revision 0010 (``ix_scheduler_runs_node_state`` over the running runs only) on a database
+with runs in it, on SQLite and PostgreSQL: the index keeps its name and columns and leaves out
+every run that is not running, every row is kept, a node's look for cancels still finds its
+runs through it, and the downgrade restores 0009's index over the runs with a node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from scheduler_app.store import Database, Store
+from scheduler_app.store.schema import runs
+from scheduler_app.timeutil import utcnow
+from tests.conftest import add_finished_runs, new_run, query_plans
+from tests.test_migrations import downgrade_to, upgrade_to
+
+NAME = "ix_scheduler_runs_node_state"
+
+
+
+def definition(db: Database) -> str:
+    """The index's SQL as the database keeps it, without quotes, casts and parentheses."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :n"),
+                               {"n": NAME}).scalar_one()
+        else:
+            sql = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                               {"n": NAME}).scalar_one()
+    for noise in ("(", ")", "::text", '"'):
+        sql = sql.replace(noise, "")
+    return " ".join(sql.split())
+
+
+def test_0010_keeps_only_running_runs_in_the_node_index(db: Database) -> None:
+    db.migrate()
+    downgrade_to(db, "0009")
+    now = utcnow()
+    with db.engine.begin() as conn:
+        conn.execute(runs.insert(), [
+            {"task": "demo.echo", "kwargs": {}, "state": state, "attempt": 1,
+             "max_attempts": 1, "retry_backoff": 2.0, "cancel_requested": cancel, "errors": [],
+             "created_at": now, "scheduled_for": now, "node": node,
+             "started_at": None if node is None else now}
+            for state, node, cancel in (("running", "n1", True), ("running", "n1", False),
+                                        ("succeeded", "n1", True), ("queued", None, False),
+                                        ("running", "n2", True))])
+    assert "WHERE node IS NOT NULL" in definition(db)
+
+    upgrade_to(db, "0010")
+    sql = definition(db)
+    assert "WHERE state = 'running'" in sql and "node, state" in sql, sql
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(runs)).scalar() == 5
+        ids = dict(conn.execute(sa.select(runs.c.id, runs.c.state)).all())
+    store = Store(db)
+    cancelled = store.runs.cancel_requested_ids("n1")
+    assert len(cancelled) == 1 and ids[next(iter(cancelled))] == "running"
+
+    downgrade_to(db, "0009")
+    assert "WHERE node IS NOT NULL" in definition(db)
+    upgrade_to(db, "0010")
+
+
+def test_a_nodes_look_for_cancels_reads_the_index_of_running_runs(tmp_path: Path) -> None:
+    """The look names the state as a literal, so the index over running runs serves it, on a
+    file where most runs with a node have long finished."""
+    store = Store(Database(f"sqlite:///{tmp_path / 'plans.sqlite3'}"))
+    store.db.migrate()
+    try:
+        add_finished_runs(store, 30, "n1")
+        running = store.runs.create(new_run(), running_on="n1", count_wait=False)
+        store.runs.request_cancel(running.id)
+        found: list[set[int]] = []
+        [(_, plan)] = query_plans(store, lambda: found.append(store.runs.cancel_requested_ids(
+            "n1")), keep=lambda sql: "cancel_requested" in sql)
+        assert found == [{running.id}]
+        assert NAME in plan, plan
+    finally:
+        store.db.dispose()
