@@ -26,15 +26,22 @@ for child in (api, session_bp, health.bp, metrics.bp, dashboard.bp):
 register_error_handlers(bp)
 register_error_handlers(builtin.bp)
 
+# The setting each endpoint's body limit reads, found once: the endpoints are this
+# blueprint's own, each always the same view.
+_LIMIT_SETTINGS: dict[str, str] = {}
+
 
 @bp.before_request
 def _limit_body() -> None:
     """The request body limit of SCHEDULER_MAX_CONTENT_LENGTH, for this blueprint only (the
     host's MAX_CONTENT_LENGTH is the host's), or the view's own (``api.common.body_limit``:
     the batch route's BATCH_MAX_CONTENT_LENGTH)."""
-    settings = services().settings
-    own = body_limit_of(current_app.view_functions.get(request.endpoint or ""))
-    request.max_content_length = getattr(settings, own or "max_content_length")
+    endpoint = request.endpoint or ""
+    setting = _LIMIT_SETTINGS.get(endpoint)
+    if setting is None:
+        own = body_limit_of(current_app.view_functions.get(endpoint))
+        setting = _LIMIT_SETTINGS[endpoint] = own or "max_content_length"
+    request.max_content_length = getattr(services().settings, setting)
 
 
 builtin.bp.before_request(_limit_body)

@@ -306,3 +306,28 @@ def test_logs_of_a_run_without_any(api: Any) -> None:
     response = api.get(f"/api/runs/{run['id']}/logs")
     assert response.status_code == 200
     assert response.json == {"items": [], "next_cursor": None}
+
+
+def test_location_follows_each_requests_script_root(api: Any) -> None:
+    """The run's URL is built once per app and script root, then reused: an app mounted under
+    a path answers with that path, and the same app reached without it does not."""
+    body = {"task": "demo.echo", "kwargs": {"value": 1}}
+    for root in ("/jobs-app", "", "/jobs-app", "/other/root"):
+        response = api.post("/api/runs", json=body, base_url=f"http://localhost{root}")
+        assert response.status_code == 202, response.json
+        assert response.headers["Location"] == f"{root}/api/runs/{response.json['id']}"
+
+
+def test_location_keeps_a_hosts_url_defaults(make_app: Callable[..., Flask]) -> None:
+    """A host whose ``url_defaults`` add a query to every URL gets it on the run's URL too."""
+    app = make_app()
+
+    @app.url_defaults
+    def add_tenant(endpoint: str, values: dict[str, Any]) -> None:
+        values.setdefault("tenant", "acme")
+
+    client = app.test_client()
+    for _ in range(2):
+        response = client.post("/api/runs", json={"task": "demo.echo", "kwargs": {"value": 1}})
+        assert response.status_code == 202, response.json
+        assert response.headers["Location"] == f"/api/runs/{response.json['id']}?tenant=acme"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from flask import Blueprint, Response, current_app, url_for
+from flask import Blueprint, Response, current_app
 
 from ..errors import InvalidRequest
 from ..scheduler.engine import Engine
@@ -41,7 +41,7 @@ from ..store import JobRecord
 from ..tasks import registry
 from ..timeutil import iso
 from .auth import require_role
-from .common import json_body
+from .common import json_body, run_location
 
 bp = Blueprint("scheduler_app_apscheduler", __name__)
 bp.before_request(require_role)
@@ -167,7 +167,7 @@ def run_job(job_id: str) -> Any:
     record = services().jobs.get(job_id)
     run = services().jobs.run_now(job_id)
     body = {**_job_dict(record), "run": run_view(run)}
-    return body, 202, {"Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
+    return body, 202, {"Location": run_location(run.id)}
 
 
 # -- reading a Flask-APScheduler body ---------------------------------------------------------

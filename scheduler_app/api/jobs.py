@@ -10,7 +10,17 @@ from ..services import services
 from ..services.models import JobCreate, JobPatch, parse_model
 from ..services.views import run_view
 from ..store import JobRecord
-from .common import CURSOR, LIMIT, bool_arg, bool_param, filter_param, json_body, limit_arg, page
+from .common import (
+    CURSOR,
+    LIMIT,
+    bool_arg,
+    bool_param,
+    filter_param,
+    json_body,
+    limit_arg,
+    page,
+    run_location,
+)
 from .openapi import operation
 from .schemas import Job, JobPage, Run
 
@@ -93,5 +103,4 @@ def resume_job(job_id: str) -> dict[str, Any]:
 def run_job(job_id: str) -> Any:
     """Run a job's task now, in the background; the schedule is unchanged."""
     run = services().jobs.run_now(job_id)
-    return run_view(run), 202, {
-        "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
+    return run_view(run), 202, {"Location": run_location(run.id)}

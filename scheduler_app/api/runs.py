@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request, url_for
+from flask import Blueprint, request
 
 from ..services import services
 from ..services.models import RunBatchCreate, RunCreate, parse_model
 from ..services.views import log_view, run_view
 from ..store import RunState
-from .common import CURSOR, LIMIT, body_limit, filter_param, json_body, limit_arg, page
+from .common import (
+    CURSOR,
+    LIMIT,
+    body_limit,
+    filter_param,
+    json_body,
+    limit_arg,
+    page,
+    run_location,
+)
 from .openapi import operation
 from .schemas import LogPage, Run, RunIds, RunPage
 
@@ -33,8 +42,7 @@ def create_run() -> Any:
     409 already_queued whose details name that run (run_id); a full queue (MAX_QUEUED_RUNS) is
     a 429 with Retry-After."""
     run = services().runs.submit(parse_model(RunCreate, json_body()))
-    return run_view(run), 202, {
-        "Location": url_for("scheduler_app.api.runs.get_run", run_id=run.id)}
+    return run_view(run), 202, {"Location": run_location(run.id)}
 
 
 @bp.post("/runs/batch")

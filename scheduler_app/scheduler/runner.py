@@ -612,6 +612,8 @@ class ResultNotJSON(TypeError):
 
 
 def _jsonable(value: Any) -> Any:
+    if value is None:  # most tasks return nothing
+        return None
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from sqlalchemy.engine import Connection
 
 from ..store import Run, RunState
-from ..store.notify import Signals
+from ..store.notify import HELLO, Signals
 from .runner import Runner
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,19 @@ class Wakeups:
             self.runner.signal_cancel(run_id)
             return
         if kind == JOBS:
-            if self.on_jobs_changed is not None:
-                self.on_jobs_changed()
+            self._reread_jobs()
+            return
+        if kind == HELLO:
+            # The listener (re)connected: a job written or a run queued meanwhile told nobody.
+            self._reread_jobs()
+            self.runner.wake()
             return
         named, _, task_name = arg.partition(" ")
         if kind == RUNS and named.isdigit() and task_name:
             self.runner.offer(int(named), task_name)
-        else:  # "runs", or "hello" after the listener (re)connected: look at the queue
+        else:  # "runs", or a message this node cannot parse: look at the queue
             self.runner.wake()
+
+    def _reread_jobs(self) -> None:
+        if self.on_jobs_changed is not None:
+            self.on_jobs_changed()

@@ -40,6 +40,9 @@ CHANNEL = f"{TABLE_PREFIX}wakeups"
 MAX_BACKOFF_SECONDS = 30.0
 # How often a waiting listener looks up to see whether it was told to stop.
 STOP_CHECK_SECONDS = 0.5
+# What a listener hands its handler when it has (re)connected: anything sent while it was down
+# is lost, so the node looks once at whatever the messages would have told it.
+HELLO = "hello"
 # A UNIX socket's path is at most 107 bytes on Linux; longer ones are reached through the
 # folder's descriptor (/proc/self/fd/N/name).
 _SUN_PATH_MAX = 100
@@ -159,7 +162,7 @@ class PgSignals(_Listening):
                     self.connected.set()
                     backoff = 0.5
                     # Whatever was sent while this connection was down is lost: look once.
-                    handler("hello")
+                    handler(HELLO)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=STOP_CHECK_SECONDS):
                             _deliver(handler, note.payload)

@@ -111,3 +111,27 @@ def test_a_job_written_on_a_web_node_fires_on_a_worker_without_waiting_for_its_p
                      message="the job's fire to be recorded")
     assert abs((run.fire_time - due).total_seconds()) < 1.0
     assert (run.created_at - due).total_seconds() < 2.0
+
+
+def test_a_listener_back_from_a_lost_connection_rereads_the_schedule(make_engine, sqlite_store):
+    """A job written while a node's listener was down told that node nothing; the listener's
+    HELLO on reconnecting makes its loop re-read the schedule, not wait for its 5 s poll."""
+    from datetime import timedelta
+
+    from scheduler_app.scheduler.jobspec import JobSpec
+    from scheduler_app.store.notify import HELLO
+    from scheduler_app.timeutil import utcnow
+
+    worker = make_engine(**SLOW)
+    worker.start(as_worker=True)
+    wait_for(lambda: worker.loop_running, message="the worker's loop to start")
+    time.sleep(0.2)  # its first pass found no job: it sleeps on its 5 s poll
+    due = utcnow() + timedelta(seconds=0.3)
+    spec = JobSpec("missed", "demo.echo", {"value": 8},
+                   {"type": "interval", "seconds": 3600, "start_date": due.isoformat()})
+    sqlite_store.jobs.insert("missed", "demo.echo", spec.to_json(), due)  # no wake-up sent
+    worker.node.wakeups._heard(HELLO)
+    [run] = wait_for(lambda: sqlite_store.runs.find(job_id="missed"), timeout=2.5,
+                     message="the job's fire to be recorded")
+    assert abs((run.fire_time - due).total_seconds()) < 1.0
+    assert (run.created_at - due).total_seconds() < 2.0

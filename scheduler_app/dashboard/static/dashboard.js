@@ -87,6 +87,9 @@ function start() {
   };
   const init = pages[document.body.dataset.page];
   if (init) init();
+  // The page's controls have their handlers from here on (what a test waits for before it
+  // clicks one: a click before it would do nothing).
+  document.body.dataset.started = "";
 }
 
 start();  // a module runs once the document is parsed
