@@ -103,6 +103,12 @@ class Engine:
     def loop_running(self) -> bool:
         return bool(self._loop.running)
 
+    @property
+    def loop_passes(self) -> int:
+        """How many passes the scheduler loop has made (each ends by sleeping until the next
+        fire, a wake-up or the poll)."""
+        return int(self._loop.passes)
+
     # -- what the services call -------------------------------------------------------------
     def jobs_changed(self) -> None:
         """A job was written and committed: this node's loop and every other node's (told

@@ -33,6 +33,9 @@ class PollingScheduler(BackgroundScheduler):  # type: ignore[misc]
                  job_defaults: dict[str, Any], timezone: str) -> None:
         self.fire_pass = fire_pass
         self.poll_seconds = poll_seconds
+        # Passes done, whatever their outcome (tests wait for the first, after which only a
+        # wake-up or the poll starts another).
+        self.passes = 0
         super().__init__(jobstores={"default": jobstore}, executors={"default": RecordOnly()},
                          job_defaults=job_defaults, timezone=timezone)
 
@@ -59,6 +62,8 @@ class PollingScheduler(BackgroundScheduler):  # type: ignore[misc]
         except Exception:
             log.exception("scheduler loop: job processing failed; retrying shortly")
             return self.poll_seconds
+        finally:
+            self.passes += 1
         if upcoming is None:
             return self.poll_seconds
         return min(self.poll_seconds, max(0.0, (upcoming - utcnow()).total_seconds()))

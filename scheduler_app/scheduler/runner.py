@@ -107,6 +107,9 @@ class Runner:
         self._stopped = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
+        # How many times the dispatcher has looked and gone to sleep (tests wait for its
+        # first look, after which only a wake-up or the poll makes it look again).
+        self.looks = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -278,6 +281,7 @@ class Runner:
                 log.exception("run dispatcher: database error; retrying")
             if free > 0 and claimed == free:
                 continue
+            self.looks += 1
             woken = self._wake.wait(timeout)
 
     def _free(self) -> int:

@@ -11,12 +11,26 @@ from tests.conftest import new_run, wait_for
 SLOW = {"poll_seconds": 5.0}
 
 
+def asleep(*engines) -> None:
+    """Wait for each engine's run dispatcher to have looked at the queue once: from then on
+    only a wake-up or its poll makes it look again."""
+    for engine in engines:
+        wait_for(lambda engine=engine: engine.runner.looks >= 1,
+                 message="the dispatcher's first look")
+
+
+def loop_asleep(engine) -> None:
+    """Wait for the engine's scheduler loop to have made its first pass (finding no job, it
+    then sleeps its poll)."""
+    wait_for(lambda: engine.loop_passes >= 1, message="the scheduler loop's first pass")
+
+
 def test_a_run_queued_on_a_web_node_is_claimed_by_a_worker_at_once(make_engine, sqlite_store):
     web = make_engine(role="web", **SLOW)
     worker = make_engine(**SLOW)
     worker.start(as_worker=True)
     web.start()
-    time.sleep(0.2)  # the worker's dispatcher has looked once and sleeps on its 5 s poll
+    asleep(worker)  # it sleeps on its 5 s poll
     run = sqlite_store.runs.create(new_run(kwargs={"value": 1}))
     web.runs_queued()
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
@@ -28,7 +42,7 @@ def test_a_retry_is_taken_at_once_not_at_the_next_poll(make_engine, sqlite_store
     other = make_engine(**SLOW)
     first.start()
     other.start()
-    time.sleep(0.2)
+    asleep(first, other)
     run = first.run_here(new_run(task="testing.flaky", kwargs={"succeed_on_attempt": 2},
                                  max_attempts=2, retry_backoff=0.05))
     assert run is not None
@@ -41,7 +55,7 @@ def test_with_wakeups_off_a_worker_waits_for_its_poll(make_engine, sqlite_store)
     worker = make_engine(poll_seconds=1.0, wakeups=False)
     worker.start(as_worker=True)
     web.start()
-    time.sleep(0.2)
+    asleep(worker)
     run = sqlite_store.runs.create(new_run(kwargs={"value": 1}))
     queued = time.monotonic()
     web.runs_queued()
@@ -70,7 +84,7 @@ def test_a_named_run_of_a_task_capped_here_gets_a_full_claim(make_engine, sqlite
     worker = make_engine(**SLOW)
     worker.start(as_worker=True)
     web.start()
-    time.sleep(0.2)
+    asleep(worker)
     run = sqlite_store.runs.create(new_run(task="testing.single", kwargs={"seconds": 0.01}))
     web.runs_queued(run)
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
@@ -80,7 +94,7 @@ def test_a_named_run_of_a_task_capped_here_gets_a_full_claim(make_engine, sqlite
 def test_a_malformed_named_wake_up_still_makes_the_worker_look(make_engine, sqlite_store):
     worker = make_engine(**SLOW)
     worker.start(as_worker=True)
-    time.sleep(0.2)
+    asleep(worker)
     run = sqlite_store.runs.create(new_run(kwargs={"value": 2}))
     worker.node.wakeups._heard("runs another-node not-a-number demo.echo")
     done = wait_for(lambda: (r := sqlite_store.runs.get(run.id)).is_final and r, timeout=2)
@@ -100,8 +114,7 @@ def test_a_job_written_on_a_web_node_fires_on_a_worker_without_waiting_for_its_p
     worker = make_engine(**SLOW)
     worker.start(as_worker=True)
     web.start()
-    wait_for(lambda: worker.loop_running, message="the worker's loop to start")
-    time.sleep(0.2)  # its first pass found no job: it sleeps on its 5 s poll
+    loop_asleep(worker)  # its first pass found no job: it sleeps on its 5 s poll
     due = utcnow() + timedelta(seconds=0.3)
     spec = JobSpec("soon", "demo.echo", {"value": 7},
                    {"type": "interval", "seconds": 3600, "start_date": due.isoformat()})
@@ -124,8 +137,7 @@ def test_a_listener_back_from_a_lost_connection_rereads_the_schedule(make_engine
 
     worker = make_engine(**SLOW)
     worker.start(as_worker=True)
-    wait_for(lambda: worker.loop_running, message="the worker's loop to start")
-    time.sleep(0.2)  # its first pass found no job: it sleeps on its 5 s poll
+    loop_asleep(worker)  # its first pass found no job: it sleeps on its 5 s poll
     due = utcnow() + timedelta(seconds=0.3)
     spec = JobSpec("missed", "demo.echo", {"value": 8},
                    {"type": "interval", "seconds": 3600, "start_date": due.isoformat()})
