@@ -44,6 +44,7 @@ from bench.run import (
     quick_output,
     replace_readme_section,
     results_file,
+    take_turns,
 )
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -208,20 +209,26 @@ def spin_scenario(svc: Service, task: str, count: int) -> dict[str, Any]:
     return out
 
 
+class _Scenarios:
+    """``take_turns``' harness over one service: the API's latency idle (``idle``), beside
+    CPU-bound runs on threads (``thread``) or in processes (``process``)."""
+
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
+
+    def round(self, name: str, count: int, tag: str) -> dict[str, Any]:
+        if count == 0:  # no warm-up: the service answered its cost runs already
+            return {}
+        if name == "idle":
+            return self.svc.latency(count)
+        task = "bench.spin" if name == "thread" else "bench.spin_process"
+        return spin_scenario(self.svc, task, count)
+
+
 def latency_rounds(svc: Service, count: int, rounds: int) -> dict[str, Any]:
     """Idle, thread and process latency, taking turns round by round (the order rotated), so
     a burst of load from elsewhere on the machine lands on all three; medians over rounds."""
-    names = ["idle", "thread", "process"]
-    per: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % 3:] + names[:r % 3]:
-            if name == "idle":
-                per[name].append(svc.latency(count))
-            else:
-                task = "bench.spin" if name == "thread" else "bench.spin_process"
-                per[name].append(spin_scenario(svc, task, count))
-            print(name, r, {k: round(v, 2) for k, v in per[name][-1].items()
-                            if isinstance(v, float)}, flush=True)
+    per = take_turns(_Scenarios(svc), ["idle", "thread", "process"], rounds, count, warmup=0)
     out: dict[str, Any] = {}
     for name, entries in per.items():
         out[name] = {key: statistics.median(e[key] for e in entries)

@@ -296,7 +296,8 @@ def take_turns(harness: Any, names: list[str], rounds: int, count: int, warmup: 
         for name in names[shift:] + names[:shift]:
             entry = harness.round(name, count, f"{name}-r{r}")
             per_round[name].append(entry)
-            print(name, r, json.dumps({k: round(v, 3) for k, v in entry.items()}), flush=True)
+            print(name, r, json.dumps({k: round(v, 3) for k, v in entry.items()
+                                       if isinstance(v, int | float)}), flush=True)
     return per_round
 
 
