@@ -490,7 +490,12 @@ def progress_cost(loops: int, repeats: int) -> dict[str, float]:
 def select(args: argparse.Namespace, tmp: Path) -> list[System]:
     """The systems this run measures. Celery and RQ need requirements-bench.txt: without it a
     --quick or --only run skips them (saying so), a full run refuses to start."""
-    chosen = [s for s in systems(tmp) if not args.only or s.name in args.only]
+    every = systems(tmp)
+    unknown = sorted(set(args.only or ()) - {s.name for s in every})
+    if unknown or args.only == []:
+        raise SystemExit(f"--only: no system named {', '.join(unknown) or '(none given)'}; "
+                         f"the systems are {', '.join(s.name for s in every)}")
+    chosen = [s for s in every if not args.only or s.name in args.only]
     missing = sorted({s.needs for s in chosen
                       if s.needs and importlib.util.find_spec(s.needs) is None})
     if missing:
