@@ -84,6 +84,15 @@ def log_in(page: Any, token: str) -> None:
     page.get_by_role("button", name="Log in").click()
     expect(page).to_have_url(re.compile(r"^http://[^/]+/$"))
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    script_started(page)
+
+
+def script_started(page: Any) -> None:
+    """Wait for the page's script to have given its controls their handlers: after a
+    navigation a click makes (a form sent), the page's server-rendered buttons show before
+    the script (a module, run once the page is parsed) has started, and a click on one then
+    does nothing on a busy machine."""
+    expect(page.locator("body[data-started]")).to_have_count(1)
 
 
 def api(server: Server, method: str, path: str, **kwargs: Any) -> Any:

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from tests.servers import Server
 
-from .conftest import ADMIN_TOKEN, PHONE, VIEWER_TOKEN, api
+from .conftest import ADMIN_TOKEN, PHONE, VIEWER_TOKEN, api, script_started
 
 RUN_URL = re.compile(r"/runs/(\d+)$")
 
@@ -42,9 +42,7 @@ def test_login_logout_and_a_wrong_token(open_page):
     expect(page.locator(".role-chip")).to_have_text("admin")
     assert ADMIN_TOKEN not in str(page.context.cookies())
 
-    # The button works once the page's script has started (it is a module, run after the
-    # page is parsed): a click before would be lost on a busy machine.
-    expect(page.locator("body[data-started]")).to_have_count(1)
+    script_started(page)
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
     page.goto("/")
