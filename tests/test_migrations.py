@@ -8,6 +8,7 @@ import json
 import logging
 import subprocess
 import sys
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,20 @@ def version_rows(db: Database) -> list[str]:
 def upgrade_to(db: Database, revision: str) -> None:
     with db.engine.begin() as conn:
         migrations.upgrade(conn, revision)
+
+
+def index_definitions(db: Database, names: Iterable[str]) -> dict[str, str]:
+    """The SQL each of the runs table's indexes ``names`` has as the database keeps it
+    (SQLite's ``sqlite_master``, PostgreSQL's ``pg_indexes``), its whitespace collapsed."""
+    with db.engine.connect() as conn:
+        if db.is_sqlite:
+            rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = "
+                                        "'index' AND tbl_name = 'scheduler_runs'")).all()
+        else:
+            rows = conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE "
+                                        "tablename = 'scheduler_runs'")).all()
+    wanted = set(names)
+    return {name: " ".join(sql.split()) for name, sql in rows if name in wanted}
 
 
 def downgrade_to(db: Database, revision: str) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from scheduler_app.store import Database
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
-from tests.test_migrations import downgrade_to, upgrade_to
+from tests.test_migrations import downgrade_to, index_definitions, upgrade_to
 
 # The five indexes, their columns and the rows each keeps.
 INDEXES = (
@@ -24,18 +24,9 @@ INDEXES = (
 )
 
 
-
 def definitions(db: Database) -> dict[str, str]:
-    """Each of the four indexes' SQL as the database keeps it."""
-    names = [name for name, _, _ in INDEXES]
-    with db.engine.connect() as conn:
-        if db.is_sqlite:
-            rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = "
-                                        "'index' AND tbl_name = 'scheduler_runs'")).all()
-        else:
-            rows = conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE "
-                                        "tablename = 'scheduler_runs'")).all()
-    return {name: " ".join(sql.split()) for name, sql in rows if name in names}
+    """Each of the five indexes' SQL as the database keeps it."""
+    return index_definitions(db, [name for name, _, _ in INDEXES])
 
 
 def test_0009_makes_four_run_indexes_partial(db: Database) -> None:

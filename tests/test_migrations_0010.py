@@ -13,21 +13,14 @@ from scheduler_app.store import Database, Store
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import add_finished_runs, new_run, query_plans
-from tests.test_migrations import downgrade_to, upgrade_to
+from tests.test_migrations import downgrade_to, index_definitions, upgrade_to
 
 NAME = "ix_scheduler_runs_node_state"
 
 
-
 def definition(db: Database) -> str:
     """The index's SQL as the database keeps it, without quotes, casts and parentheses."""
-    with db.engine.connect() as conn:
-        if db.is_sqlite:
-            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = :n"),
-                               {"n": NAME}).scalar_one()
-        else:
-            sql = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
-                               {"n": NAME}).scalar_one()
+    sql = index_definitions(db, [NAME])[NAME]
     for noise in ("(", ")", "::text", '"'):
         sql = sql.replace(noise, "")
     return " ".join(sql.split())
