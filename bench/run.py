@@ -12,6 +12,9 @@ bench/work/, which git ignores).
 
     .venv-bench/bin/python -m bench.run            # full: what bench/README.md reports
     .venv-bench/bin/python -m bench.run --quick    # a few minutes: re-check the ratios
+    .venv-bench/bin/python -m bench.run --only thread scheduler_app --split
+        # each dispatch split where the request reached the app: the client's and HTTP's part,
+        # the same for every system, and what the system does with it (writes no results)
 
 Celery and RQ are bench-only dependencies (requirements-bench.txt, in .venv-bench, which
 ``make bench-dispatch`` and ``make bench-quick`` install); a Python without them skips those
@@ -21,6 +24,7 @@ systems in --quick and --only runs and refuses a full run.
 from __future__ import annotations
 
 import argparse
+import bisect
 import importlib.util
 import json
 import os
@@ -35,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -315,9 +319,11 @@ def median_summary(entries: list[dict[str, Any]], count: int) -> dict[str, Any]:
 
 
 def dispatch(system: System, server: Server, probe: Probe, count: int, tag: str,
-             first_wait: float = 10) -> dict[str, float]:
+             first_wait: float = 10, spans: list[tuple[float, float]] | None = None
+             ) -> dict[str, float]:
     """Sequential requests; ``first_wait`` lets the warm-up's first task wait for a worker
-    process still starting (Celery's, RQ's)."""
+    process still starting (Celery's, RQ's). ``spans``: each request's (sent, task started)
+    wall-clock times are appended to it (``--split``)."""
     session = requests.Session()
     latencies = []
     for i in range(count):
@@ -328,8 +334,38 @@ def dispatch(system: System, server: Server, probe: Probe, count: int, tag: str,
             raise RuntimeError(f"{system.name}: {response.status_code} {response.text[:200]}")
         if not probe.wait([key], first_wait if i == 0 else 10):
             raise RuntimeError(f"{system.name}: task {key} never started\n{server.output()}")
-        latencies.append((probe.seen[key][0] - sent) * 1000)
+        started = probe.seen[key][0]
+        latencies.append((started - sent) * 1000)
+        if spans is not None:
+            spans.append((sent, started))
     return {"p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99)}
+
+
+def timed(system: System, directory: Path) -> System:
+    """``system`` with its app timed where each request reaches it (``bench.systems.timed``),
+    the times written to ``directory`` as its workers exit."""
+    return replace(system, app="bench.systems.timed:app",
+                   env={**system.env, "BENCH_TIMED_APP": system.app,
+                        "BENCH_TIMED_DIR": str(directory)})
+
+
+def split_at_app(spans: list[tuple[float, float]], directory: Path) -> dict[str, float]:
+    """Each sequential request's dispatch latency in two at the moment it reached the app:
+    p50s of (sent → app) and (app → task's first line), in ms. A request is matched with the
+    first arrival after its send, which must come before its task started (one request is in
+    flight at a time)."""
+    arrivals = sorted(float(line) for path in directory.glob("*.txt")
+                      for line in path.read_text().split())
+    to_app, in_app = [], []
+    for sent, started in spans:
+        at = bisect.bisect_left(arrivals, sent)
+        if at < len(arrivals) and arrivals[at] <= started:
+            to_app.append((arrivals[at] - sent) * 1000)
+            in_app.append((started - arrivals[at]) * 1000)
+    if len(to_app) < len(spans):
+        raise RuntimeError(f"--split: {len(spans) - len(to_app)} of {len(spans)} requests "
+                           f"have no arrival noted in {directory}")
+    return {"to_app_p50_ms": percentile(to_app, 0.5), "app_to_task_p50_ms": percentile(in_app, 0.5)}
 
 
 def server_cpu_seconds(server: Server, roots: list[int] | None = None) -> float:
@@ -510,37 +546,46 @@ def select(args: argparse.Namespace, tmp: Path) -> list[System]:
 
 
 def measure(system: System, probe: Probe, tmp: Path, redis: RedisServer | None, tag: str,
-            n_dispatch: int, n_tput: int) -> dict[str, Any]:
-    """One repeat of one system: warm-up, dispatch latency, throughput, the records checked."""
+            n_dispatch: int, n_tput: int, split: bool = False) -> dict[str, Any]:
+    """One repeat of one system: warm-up, dispatch latency, throughput, the records checked.
+    ``split``: the dispatch latency split at the app too (``split_at_app``)."""
     if system.broker and redis:
         redis.flush()
-    server = Server(system, redis if system.broker else None)
+    arrivals = Path(tempfile.mkdtemp(dir=tmp)) if split else None
+    spans: list[tuple[float, float]] | None = [] if split else None
+    entry: dict[str, Any] = {}
+    server = Server(timed(system, arrivals) if arrivals else system,
+                    redis if system.broker else None)
     try:
         # Warm-up: connections, imports, first database writes, a worker process starting.
         if system.runs_task:
             dispatch(system, server, probe, 20, f"{tag}w", first_wait=60)
-        entry: dict[str, Any] = {}
         if system.runs_task:
-            entry.update(dispatch(system, server, probe, n_dispatch, tag))
+            entry.update(dispatch(system, server, probe, n_dispatch, tag, spans=spans))
         entry.update(throughput(system, server, probe, n_tput, tag,
                                 redis if system.broker else None))
         if system.name == "scheduler_app":
             entry.update(check_recorded(tmp, tag, n_tput))
         if system.broker and redis:
             entry.update(check_queue_records(system, redis, 20 + n_dispatch + n_tput))
-        return entry
     finally:
         server.stop()
         # The next system starts with the disk at rest, not under this one's writeback (the
         # SQLite systems' files): this service's p50 measured after Flask-APScheduler's SQLite
         # store was 1.14 ms without it and 1.10 with it (medians of 4 in turns, 4 of 4).
         os.sync()
+    if arrivals is not None and spans:  # written by the workers as they exited
+        entry.update(split_at_app(spans, arrivals))
+    return entry
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, one repeat")
     parser.add_argument("--only", nargs="*", help="system names to run")
+    parser.add_argument("--split", action="store_true",
+                        help="also split each dispatch at the moment the request reached the "
+                             "app (bench/systems/timed.py); writes no results")
     args = parser.parse_args()
     # A SIGTERM (a killed make, a timeout) unwinds through the finally blocks below, which stop
     # gunicorn, the workers and redis-server: nothing the bench started outlives it.
@@ -566,7 +611,7 @@ def main() -> None:
                 shift = repeat % len(chosen)
                 for system in chosen[shift:] + chosen[:shift]:
                     entry = measure(system, probe, tmp, redis, f"{system.name}{repeat}",
-                                    n_dispatch, n_tput)
+                                    n_dispatch, n_tput, split=args.split)
                     runs.setdefault(system.name, []).append(entry)
                     print(system.name, repeat, json.dumps(entry), flush=True)
         finally:
@@ -589,12 +634,23 @@ def main() -> None:
                            "web_workers": web_workers(),
                            "load_average_before": [round(x, 2) for x in load_before],
                            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
-    if not args.only:
+    if args.split:
+        print_split(results["systems"])
+    if not args.only and not args.split:
         # Other scripts (bench.accuracy, bench.scale…) keep their results under their own keys.
         kept = json.loads(results_file().read_text()) if results_file().exists() else {}
         results_file().write_text(json.dumps({**kept, **results}, indent=2) + "\n")
         write_table(results)
     print(json.dumps(results["ratios"], indent=2))
+
+
+def print_split(found: dict[str, Any]) -> None:
+    """``--split``: each system's dispatch p50 and its two parts (medians over repeats)."""
+    for name, result in found.items():
+        if "to_app_p50_ms" in result:
+            print(f"{name}: dispatch p50 {result['p50_ms']:.3f} ms = sent -> app "
+                  f"{result['to_app_p50_ms']:.3f} + app -> task {result['app_to_task_p50_ms']:.3f}"
+                  " (p50 of each part)")
 
 
 CELERY = ("celery_threads", "celery_prefork")
