@@ -365,7 +365,8 @@ def split_at_app(spans: list[tuple[float, float]], directory: Path) -> dict[str,
     if len(to_app) < len(spans):
         raise RuntimeError(f"--split: {len(spans) - len(to_app)} of {len(spans)} requests "
                            f"have no arrival noted in {directory}")
-    return {"to_app_p50_ms": percentile(to_app, 0.5), "app_to_task_p50_ms": percentile(in_app, 0.5)}
+    return {"to_app_p50_ms": percentile(to_app, 0.5),
+            "app_to_task_p50_ms": percentile(in_app, 0.5)}
 
 
 def server_cpu_seconds(server: Server, roots: list[int] | None = None) -> float:
@@ -554,7 +555,7 @@ def measure(system: System, probe: Probe, tmp: Path, redis: RedisServer | None, 
     arrivals = Path(tempfile.mkdtemp(dir=tmp)) if split else None
     spans: list[tuple[float, float]] | None = [] if split else None
     entry: dict[str, Any] = {}
-    server = Server(timed(system, arrivals) if arrivals else system,
+    server = Server(system if arrivals is None else timed(system, arrivals),
                     redis if system.broker else None)
     try:
         # Warm-up: connections, imports, first database writes, a worker process starting.
