@@ -9,7 +9,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,15 @@ def index_definitions(db: Database, names: Iterable[str]) -> dict[str, str]:
                                         "tablename = 'scheduler_runs'")).all()
     wanted = set(names)
     return {name: " ".join(sql.split()) for name, sql in rows if name in wanted}
+
+
+def run_row(now: datetime, **columns: Any) -> dict[str, Any]:
+    """A row of the runs table as revisions 0008 and later hold it, inserted raw (no store
+    code of the revision under test): a run of ``demo.echo`` with every column a row needs,
+    ``columns`` on top."""
+    return {"task": "demo.echo", "kwargs": {}, "state": "queued", "attempt": 1,
+            "max_attempts": 1, "retry_backoff": 2.0, "cancel_requested": False, "errors": [],
+            "created_at": now, "scheduled_for": now, **columns}
 
 
 def downgrade_to(db: Database, revision: str) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from scheduler_app.store import Database
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
-from tests.test_migrations import downgrade_to, index_definitions, upgrade_to
+from tests.test_migrations import downgrade_to, index_definitions, run_row, upgrade_to
 
 # The five indexes, their columns and the rows each keeps.
 INDEXES = (
@@ -35,12 +35,10 @@ def test_0009_makes_four_run_indexes_partial(db: Database) -> None:
     now = utcnow()
     with db.engine.begin() as conn:
         conn.execute(runs.insert(), [
-            {"task": "demo.echo", "kwargs": {}, "state": "queued" if i % 2 else "succeeded",
-             "attempt": 1, "max_attempts": 1, "retry_backoff": 2.0, "cancel_requested": False,
-             "errors": [], "created_at": now, "scheduled_for": now,
-             "job_id": "nightly" if i % 3 == 0 else None,
-             "concurrency_key": "k" if i == 4 else None,
-             "node": None if i % 2 else "n1", "finished_at": None if i % 2 else now}
+            run_row(now, state="queued" if i % 2 else "succeeded",
+                    job_id="nightly" if i % 3 == 0 else None,
+                    concurrency_key="k" if i == 4 else None,
+                    node=None if i % 2 else "n1", finished_at=None if i % 2 else now)
             for i in range(6)])
     before = definitions(db)
     assert len(before) == 5 and not any(" WHERE " in sql for sql in before.values()), before

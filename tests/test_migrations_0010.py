@@ -13,7 +13,7 @@ from scheduler_app.store import Database, Store
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import add_finished_runs, new_run, query_plans
-from tests.test_migrations import downgrade_to, index_definitions, upgrade_to
+from tests.test_migrations import downgrade_to, index_definitions, run_row, upgrade_to
 
 NAME = "ix_scheduler_runs_node_state"
 
@@ -32,10 +32,8 @@ def test_0010_keeps_only_running_runs_in_the_node_index(db: Database) -> None:
     now = utcnow()
     with db.engine.begin() as conn:
         conn.execute(runs.insert(), [
-            {"task": "demo.echo", "kwargs": {}, "state": state, "attempt": 1,
-             "max_attempts": 1, "retry_backoff": 2.0, "cancel_requested": cancel, "errors": [],
-             "created_at": now, "scheduled_for": now, "node": node,
-             "started_at": None if node is None else now}
+            run_row(now, state=state, cancel_requested=cancel, node=node,
+                    started_at=None if node is None else now)
             for state, node, cancel in (("running", "n1", True), ("running", "n1", False),
                                         ("succeeded", "n1", True), ("queued", None, False),
                                         ("running", "n2", True))])
