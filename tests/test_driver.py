@@ -205,3 +205,36 @@ def test_a_commit_that_fails_raises_sqlalchemys_error_and_keeps_nothing(
         with store.db.write() as conn:
             _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
         assert run_count(store) == 1
+
+
+def test_values_bound_twice_fixed_or_overridden_are_bound_as_sqlalchemy_binds_them(
+        tmp_path: Path) -> None:
+    """A value used twice (a claim's ``now``) is converted for both places; a fixed value
+    (a literal, a ``values(...)`` constant) is bound as fixed unless the caller gives it."""
+    db = Database(f"sqlite:///{tmp_path / 'scratch.sqlite3'}")
+    table = sa.Table("scratch", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("kind", sa.String), sa.Column("at", runs.c.started_at.type),
+                     sa.Column("doc", sa.JSON))
+    later = MOMENT.replace(year=2027)
+    query = (sa.select(table.c.id, table.c.doc)
+             .where(table.c.at >= sa.bindparam("at"), table.c.at <= sa.bindparam("at"),
+                    table.c.kind == sa.literal("a"))
+             .order_by(table.c.id))
+    insert = table.insert().values(kind=sa.bindparam("kind", "a"))
+    try:
+        table.create(db.engine)
+        with db.write() as conn:
+            driver.Prepared(insert).many(conn, [
+                {"id": 1, "at": MOMENT, "doc": {"n": 1}}, {"id": 2, "at": later, "doc": None}])
+            driver.Prepared(insert).many(conn, [{"id": 3, "at": MOMENT, "kind": "b",
+                                                 "doc": [1]}])
+            for at in (MOMENT, later):
+                ours = driver.Prepared(query).first(conn, {"at": at})
+                theirs = dict(conn.execute(query, {"at": at}).mappings().one())
+                assert ours == theirs
+        assert ours == {"id": 2, "doc": None}
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT id, kind, doc FROM scratch ORDER BY id").all() \
+                == [(1, "a", '{"n": 1}'), (2, "a", "null"), (3, "b", "[1]")]
+    finally:
+        db.dispose()
