@@ -123,7 +123,7 @@ class _Form:
             functools.partial(_missing, self.sql, missing[0]) if missing
             else _parameters_function(self.binds, keys))
         self.row: Callable[[Sequence[Any]], dict[str, Any]] = _row_function(
-            self.keys, self.results)
+            self.keys, self.results, [isinstance(c.type, sa.JSON) for c in columns])
 
     def execute(self, raw: sqlite3.Connection, params: Mapping[str, Any]) -> sqlite3.Cursor:
         try:
@@ -167,23 +167,29 @@ def _parameters_function(binds: Sequence[tuple[str, Any, Any]], keys: frozenset[
     return _defined(source, "parameters", names)  # type: ignore[no-any-return]
 
 
-def _row_function(keys: Sequence[str], results: Sequence[Any]
+def _row_function(keys: Sequence[str], results: Sequence[Any], json: Sequence[bool]
                   ) -> Callable[[Sequence[Any]], dict[str, Any]]:
     """A returned row → ``{column key: value}``, converted by the columns' processors. Most
     processors leave NULL as it is (asked of each once, here), so a row's NULLs (most of a
-    run's optional columns) skip the call."""
+    run's optional columns) skip the call; so does a ``json`` column's JSON ``null`` (what a
+    run's result and error hold while there is none), which its processor would parse into
+    None."""
     if not keys:
         return lambda row: {}
     names: dict[str, Any] = {}
     items = []
-    for n, (key, process) in enumerate(zip(keys, results, strict=True)):
+    for n, (key, process, is_json) in enumerate(zip(keys, results, json, strict=True)):
         names[f"k{n}"] = key
         if process is None:
             items.append(f"k{n}: r{n}")
             continue
         names[f"f{n}"] = process
-        items.append(f"k{n}: f{n}(r{n})" if _converts_null(process)
-                     else f"k{n}: None if r{n} is None else f{n}(r{n})")
+        if _converts_null(process):
+            items.append(f"k{n}: f{n}(r{n})")
+        elif is_json and process("null") is None:
+            items.append(f"k{n}: None if r{n} is None or r{n} == 'null' else f{n}(r{n})")
+        else:
+            items.append(f"k{n}: None if r{n} is None else f{n}(r{n})")
     unpacked = ", ".join(f"r{n}" for n in range(len(keys)))
     source = (f"def row(row):\n    ({unpacked},) = row\n"
               f"    return {{{', '.join(items)}}}")
