@@ -223,7 +223,7 @@ def write_section(results: dict[str, Any]) -> None:
         f"SQLite file. Times from the first request sent: recorded (the last answer back) and "
         f"started (the last task's first line heard).\n\n" + "\n".join(rows) + "\n\n"
         f"Batch ÷ one request per run: recorded {r['recorded_speedup']:.1f}× faster, started "
-        f"{r['started_speedup']:.1f}× faster (per round: "
+        f"{r['started_speedup']:.2f}× faster (per round: "
         f"{', '.join(f'{x:.1f}×' for x in r['per_round_started_speedup'])}); server CPU per "
         f"run {r['server_cpu_per_run']:.2f}×. Every run in the database once and succeeded: "
         f"{'yes' if once else 'NO'}.\n\n"
