@@ -170,3 +170,61 @@ def test_a_settle_given_the_run_as_it_started_returns_the_row_as_stored(store):
     other = store.runs.create(new_run(), running_on="node-b")
     assert store.runs.finish_and_claim(other.id, "node-a", RunState.SUCCEEDED,
                                        started=other).settled is None
+
+
+def test_a_run_taken_over_by_a_full_look_is_the_stored_row_field_for_field(store):
+    """The taken run's row is converted after the commit (on SQLite, out of the writer's
+    turn): it is still the run as stored, its arguments' JSON and its times included, and its
+    queue wait is counted in the transaction that took it."""
+    finishing = running_on(store, "node-a")
+    due = store.runs.create(new_run(kwargs={"value": {"nested": [1, None, "x"]}},
+                                    scheduled_for=utcnow() - timedelta(seconds=3)))
+    waits = store.stats.snapshot(lease_seconds=30).queue_wait.get("demo.echo")
+
+    handover = store.runs.finish_and_claim(
+        finishing.id, "node-a", RunState.SUCCEEDED,
+        claim_next=NextClaim(TASKS, {}, any_due=True))
+
+    assert handover.claimed is not None and handover.claimed == store.runs.get(due.id)
+    assert handover.claimed.kwargs == {"value": {"nested": [1, None, "x"]}}
+    assert handover.claimed.state is RunState.RUNNING and handover.claimed.node == "node-a"
+    wait = store.stats.snapshot(lease_seconds=30).queue_wait["demo.echo"]
+    assert wait.count == (0 if waits is None else waits.count) + 1
+
+
+def test_a_run_taken_over_that_cannot_be_read_back_ends_failed_not_running(tmp_path):
+    """A queued run whose stored arguments are not JSON (changed by hand: PostgreSQL's JSON
+    column refuses them, SQLite's text does not) is taken over, then cannot be read: it ends
+    failed at once, saying why, instead of staying ``running`` with no thread to run it; the
+    settle that took it over is kept, and the next run is taken as usual."""
+    from scheduler_app.store.schema import runs
+    from tests.conftest import migrated_store
+
+    stores = migrated_store(f"sqlite:///{tmp_path / 'bad.sqlite3'}")
+    store = next(stores)
+    try:
+        finishing = running_on(store, "node-a")
+        bad = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=2)))
+        good = store.runs.create(new_run())
+        with store.db.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {runs.name} SET kwargs = '{{not json' WHERE id = ?",
+                                 (bad.id,))
+
+        handover = store.runs.finish_and_claim(
+            finishing.id, "node-a", RunState.SUCCEEDED, result=7,
+            claim_next=NextClaim(TASKS, {}, any_due=True))
+
+        assert handover.settled is not None and handover.claimed is None
+        assert store.runs.get(finishing.id).result == 7
+        with store.db.engine.connect() as conn:
+            state, error = conn.exec_driver_sql(
+                f"SELECT state, json_extract(error, '$.type') FROM {runs.name} WHERE id = ?",
+                (bad.id,)).one()
+        assert (state, error) == ("failed", "UnreadableRun")
+        assert store.stats.snapshot(lease_seconds=30).runs_finished[("demo.echo", "failed")] == 1
+        taken = store.runs.finish_and_claim(
+            running_on(store, "node-a").id, "node-a", RunState.SUCCEEDED,
+            claim_next=NextClaim(TASKS, {}, any_due=True)).claimed
+        assert taken is not None and taken.id == good.id
+    finally:
+        stores.close()

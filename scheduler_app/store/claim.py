@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
-from .driver import Prepared
+from .driver import Fetched, Prepared
 from .lifecycle import Run, RunState
 from .schema import IS_QUEUED, IS_RUNNING, rate_starts, runs, stats
 from .stats import QUEUE_WAIT, QUEUE_WAIT_BUCKETS, SUM, Tally, bound_label
@@ -153,7 +153,9 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
     transaction's statistics, written by the caller (else written here), so a transaction
     writes them once, in the order every transaction locks their rows."""
     counts = Tally() if tally is None else tally
-    claimed = _claim_free_oldest(conn, node, limit, task_limits, tasks, now, counts)
+    claimed = [Run.adopt(found.values())
+               for found in _claim_free_oldest(conn, node, limit, task_limits, tasks, now,
+                                               counts)]
     if len(claimed) < limit:
         claimed += _claim_counted(conn, node, limit - len(claimed), task_limits, tasks, now,
                                   counts)
@@ -162,29 +164,43 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
     return claimed
 
 
+def claim_one_due(conn: Connection, node: str, task_limits: dict[str, int],
+                  tasks: Collection[str], now: datetime, tally: Tally
+                  ) -> Run | Fetched | None:
+    """``claim_due`` of one run, for the thread a settle frees (``RunStore.finish_and_claim``):
+    a run free of every limit comes back as its row (``Fetched``), for the caller to convert
+    after the commit, out of the writer's turn."""
+    free = _claim_free_oldest(conn, node, 1, task_limits, tasks, now, tally)
+    if free:
+        return free[0]
+    counted = _claim_counted(conn, node, 1, task_limits, tasks, now, tally)
+    return counted[0] if counted else None
+
+
 def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
-                       tasks: Collection[str] | None, now: datetime, tally: Tally) -> list[Run]:
+                       tasks: Collection[str] | None, now: datetime, tally: Tally
+                       ) -> list[Fetched]:
     """SQLite: take the oldest due runs while each is free of every limit, one statement a
     run on the driver (``_free_oldest``), stopping at the first that is not; ``_claim_counted``
     weighs the rest. The same runs in the same order as it would take them: the oldest due
     run (of ``tasks``), when no limit applies to it, is the one it takes first too. Why: the
     counted claim goes through SQLAlchemy's execution layer, a page read and an ``IN`` list
     expanded at every call, and was 44 % of a worker's time draining a batch of queued runs
-    (bench/README.md)."""
+    (bench/README.md). Each run's row is returned as fetched; only its task and due time are
+    read here, for the statistics."""
     if conn.dialect.name != "sqlite" or not tasks:
         return []
     unlimited = unlimited_tasks(tasks, task_limits)
     if not unlimited:
         return []
     statement = _free_oldest(frozenset(tasks), unlimited)
-    taken: list[Run] = []
+    taken: list[Fetched] = []
     while len(taken) < limit:
-        row = statement.first(conn, {"now": now, "on_node": node, "at": now})
-        if row is None:
+        found = statement.fetch(conn, {"now": now, "on_node": node, "at": now})
+        if found is None:
             break
-        run = Run.adopt(row)
-        tally.waited(run.task, run.scheduled_for, now)
-        taken.append(run)
+        tally.waited(found.value("task"), found.value("scheduled_for"), now)
+        taken.append(found)
     return taken
 
 

@@ -6,6 +6,7 @@ and row values are in ``lifecycle``.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,9 +19,9 @@ from sqlalchemy.engine import Connection
 from ..errors import AlreadyQueued, QueueFull
 from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
-from .claim import claim_due, claim_named, unlimited_tasks
+from .claim import claim_due, claim_named, claim_one_due, unlimited_tasks
 from .db import LOCK_CLAIM, Database
-from .driver import Prepared
+from .driver import Fetched, Prepared
 from .group import GroupCommit
 from .lifecycle import (
     FINAL_STATES,
@@ -33,6 +34,8 @@ from .lifecycle import (
 )
 from .schema import ACTIVE_PREDICATE, IS_QUEUED, IS_RUNNING, jobs, nodes, run_logs, runs
 from .stats import Tally, forget_misfire_marks
+
+log = logging.getLogger(__name__)
 
 # How far ahead of this node's clock a run named by a wake-up may be due and still be taken:
 # the node that queued it said it is due now, by its own clock.
@@ -353,7 +356,8 @@ class RunStore:
         assert state in FINAL_STATES
         log_rows = _log_rows(run_id, logs)
 
-        def settle(conn: Connection, tally: Tally) -> Handover:
+        def settle(conn: Connection, tally: Tally) -> tuple[Run | None, Run | Fetched | None,
+                                                             int]:
             if progress is not None:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
@@ -365,7 +369,7 @@ class RunStore:
                 if count_wait and attempt.started_at is not None:
                     tally.waited(attempt.task, attempt.scheduled_for, attempt.started_at)
             if settled is None or claim_next is None or not claim_next.tasks:
-                return Handover(settled)
+                return settled, None, 0
             # ``now`` after the settle, so a slot this finish freed counts for the claim.
             now = utcnow()
             for tried, named in enumerate(claim_next.named, start=1):
@@ -373,16 +377,42 @@ class RunStore:
                                          CLOCK_SKEW, count_wait=False)
                 if claimed is not None:
                     tally.waited(claimed.task, claimed.scheduled_for, now)
-                    return Handover(settled, claimed, tried)
+                    return settled, claimed, tried
+            found = None
             if claim_next.any_due:
-                found = claim_due(conn, node, 1, claim_next.task_limits, claim_next.tasks, now,
-                                  tally)
-                if found:
-                    return Handover(settled, found[0], len(claim_next.named))
-            return Handover(settled, None, len(claim_next.named))
+                found = claim_one_due(conn, node, claim_next.task_limits, claim_next.tasks,
+                                      now, tally)
+            return settled, found, len(claim_next.named)
 
         # A full claim counts limits: serialised with the other claims (PostgreSQL).
-        return self.group.run(settle, serialised=claim_next is not None and claim_next.any_due)
+        settled, claimed, tried = self.group.run(
+            settle, serialised=claim_next is not None and claim_next.any_due)
+        if not isinstance(claimed, Fetched):
+            return Handover(settled, claimed, tried)
+        try:  # converted here, after the commit
+            return Handover(settled, Run.adopt(claimed.values()), tried)
+        except Exception as exc:
+            self._fail_unreadable(claimed, node, exc)
+            return Handover(settled, None, tried)
+
+    def _fail_unreadable(self, found: Fetched, node: str, exc: Exception) -> None:
+        """End a run just claimed whose row cannot be read back (what it stores is not what
+        this code writes: changed by hand), failed, rather than leave it running on ``node``
+        with no thread to run it."""
+        run_id = found.value("id")
+        log.error("run %s was claimed but cannot be read: %s", run_id, exc)
+        error = {"type": "UnreadableRun", "traceback": None,
+                 "message": f"the run's stored row cannot be read: {exc}"}
+        with self.db.write() as conn:
+            ended = conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.node == node, IS_RUNNING)
+                .values(state=RunState.FAILED.value, finished_at=utcnow(), error=error)
+            ).rowcount
+            if ended:
+                tally = Tally()
+                tally.finished(found.value("task"), RunState.FAILED.value)
+                tally.flush(conn)
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
