@@ -153,12 +153,8 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
     transaction's statistics, written by the caller (else written here), so a transaction
     writes them once, in the order every transaction locks their rows."""
     counts = Tally() if tally is None else tally
-    claimed = [Run.adopt(found.values())
-               for found in _claim_free_oldest(conn, node, limit, task_limits, tasks, now,
-                                               counts)]
-    if len(claimed) < limit:
-        claimed += _claim_counted(conn, node, limit - len(claimed), task_limits, tasks, now,
-                                  counts)
+    claimed = [found if isinstance(found, Run) else Run.adopt(found.values())
+               for found in _claim(conn, node, limit, task_limits, tasks, now, counts)]
     if tally is None:
         counts.flush(conn)
     return claimed
@@ -170,11 +166,21 @@ def claim_one_due(conn: Connection, node: str, task_limits: dict[str, int],
     """``claim_due`` of one run, for the thread a settle frees (``RunStore.finish_and_claim``):
     a run free of every limit comes back as its row (``Fetched``), for the caller to convert
     after the commit, out of the writer's turn."""
-    free = _claim_free_oldest(conn, node, 1, task_limits, tasks, now, tally)
-    if free:
-        return free[0]
-    counted = _claim_counted(conn, node, 1, task_limits, tasks, now, tally)
-    return counted[0] if counted else None
+    found = _claim(conn, node, 1, task_limits, tasks, now, tally)
+    return found[0] if found else None
+
+
+def _claim(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
+           tasks: Collection[str] | None, now: datetime, tally: Tally
+           ) -> list[Run | Fetched]:
+    """The oldest due runs free of every limit first (their rows as fetched), then the rest
+    counted."""
+    claimed: list[Run | Fetched] = list(
+        _claim_free_oldest(conn, node, limit, task_limits, tasks, now, tally))
+    if len(claimed) < limit:
+        claimed += _claim_counted(conn, node, limit - len(claimed), task_limits, tasks, now,
+                                  tally)
+    return claimed
 
 
 def _claim_free_oldest(conn: Connection, node: str, limit: int, task_limits: dict[str, int],

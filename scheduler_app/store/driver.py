@@ -134,7 +134,7 @@ class _Form:
     processor, and each returned column's key and result processor; and, built from them
     once, the two functions every execution calls (``parameters``, ``row``)."""
 
-    __slots__ = ("sql", "binds", "keys", "results", "parameters", "row", "_positions")
+    __slots__ = ("sql", "keys", "results", "parameters", "row", "_positions", "_nulls")
 
     def __init__(self, statement: Statement, dialect: Dialect, keys: frozenset[str]) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=sorted(keys))
@@ -144,29 +144,33 @@ class _Form:
             # Column defaults computed in Python, expanding IN lists: not what this is for.
             raise ValueError(f"cannot run on the driver as prepared: {compiled.string}")
         self.sql = compiled.string
-        self.binds: list[tuple[str, Any, Any]] = []
+        binds: list[tuple[str, Any, Any]] = []
         for name in positions:
             bind = compiled.binds[name]
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             fixed = _REQUIRED if bind.required else bind.effective_value
-            self.binds.append((bind.key, fixed, process))
+            binds.append((bind.key, fixed, process))
         columns = list(getattr(statement, "exported_columns", ()))
         self.keys = [c.key for c in columns]
         self.results = [c.type.dialect_impl(dialect).result_processor(dialect, None)
                         for c in columns]
-        missing = [key for key, fixed, _ in self.binds if fixed is _REQUIRED and key not in keys]
+        # Whether each column's processor turns NULL into something else (asked once, here:
+        # most leave it as it is, so a row's NULLs skip the call).
+        self._nulls = [process is not None and _converts_null(process)
+                       for process in self.results]
+        missing = [key for key, fixed, _ in binds if fixed is _REQUIRED and key not in keys]
         self.parameters: Callable[[Mapping[str, Any]], list[Any]] = (
             functools.partial(_missing, self.sql, missing[0]) if missing
-            else _parameters_function(self.binds, keys))
+            else _parameters_function(binds, keys))
         self.row: Callable[[Sequence[Any]], dict[str, Any]] = _row_function(
-            self.keys, self.results, [isinstance(c.type, sa.JSON) for c in columns])
+            self.keys, self.results, self._nulls, [isinstance(c.type, sa.JSON) for c in columns])
         self._positions = {key: i for i, key in enumerate(self.keys)}
 
     def column(self, key: str, row: Sequence[Any]) -> Any:
         """One column of a returned row, converted as ``row`` converts it."""
         i = self._positions[key]
         value, process = row[i], self.results[i]
-        if process is None or (value is None and not _converts_null(process)):
+        if process is None or (value is None and not self._nulls[i]):
             return value
         return process(value)
 
@@ -212,24 +216,24 @@ def _parameters_function(binds: Sequence[tuple[str, Any, Any]], keys: frozenset[
     return _defined(source, "parameters", names)  # type: ignore[no-any-return]
 
 
-def _row_function(keys: Sequence[str], results: Sequence[Any], json: Sequence[bool]
-                  ) -> Callable[[Sequence[Any]], dict[str, Any]]:
-    """A returned row → ``{column key: value}``, converted by the columns' processors. Most
-    processors leave NULL as it is (asked of each once, here), so a row's NULLs (most of a
-    run's optional columns) skip the call; so does a ``json`` column's JSON ``null`` (what a
-    run's result and error hold while there is none), which its processor would parse into
-    None."""
+def _row_function(keys: Sequence[str], results: Sequence[Any], nulls: Sequence[bool],
+                  json: Sequence[bool]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """A returned row → ``{column key: value}``, converted by the columns' processors. A NULL
+    skips the processors that leave it as it is (``nulls``: those that do not), as do most of
+    a run's optional columns; so does a ``json`` column's JSON ``null`` (what a run's result
+    and error hold while there is none), which its processor would parse into None."""
     if not keys:
         return lambda row: {}
     names: dict[str, Any] = {}
     items = []
-    for n, (key, process, is_json) in enumerate(zip(keys, results, json, strict=True)):
+    for n, (key, process, converts_null, is_json) in enumerate(
+            zip(keys, results, nulls, json, strict=True)):
         names[f"k{n}"] = key
         if process is None:
             items.append(f"k{n}: r{n}")
             continue
         names[f"f{n}"] = process
-        if _converts_null(process):
+        if converts_null:
             items.append(f"k{n}: f{n}(r{n})")
         elif is_json and process("null") is None:
             items.append(f"k{n}: None if r{n} is None or r{n} == 'null' else f{n}(r{n})")
