@@ -243,7 +243,9 @@ def _run_in_child(app: Any, spec: dict[str, Any], sock: socket.socket) -> None:
     with bind_run(run_id=run.id, job_id=run.job_id, task=run.task, node=spec.get("node")):
         state, result, error = call_task(app, run, ctx)
     ctx.send_progress()
-    channel.send(["outcome", None if state is None else state.value, result, error])
+    # The result's value, not the text the runner encoded it to: the message is JSON itself.
+    channel.send(["outcome", None if state is None else state.value,
+                  None if result is None else result.value, error])
 
 
 def _listen(sock: socket.socket, ctx: Any) -> None:

@@ -5,7 +5,6 @@ and settles its outcome."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import traceback
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 from flask import Flask
 
 from ..logs import bind_run, install_run_log_handler
-from ..store import NextClaim, Run, RunState, Store
+from ..store import EncodedJSON, NextClaim, Run, RunState, Store
 from ..store.claim import unlimited_tasks
 from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
 from ..tasks.context import set_current_run
@@ -615,14 +614,14 @@ class ResultNotJSON(TypeError):
     """A task returned a value that JSON cannot carry."""
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any) -> EncodedJSON | None:
+    """The task's return value encoded, once: the settle writes this text as it is."""
     if value is None:  # most tasks return nothing
         return None
     try:
-        json.dumps(value, allow_nan=False)
+        return EncodedJSON.of(value)
     except (TypeError, ValueError) as exc:
         raise ResultNotJSON(f"the task's return value is not JSON: {exc}") from None
-    return value
 
 
 def _error(kind: str, message: str, tb: str | None) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from collections.abc import Collection
 
 from .alerts import AlertStore, ClaimedAlert
 from .db import Database
+from .encoded import EncodedJSON
 from .jobs import JobExists, JobRecord, JobStoreQueries
 from .lifecycle import (
     ACTIVE_STATES,
@@ -40,6 +41,7 @@ __all__ = [
     "ClaimedAlert",
     "FINAL_STATES",
     "Database",
+    "EncodedJSON",
     "Handover",
     "JobExists",
     "JobRecord",

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .. import migrations
-from . import driver
+from . import driver, encoded
 
 try:
     import fcntl
@@ -63,7 +63,8 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        # A result the runner encoded is written as it is (store/encoded.py).
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "json_serializer": encoded.dumps}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if self.url.database in (None, "", ":memory:"):

@@ -22,6 +22,7 @@ from .alerts import AlertStore, forget_alerts, has_pending_alert
 from .claim import claim_due, claim_named, claim_one_due, unlimited_tasks
 from .db import LOCK_CLAIM, Database
 from .driver import Fetched, Prepared
+from .encoded import EncodedJSON
 from .group import GroupCommit
 from .lifecycle import (
     FINAL_STATES,
@@ -62,6 +63,10 @@ _FINISH_CLEANLY = Prepared(_SETTLE_CLEANLY.returning(*runs.c))
 _CHANGING = ("state", "finished_at", "result", "error", "cancel_requested", "progress_done",
              "progress_total", "progress_message")
 _FINISH_KNOWN = Prepared(_SETTLE_CLEANLY.returning(*(runs.c[name] for name in _CHANGING)))
+# The same when the result written is known as it reads back (``EncodedJSON``, or none): it is
+# not decoded again inside the transaction.
+_FINISH_KNOWN_RESULT = Prepared(_SETTLE_CLEANLY.returning(
+    *(runs.c[name] for name in _CHANGING if name != "result")))
 
 
 @dataclass(frozen=True)
@@ -422,11 +427,16 @@ class RunStore:
             # Success or cancel: no retry to decide, so one UPDATE, no read first; with the
             # run as it started, only what may have changed since is read back.
             known = started is not None and started.id == run_id
-            row = (_FINISH_KNOWN if known else _FINISH_CLEANLY).first(conn, {
+            encoded = result is None or isinstance(result, EncodedJSON)
+            statement = (_FINISH_KNOWN_RESULT if encoded else _FINISH_KNOWN) if known \
+                else _FINISH_CLEANLY
+            row = statement.first(conn, {
                 "run_id": run_id, "on_node": node, "new_state": state.value,
                 "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
+            if known and encoded:
+                row["result"] = None if result is None else result.value
             settled = Run.adopt({**vars(started), **row} if known else row)
             assert settled.started_at is not None and settled.finished_at is not None
             tally.attempt(settled.task, settled.started_at, settled.finished_at)
