@@ -5,9 +5,10 @@ else fails ``ResultNotJSON``). The settle then bound the value through the colum
 which encoded it again, and read it back decoded, both inside the write transaction: on SQLite
 while this process holds the file's one writer, so every other write on the host waited for
 them (a 67 KiB result: about 2 ms of encoding and decoding in the writer's turn; bench/README.md,
-"2026-12-05, 06:42–09:42 UTC", and ``make bench-result-size``). An ``EncodedJSON`` carries the text the runner made,
-which the engine's JSON serializer (``dumps``) passes through as it is, and the value that text
-decodes to, which the settled run holds without reading the column back.
+"2026-12-05, 06:42–09:42 UTC", and ``make bench-result-size``). An ``EncodedJSON`` carries
+the text the runner made, which the engine's JSON serializer (``dumps``) passes through as it
+is, and the value that text decodes to, which the settled run holds without reading the column
+back.
 """
 
 from __future__ import annotations
