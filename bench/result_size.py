@@ -1,13 +1,13 @@
 """A task's result in the writer's turn: how long a settle holds the write transaction (on
 SQLite, the file's one writer, which every other write on the host waits for) with results of
-growing size, the result encoded once by the runner (``EncodedJSON``, as runs settle now)
-against the value handed to the settle as it is (encoded, and read back decoded, inside the
-transaction: how every run settled before).
+growing size, encoded once by the runner before it (``EncodedJSON``), against the same settle
+with no result, in the same run. Until ``f01bdf0`` the settle encoded the value again and read
+it back decoded inside the transaction; that commit's version of this bench measured both ways
+(bench/README.md, "2026-12-05, 06:42–09:42 UTC").
 
 One thread, a SQLite file, each variant in turns round by round; medians over rounds of the
 wall time of ``RunStore.finish_and_claim`` (its transaction, uncontended: the writer's turn)
-and of the calling thread's CPU for the whole settle, the runner's check (its encoding)
-included.
+and of the calling thread's CPU for the whole settle, the runner's encoding included.
 
     .venv/bin/python -m bench.result_size                # ~15 seconds
     .venv/bin/python -m bench.result_size --rounds 9 --runs 50
@@ -16,7 +16,6 @@ included.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -35,12 +34,6 @@ def result_of(items: int) -> dict[str, Any]:
     """A report-like result: a list of records."""
     return {"items": [{"id": i, "name": f"item {i}", "tags": ["a", "b"], "score": i * 0.5}
                       for i in range(items)]}
-
-
-def checked(value: Any) -> Any:
-    """What the runner did before: encode the value to check it, and hand on the value."""
-    json.dumps(value, allow_nan=False)
-    return value
 
 
 def measure(store: Store, value: Any, encode: Callable[[Any], Any], runs: int
@@ -68,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     variants: dict[str, Callable[[Any], Any]] = {
         "encoded once by the runner": _jsonable,
-        "the value, encoded in the transaction": checked,
+        "no result (the baseline)": lambda value: None,
     }
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(f"sqlite:///{Path(tmp) / 'results.sqlite3'}")

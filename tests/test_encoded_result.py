@@ -63,8 +63,9 @@ def test_a_result_not_json_is_refused_before_anything_is_written():
 
 
 def test_a_value_bound_elsewhere_is_encoded_as_before(store):
-    """Every other JSON column (arguments, errors) and a result given as a plain value (a
-    process-isolated run's, from its child) still go through the engine's encoder."""
+    """Every other JSON column (arguments, errors) still goes through the engine's encoder,
+    and a result given as a plain value (a process-isolated run's, from its child) is encoded
+    by the settle before its transaction: stored and read back as JSON holds it."""
     started = store.runs.create(new_run(kwargs={"value": ["x", 1]}), running_on="node-a")
     settled = store.runs.finish_and_claim(started.id, "node-a", RunState.SUCCEEDED,
                                           result={"plain": (1, 2)}, started=started).settled

@@ -27,7 +27,7 @@ from typing import Any
 
 from flask import Flask
 
-from ..store import EncodedJSON, Run, RunState
+from ..store import Run, RunState
 from ..tasks import RunContext, Task
 from . import process_wire as wire
 
@@ -273,10 +273,7 @@ class _Supervisor:
             self.ctx.record_log(str(message[1]), str(message[2]))
         elif kind == "outcome":
             state = None if message[1] is None else RunState(message[1])
-            # Encoded here, out of the settle's transaction, as a thread run's result is;
-            # it came decoded from JSON, so it is already what the column will read back.
-            result = None if message[2] is None else EncodedJSON.of(message[2], decoded=True)
-            self.outcome = (state, result, message[3])
+            self.outcome = (state, message[2], message[3])
 
     def _enforce(self) -> None:
         now = time.monotonic()

@@ -6,9 +6,9 @@ which encoded it again, and read it back decoded, both inside the write transact
 while this process holds the file's one writer, so every other write on the host waited for
 them (a 67 KiB result: about 2 ms of encoding and decoding in the writer's turn; bench/README.md,
 "2026-12-05, 06:42–09:42 UTC", and ``make bench-result-size``). An ``EncodedJSON`` carries
-the text the runner made, which the engine's JSON serializer (``dumps``) passes through as it
-is, and the value that text decodes to, which the settled run holds without reading the column
-back.
+the text the runner made (or the settle, before its transaction, for a result handed to it as a
+value), which the engine's JSON serializer (``dumps``) passes through as it is, and the value
+that text decodes to, which the settled run holds without reading the column back.
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ class EncodedJSON(str):
     value: Any
 
     @classmethod
-    def of(cls, value: Any, decoded: bool = False) -> EncodedJSON:
-        """``value`` as JSON; TypeError or ValueError (NaN, infinity) when it is not JSON.
-        ``decoded``: ``value`` itself came from decoding JSON, so it is what its text decodes
-        to (not decoded again)."""
+    def of(cls, value: Any) -> EncodedJSON:
+        """``value`` as JSON; TypeError or ValueError (NaN, infinity) when it is not JSON."""
         encoded = cls(json.dumps(value, allow_nan=False))
-        exact = decoded or value is None or type(value) in _SCALARS
+        exact = value is None or type(value) in _SCALARS
         encoded.value = value if exact else json.loads(encoded)
         return encoded
 

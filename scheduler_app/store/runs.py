@@ -59,14 +59,11 @@ _SETTLE_CLEANLY = (
 _FINISH_CLEANLY = Prepared(_SETTLE_CLEANLY.returning(*runs.c))
 # The columns of a running run that others may change (a cancel asked for, progress flushed)
 # or that its settle writes: with the run as it started, the whole row, without reading back
-# (and decoding) its arguments, errors and times.
-_CHANGING = ("state", "finished_at", "result", "error", "cancel_requested", "progress_done",
+# (and decoding) its arguments, errors and times. Not the result: the settle knows it as it
+# reads back (``EncodedJSON.value``).
+_CHANGING = ("state", "finished_at", "error", "cancel_requested", "progress_done",
              "progress_total", "progress_message")
 _FINISH_KNOWN = Prepared(_SETTLE_CLEANLY.returning(*(runs.c[name] for name in _CHANGING)))
-# The same when the result written is known as it reads back (``EncodedJSON``, or none): it is
-# not decoded again inside the transaction.
-_FINISH_KNOWN_RESULT = Prepared(_SETTLE_CLEANLY.returning(
-    *(runs.c[name] for name in _CHANGING if name != "result")))
 
 
 @dataclass(frozen=True)
@@ -360,6 +357,10 @@ class RunStore:
         settle's other statistics."""
         assert state in FINAL_STATES
         log_rows = _log_rows(run_id, logs)
+        # Encoded here, before the transaction, unless the caller did (the runner, which
+        # encodes a result to check it): nothing is encoded or decoded in the writer's turn.
+        outcome = result if result is None or isinstance(result, EncodedJSON) \
+            else EncodedJSON.of(result)
 
         def settle(conn: Connection, tally: Tally) -> tuple[Run | None, Run | Fetched | None,
                                                              int]:
@@ -367,7 +368,7 @@ class RunStore:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
                 conn.execute(run_logs.insert(), log_rows)
-            settled = self._settle(conn, tally, run_id, node, state, result, error, started)
+            settled = self._settle(conn, tally, run_id, node, state, outcome, error, started)
             if settled is not None:
                 self.alerts.record(conn, settled)
                 attempt = started or settled  # a retried run's row no longer says when
@@ -421,21 +422,18 @@ class RunStore:
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
-                result: Any, error: dict[str, Any] | None, started: Run | None = None
-                ) -> Run | None:
+                result: EncodedJSON | None, error: dict[str, Any] | None,
+                started: Run | None = None) -> Run | None:
         if error is None:
             # Success or cancel: no retry to decide, so one UPDATE, no read first; with the
             # run as it started, only what may have changed since is read back.
             known = started is not None and started.id == run_id
-            encoded = result is None or isinstance(result, EncodedJSON)
-            statement = (_FINISH_KNOWN_RESULT if encoded else _FINISH_KNOWN) if known \
-                else _FINISH_CLEANLY
-            row = statement.first(conn, {
+            row = (_FINISH_KNOWN if known else _FINISH_CLEANLY).first(conn, {
                 "run_id": run_id, "on_node": node, "new_state": state.value,
                 "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
-            if known and encoded:
+            if known:
                 row["result"] = None if result is None else result.value
             settled = Run.adopt({**vars(started), **row} if known else row)
             assert settled.started_at is not None and settled.finished_at is not None
