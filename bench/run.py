@@ -48,11 +48,14 @@ from typing import Any
 import requests
 
 from bench.broker import RedisServer
+from bench.systems import floor
 from scheduler_app.store import schema
 
 ROOT = Path(__file__).resolve().parent.parent
 # The gunicorn, celery and rq of the virtualenv running the bench (.venv-bench under make).
 BIN = Path(sys.executable).parent
+# The SQLite files of this service and of the durable floor, in the run's directory.
+SERVICE_DB, FLOOR_DB = "service.sqlite3", "floor.sqlite3"
 RESULTS = ROOT / "bench" / "results.json"
 README = ROOT / "bench" / "README.md"
 # Where --quick runs write instead (ignored by git): one-repeat numbers never replace the
@@ -181,7 +184,7 @@ def systems(tmp: Path) -> list[System]:
     which with the SQLite store runs every job once per worker."""
     workers = web_workers()
     ours_env = {
-        "FLASK_DATABASE_URL": f"sqlite:///{tmp / 'service.sqlite3'}",
+        "FLASK_DATABASE_URL": f"sqlite:///{tmp / SERVICE_DB}",
         "FLASK_TASK_MODULES": json.dumps(["scheduler_app.tasks.demo",
                                           "scheduler_app.tasks.maintenance", "bench.tasks"]),
         "FLASK_PRUNE_RUNS_CRON": "", "FLASK_MAX_QUEUED_RUNS": "1000000",
@@ -195,6 +198,10 @@ def systems(tmp: Path) -> list[System]:
                "/noop", lambda key, port: {"key": key}, runs_task=False, workers=workers),
         System("thread", "threading.Thread in the route", "bench.systems.bare:app", "/thread",
                lambda key, port: {"key": key, "port": port}, workers=workers),
+        System("floor", "durable floor: a row committed (sqlite3, WAL), then a thread",
+               "bench.systems.floor:create_app()", "/durable",
+               lambda key, port: {"key": key, "port": port},
+               env={"BENCH_FLOOR_DB": str(tmp / FLOOR_DB)}, workers=workers),
         System("fas_memory", "Flask-APScheduler API, memory store", "bench.systems.fas:app",
                "/scheduler/jobs", fas_body, env={"BENCH_JOBSTORE": "memory"}),
         System("fas_sqlite", "Flask-APScheduler API, SQLite store", "bench.systems.fas:app",
@@ -473,11 +480,11 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def check_recorded(tmp: Path, tag: str, count: int) -> dict[str, int]:
-    """Every run of this service is in its database, once, and succeeded."""
+def check_recorded(database: Path, runs: str, tag: str, count: int) -> dict[str, int]:
+    """Every run of this service (or of the durable floor) is in its database's table ``runs``,
+    once, and succeeded."""
     import sqlite3
-    runs = schema.runs.name
-    db = sqlite3.connect(tmp / "service.sqlite3")
+    db = sqlite3.connect(database)
     deadline = time.monotonic() + 60
     while True:
         rows = db.execute(f"SELECT state, count(*) FROM {runs} WHERE task='bench.noop' AND "
@@ -591,7 +598,9 @@ def measure(system: System, probe: Probe, tmp: Path, redis: RedisServer | None, 
         entry.update(throughput(system, server, probe, n_tput, tag,
                                 redis if system.broker else None))
         if system.name == "scheduler_app":
-            entry.update(check_recorded(tmp, tag, n_tput))
+            entry.update(check_recorded(tmp / SERVICE_DB, schema.runs.name, tag, n_tput))
+        if system.name == "floor":
+            entry.update(check_recorded(tmp / FLOOR_DB, floor.TABLE, tag, n_tput))
         if system.broker and redis:
             entry.update(check_queue_records(system, redis, 20 + n_dispatch + n_tput))
     finally:
@@ -697,6 +706,13 @@ def ratios(found: dict[str, Any]) -> dict[str, float]:
     if ours and thread:
         out["dispatch_p50_vs_thread"] = ours["p50_ms"] / thread["p50_ms"]
         out["dispatch_p99_vs_thread"] = ours["p99_ms"] / thread["p99_ms"]
+    floor = found.get("floor")
+    if floor and thread:
+        out["floor_p50_vs_thread"] = floor["p50_ms"] / thread["p50_ms"]
+        out["floor_p99_vs_thread"] = floor["p99_ms"] / thread["p99_ms"]
+    if floor and ours:
+        out["dispatch_p50_vs_floor"] = ours["p50_ms"] / floor["p50_ms"]
+        out["dispatch_p99_vs_floor"] = ours["p99_ms"] / floor["p99_ms"]
     ceiling = http_ceiling(found)
     if ours and ceiling:
         out["throughput_vs_http_ceiling"] = ours["runs_per_s"] / ceiling
@@ -796,7 +812,12 @@ def write_table(results: dict[str, Any]) -> None:
         f"{100 * r.get('throughput_vs_http_ceiling', nan):.0f} % of the HTTP ceiling "
         f"(≥ 75 %) and {r.get('throughput_vs_best_celery', nan):.2f}× the better Celery pool "
         f"(≥ 1); server CPU per recorded run {ours.get('server_cpu_ms_per_run', nan):.2f} ms "
-        f"(≤ 1.5), {r.get('cpu_vs_best_celery', nan):.2f}× that Celery pool's. Every run "
+        f"(≤ 1.5), {r.get('cpu_vs_best_celery', nan):.2f}× that Celery pool's. The durable "
+        f"floor (a row committed through sqlite3, then a thread: bench/systems/floor.py): "
+        f"dispatch p50 {r.get('floor_p50_vs_thread', nan):.2f}× the bare thread and p99 "
+        f"{r.get('floor_p99_vs_thread', nan):.2f}×; this service "
+        f"{r.get('dispatch_p50_vs_floor', nan):.2f}× the floor at p50 and "
+        f"{r.get('dispatch_p99_vs_floor', nan):.2f}× at p99. Every run "
         f"recorded: {ours.get('recorded', 0):.0f} of {st['throughput_runs']} in the last "
         f"repeat's database, {ours.get('duplicates', 0):.0f} duplicates.{record_text}\n\n"
         f"`ctx.progress` in a tight loop of 100,000 (target < 2×): {p['per_call_us']:.2f} µs "

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 _module, _, _attribute = os.environ["BENCH_TIMED_APP"].partition(":")
-app = getattr(importlib.import_module(_module), _attribute)
+_found = getattr(importlib.import_module(_module), _attribute.removesuffix("()"))
+app = _found() if _attribute.endswith("()") else _found  # an app factory, as gunicorn calls it
 _arrivals: list[float] = []
 _inner: Callable[..., Iterable[bytes]] = app.wsgi_app
 
