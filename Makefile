@@ -14,7 +14,7 @@ BIND_ARGS := $(if $(HOST)$(PORT),--bind $(or $(HOST),127.0.0.1):$(or $(PORT),800
 
 # make run-split: gunicorn's workers as web nodes (FLASK_SCHEDULER_ROLE=web) plus SPLIT_WORKERS
 # (default 1) worker processes (flask scheduler worker); Ctrl-C stops them all (split.py).
-.PHONY: run run-split test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-batch bench-handoff bench-isolation bench-result-size
+.PHONY: run run-split test lint clean bench bench-quick bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-batch bench-handoff bench-isolation bench-result-size bench-interleaved
 
 $(BIN)/python:
 	@echo "creating $(VENV) with $(PYTHON)"
@@ -62,7 +62,7 @@ lint: $(VENV)/.installed-dev
 # BENCH_ARGS=--quick makes any one of them short, and writes to bench/work/ (ignored by git)
 # instead, so one-repeat numbers never replace the committed ones. They run in $(BENCH_VENV),
 # never in `make test`.
-bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-batch bench-handoff bench-isolation bench-result-size
+bench: bench-dispatch bench-scale bench-accuracy bench-cluster bench-enqueue bench-batch bench-handoff bench-isolation bench-result-size bench-interleaved
 
 # This service beside the baselines, Celery and RQ (which need /usr/bin/redis-server).
 bench-dispatch: $(BENCH_VENV)/.installed
@@ -83,6 +83,10 @@ bench-enqueue: $(BENCH_VENV)/.installed
 # 10,000 runs: POST /api/runs/batch against one POST /api/runs per run (issue 15).
 bench-batch: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python -m bench.batch $(BENCH_ARGS)
+
+# Issue 15's dispatch targets, the bare thread, the durable floor and this service interleaved.
+bench-interleaved: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python -m bench.interleaved $(BENCH_ARGS)
 
 # How long a settle holds the writer with results of 0.6 KiB to 700 KiB.
 bench-result-size: $(BENCH_VENV)/.installed

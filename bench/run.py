@@ -480,23 +480,23 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def check_recorded(database: Path, runs: str, tag: str, count: int) -> dict[str, int]:
-    """Every run of this service (or of the durable floor) is in its database's table ``runs``,
-    once, and succeeded."""
+def check_recorded(database: Path, runs: str, prefix: str, count: int) -> dict[str, int]:
+    """Every run of this service (or of the durable floor) whose key starts with ``prefix``
+    is in its database's table ``runs``, once, and succeeded."""
     import sqlite3
     db = sqlite3.connect(database)
     deadline = time.monotonic() + 60
     while True:
         rows = db.execute(f"SELECT state, count(*) FROM {runs} WHERE task='bench.noop' AND "
                           "json_extract(kwargs, '$.key') LIKE ? GROUP BY state",
-                          (f"{tag}-t%",)).fetchall()
+                          (f"{prefix}%",)).fetchall()
         states = dict(rows)
         if states.get("succeeded", 0) == count or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     keys = db.execute("SELECT count(DISTINCT json_extract(kwargs, '$.key')) "
                       f"FROM {runs} WHERE json_extract(kwargs, '$.key') LIKE ?",
-                      (f"{tag}-t%",)).fetchone()[0]
+                      (f"{prefix}%",)).fetchone()[0]
     db.close()
     return {"recorded": sum(states.values()), "succeeded": states.get("succeeded", 0),
             "distinct": keys}
@@ -598,9 +598,9 @@ def measure(system: System, probe: Probe, tmp: Path, redis: RedisServer | None, 
         entry.update(throughput(system, server, probe, n_tput, tag,
                                 redis if system.broker else None))
         if system.name == "scheduler_app":
-            entry.update(check_recorded(tmp / SERVICE_DB, schema.runs.name, tag, n_tput))
+            entry.update(check_recorded(tmp / SERVICE_DB, schema.runs.name, f"{tag}-t", n_tput))
         if system.name == "floor":
-            entry.update(check_recorded(tmp / FLOOR_DB, floor.TABLE, tag, n_tput))
+            entry.update(check_recorded(tmp / FLOOR_DB, floor.TABLE, f"{tag}-t", n_tput))
         if system.broker and redis:
             entry.update(check_queue_records(system, redis, 20 + n_dispatch + n_tput))
     finally:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
+from typing import IO
 
 from flask import Flask, request
 
@@ -34,30 +35,33 @@ _SCHEMA = (f"CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, task TE
            "finished_at TEXT)")
 
 _turn = threading.Lock()
-_local = threading.local()
-
-
-def _connection() -> sqlite3.Connection:
-    conn: sqlite3.Connection | None = getattr(_local, "conn", None)
-    if conn is None:
-        conn = _local.conn = sqlite3.connect(DATABASE, isolation_level=None, timeout=30)
-        conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
+_conn: sqlite3.Connection | None = None
+_lock_file: IO[str] | None = None
 
 
 @contextmanager
 def _write() -> Iterator[sqlite3.Connection]:
-    """One write transaction, this process's writers in turns and the processes on ``flock``."""
-    conn = _connection()
-    with _turn, open(DATABASE + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        conn.execute("BEGIN IMMEDIATE")
+    """One write transaction on the process's one connection (its writers take turns on a
+    lock, so one is enough; a connection per thread would open one for every run's settle,
+    each in a thread of its own), the processes in turns on ``flock``."""
+    global _conn, _lock_file
+    with _turn:
+        if _conn is None or _lock_file is None:
+            _conn = sqlite3.connect(DATABASE, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
+            _conn.execute("PRAGMA synchronous=NORMAL")
+            _lock_file = open(DATABASE + ".lock", "a")  # noqa: SIM115 (the process's, kept)
+        fcntl.flock(_lock_file, fcntl.LOCK_EX)
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            _conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _conn
+            except BaseException:
+                _conn.execute("ROLLBACK")
+                raise
+            _conn.execute("COMMIT")
+        finally:
+            fcntl.flock(_lock_file, fcntl.LOCK_UN)
 
 
 def _now() -> str:
