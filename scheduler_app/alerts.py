@@ -163,7 +163,7 @@ class AlertSender:
                 try:
                     self._deliver(alert)
                 except Exception:  # never let one alert end the thread
-                    log.exception("alert for run %s (%s) failed", alert.run.id, alert.event,
+                    log.exception("alert for run %s (%s) failed", alert.run_id, alert.event,
                                   extra=self._fields(alert))
                 continue
             with self._cond:
@@ -189,14 +189,15 @@ class AlertSender:
         extra = self._fields(alert)
         attempt = alert.attempts + 1
         timeout = self._time_left(self.timeout)
-        body = json.dumps({**run_view(alert.run), "event": f"run.{alert.event}",
+        view = run_view(alert.run) if alert.run is not None else alert.unreadable
+        body = json.dumps({**(view or {}), "event": f"run.{alert.event}",
                            "sent_by": self.node_id}, default=str).encode()
         try:
             self._post(body, timeout)
         except _GiveUp as exc:
             self._record(alert, GIVEN_UP, str(exc))
             log.error("alert for run %s (%s) not delivered to %s: %s; not retried",
-                      alert.run.id, alert.event, _shown(self.url), exc, extra=extra)
+                      alert.run_id, alert.event, _shown(self.url), exc, extra=extra)
             return
         except (OSError, HTTPException) as exc:  # URLError, timeouts, resets, 5xx
             problem = str(exc) or type(exc).__name__
@@ -205,7 +206,7 @@ class AlertSender:
                 # for another node, and the last round ends here.
                 self._record(alert, PENDING, problem, retry_in=0.0, counted=False)
                 log.warning("alert for run %s (%s), attempt %s of %s: %s; this node is "
-                            "stopping, another node will send it", alert.run.id, alert.event,
+                            "stopping, another node will send it", alert.run_id, alert.event,
                             attempt, self.max_attempts, problem, extra=extra)
                 with self._cond:
                     self._deadline = time.monotonic()
@@ -213,17 +214,17 @@ class AlertSender:
             if attempt >= self.max_attempts:
                 problem = f"{problem} (attempt {attempt} of {self.max_attempts})"
                 self._record(alert, GIVEN_UP, problem)
-                log.error("alert for run %s (%s) not delivered to %s: %s", alert.run.id,
+                log.error("alert for run %s (%s) not delivered to %s: %s", alert.run_id,
                           alert.event, _shown(self.url), problem, extra=extra)
                 return
             delay = self.backoff * 2 ** (attempt - 1)
             self._record(alert, PENDING, problem, retry_in=delay)
             log.warning("alert for run %s (%s), attempt %s of %s: %s; retrying in %.1f s",
-                        alert.run.id, alert.event, attempt, self.max_attempts, problem, delay,
+                        alert.run_id, alert.event, attempt, self.max_attempts, problem, delay,
                         extra=extra)
             return
         self._record(alert, DELIVERED)
-        log.info("alert for run %s (%s) delivered to %s", alert.run.id, alert.event,
+        log.info("alert for run %s (%s) delivered to %s", alert.run_id, alert.event,
                  _shown(self.url), extra=extra)
 
     def _record(self, alert: ClaimedAlert, state: str, error: str | None = None, *,
@@ -231,13 +232,13 @@ class AlertSender:
         if not self.store.attempted(alert, self.node_id, state=state, error=error,
                                     retry_in=retry_in, counted=counted):
             log.warning("alert for run %s (%s): the attempt outlived this node's lease and "
-                        "another node took the alert over", alert.run.id, alert.event,
+                        "another node took the alert over", alert.run_id, alert.event,
                         extra=self._fields(alert))
 
     def _fields(self, alert: ClaimedAlert) -> dict[str, Any]:
         """``extra`` of every log line about ``alert``."""
-        run = alert.run
-        return {"run_id": run.id, "job_id": run.job_id, "task": run.task, "node": self.node_id}
+        return {"run_id": alert.run_id, "job_id": alert.job_id, "task": alert.task,
+                "node": self.node_id}
 
     def _post(self, body: bytes, timeout: float) -> None:
         request = urllib.request.Request(self.url, data=body, method="POST", headers={

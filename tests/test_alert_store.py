@@ -19,7 +19,7 @@ from scheduler_app.store import Database, RunState, Store
 from scheduler_app.store.alerts import DELIVERED, GIVEN_UP, PENDING
 from scheduler_app.store.schema import alerts
 from scheduler_app.timeutil import utcnow
-from tests.conftest import new_run
+from tests.conftest import end_a_run_unreadable, new_run
 
 EVENTS = ("failed", "cancelled")
 ERROR = {"type": "RuntimeError", "message": "boom", "traceback": None}
@@ -190,3 +190,57 @@ def test_prune_keeps_a_run_whose_alert_is_pending(stores: tuple[Store, Store]) -
     assert store.runs.get(ids[0]) is None and store.runs.get(ids[1]) is None
     assert [(r["run_id"], r["state"]) for r in rows(store)] == [(ids[2], PENDING)]
     assert store.runs.get(ids[2]) is not None
+
+
+# -- a run whose row cannot be read as a run (changed by hand) ----------------------------------
+
+def test_a_run_ended_unreadable_has_its_alert_with_what_can_be_read(tmp_path: Any) -> None:
+    """A queued run whose stored arguments are not JSON (changed by hand; SQLite's text
+    column takes them) is taken over, cannot be read, and ends failed ``UnreadableRun``: that
+    end writes its alert like any other, and the claim hands over what can be read of the
+    row (its arguments as None, the error saying why) instead of failing at every poll."""
+    db = Database(f"sqlite:///{tmp_path / 'bad.sqlite3'}")
+    db.migrate()
+    store = Store(db, alert_on=EVENTS)
+    try:
+        bad = end_a_run_unreadable(store)
+
+        assert [(r["run_id"], r["event"], r["state"]) for r in rows(store)] == [
+            (bad, "failed", PENDING)]
+        alert = store.alerts.claim("n", lease_seconds=60.0)
+        assert alert is not None and alert.run is None
+        assert (alert.run_id, alert.task, alert.job_id) == (bad, "demo.echo", None)
+        seen = alert.unreadable
+        assert seen is not None
+        assert (seen["id"], seen["task"], seen["state"], seen["kwargs"]) == (
+            bad, "demo.echo", "failed", None)
+        assert seen["error"]["type"] == "UnreadableRun"
+        assert "not JSON: kwargs" in seen["unreadable"]
+        assert isinstance(seen["created_at"], str) and isinstance(seen["finished_at"], str)
+    finally:
+        db.dispose()
+
+
+def test_an_alert_whose_run_has_a_state_this_code_does_not_know_is_claimed_as_read(
+        stores: tuple[Store, Store]) -> None:
+    """On either database: the alerted run's row changed by hand after its end, to a state
+    this code never writes. The claim still takes the alert, with the columns as stored and
+    the reason it is not a run; a readable run next to it comes as a run."""
+    from scheduler_app.store.schema import runs
+
+    store, _ = stores
+    changed, kept = running(store), running(store)
+    for run_id in (changed, kept):
+        store.runs.finish(run_id, "a", RunState.FAILED, error=ERROR)
+    with store.db.engine.begin() as conn:
+        conn.execute(runs.update().where(runs.c.id == changed).values(state="archived"))
+
+    first = store.alerts.claim("n", lease_seconds=60.0)
+    second = store.alerts.claim("n", lease_seconds=60.0)
+
+    assert first is not None and first.run is None and first.unreadable is not None
+    assert (first.unreadable["id"], first.unreadable["state"]) == (changed, "archived")
+    assert first.unreadable["error"] == ERROR and first.unreadable["kwargs"] == new_run().kwargs
+    assert "archived" in first.unreadable["unreadable"]
+    assert second is not None and second.run is not None and second.unreadable is None
+    assert second.run == store.runs.get(kept)

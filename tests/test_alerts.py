@@ -15,10 +15,11 @@ import pytest
 from flask import Flask
 
 from scheduler_app import start_scheduler, stop_scheduler
-from scheduler_app.alerts import THREAD_NAME
+from scheduler_app.alerts import THREAD_NAME, AlertSender
 from scheduler_app.errors import ConfigError
 from scheduler_app.services import services
-from tests.conftest import wait_for
+from scheduler_app.store import Database, Store
+from tests.conftest import end_a_run_unreadable, wait_for
 from tests.servers import free_port
 
 FAST = {"ALERT_BACKOFF_SECONDS": 0.05, "ALERT_TIMEOUT_SECONDS": 2.0}
@@ -110,6 +111,32 @@ def test_a_failed_run_is_posted_with_the_run(make_app: Callable[..., Flask],
     attempt = receiver.attempts[0]
     assert attempt["path"] == "/hooks/s3cret"
     assert attempt["headers"]["Content-Type"] == "application/json"
+
+
+def test_a_run_ended_unreadable_is_posted_with_what_can_be_read(tmp_path: Any,
+                                                                receiver: Receiver) -> None:
+    """A run whose row was changed by hand so that it cannot be read ends ``UnreadableRun``:
+    its alert is posted once, with the columns that can be read and why the rest cannot,
+    rather than left pending or failing at every poll."""
+    db = Database(f"sqlite:///{tmp_path / 'bad.sqlite3'}")
+    db.migrate()
+    store = Store(db, alert_on=("failed",))
+    sender = AlertSender(receiver.url, store.alerts, node_id="n", events=("failed",),
+                         timeout=2.0, max_attempts=3, backoff=0.05, poll_seconds=0.05)
+    try:
+        bad = end_a_run_unreadable(store)
+        sender.start()
+        body = wait_for(lambda: receiver.delivered, message="the alert")[0]
+        wait_for(lambda: store.alerts.pending_count() == 0, message="the alert delivered")
+    finally:
+        sender.stop()
+        db.dispose()
+
+    assert len(receiver.attempts) == 1
+    assert (body["id"], body["task"], body["state"], body["event"], body["sent_by"]) == (
+        bad, "demo.echo", "failed", "run.failed", "n")
+    assert body["kwargs"] is None and body["error"]["type"] == "UnreadableRun"
+    assert "not JSON: kwargs" in body["unreadable"]
 
 
 def test_5xx_is_retried_with_backoff_until_delivered(make_app: Callable[..., Flask],

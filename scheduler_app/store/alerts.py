@@ -11,12 +11,14 @@ node once its lease runs out. Why: docs/ARCHITECTURE.md, "Alerts: a row with the
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
 
 from ..timeutil import utcnow
 from .db import Database
@@ -29,17 +31,29 @@ GIVEN_UP = "given_up"
 
 _NEXT_DUE = sa.select(sa.func.min(alerts.c.next_attempt_at)).where(alerts.c.state == PENDING)
 _PENDING_COUNT = sa.select(sa.func.count()).select_from(alerts).where(alerts.c.state == PENDING)
+# The alerted run's row with its JSON columns as the stored text, decoded here (``_readable``):
+# a row changed by hand so that a column is not JSON still yields what can be read of it.
+_JSON_COLUMNS = tuple(c.key for c in runs.c if isinstance(c.type, sa.JSON))
+_RUN_AS_STORED = sa.select(*(sa.cast(c, sa.Text).label(c.key) if c.key in _JSON_COLUMNS else c
+                             for c in runs.c)).where(runs.c.id == sa.bindparam("run_id"))
 
 
 @dataclass(frozen=True)
 class ClaimedAlert:
-    """A pending alert this node holds until ``lease_until``, with the run it announces."""
+    """A pending alert this node holds until ``lease_until``, with the run it announces:
+    ``run``, or, when its row cannot be read as a run (changed by hand; it ended
+    ``UnreadableRun``), None and ``unreadable``: each column that can be read, JSON-ready, a
+    column that cannot as None, and ``unreadable`` saying which and why."""
 
     id: int
     event: str  # the run's final state: failed, succeeded or cancelled
     attempts: int  # attempts made before this one, by any node
     lease_until: datetime
-    run: Run
+    run_id: int
+    task: str
+    job_id: str | None
+    run: Run | None
+    unreadable: dict[str, Any] | None = None
 
 
 class AlertStore:
@@ -52,12 +66,19 @@ class AlertStore:
     def record(self, conn: Connection, run: Run) -> None:
         """In the transaction that ended ``run``: its alert, if its end is one asked for. A
         failed attempt that will be retried is not an end."""
-        if not run.is_final or run.state.value not in self.events:
+        if run.is_final:
+            self.record_end(conn, run.id, run.state.value)
+
+    def record_end(self, conn: Connection, run_id: int, event: str) -> None:
+        """In the transaction that ended run ``run_id`` in the final state ``event``: its
+        alert, if that end is one asked for. For a run whose row cannot be read back as a run
+        (``RunStore``, ending one ``UnreadableRun``); ``record`` otherwise."""
+        if event not in self.events:
             return
         now = utcnow()
         conn.execute(alerts.insert().values(
-            run_id=run.id, event=run.state.value, state=PENDING, attempts=0,
-            next_attempt_at=now, created_at=now))
+            run_id=run_id, event=event, state=PENDING, attempts=0, next_attempt_at=now,
+            created_at=now))
 
     # -- delivering -------------------------------------------------------------------------
     def next_due(self) -> datetime | None:
@@ -91,8 +112,10 @@ class AlertStore:
             ).first()
             if row is None:
                 return None
-            run = conn.execute(sa.select(runs).where(runs.c.id == row.run_id)).mappings().one()
-        return ClaimedAlert(row.id, row.event, row.attempts, lease_until, Run.from_row(run))
+            stored = conn.execute(_RUN_AS_STORED, {"run_id": row.run_id}).mappings().one()
+        run, unreadable = _readable(stored)
+        return ClaimedAlert(row.id, row.event, row.attempts, lease_until, stored["id"],
+                            stored["task"], stored["job_id"], run, unreadable)
 
     def attempted(self, alert: ClaimedAlert, node: str, *, state: str,
                   error: str | None = None, retry_in: float | None = None,
@@ -121,6 +144,28 @@ class AlertStore:
     def pending_count(self) -> int:
         with self.db.read() as conn:
             return int(conn.execute(_PENDING_COUNT).scalar_one())
+
+
+def _readable(stored: RowMapping | Mapping[str, Any]) -> tuple[Run | None, dict[str, Any] | None]:
+    """The run of a row read with its JSON columns as text: (the run, None); or, if the row
+    cannot be read as a run, (None, what can be read of it: each column JSON-ready, one that
+    is not JSON as None, and ``unreadable`` naming the problem)."""
+    values = dict(stored)
+    broken = []
+    for key in _JSON_COLUMNS:
+        try:
+            values[key] = None if values[key] is None else json.loads(values[key])
+        except ValueError:
+            values[key] = None
+            broken.append(key)
+    problem = f"not JSON: {', '.join(broken)}" if broken else None
+    if problem is None:
+        try:
+            return Run.from_row(values), None
+        except Exception as exc:  # a value this code never writes (a state it does not know)
+            problem = str(exc) or type(exc).__name__
+    seen = {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+    return None, {**seen, "unreadable": f"the run's stored row cannot be read: {problem}"}
 
 
 def forget_alerts(conn: Connection, run_ids: Sequence[int]) -> None:

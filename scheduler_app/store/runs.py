@@ -419,6 +419,7 @@ class RunStore:
                 tally = Tally()
                 tally.finished(found.value("task"), RunState.FAILED.value)
                 tally.flush(conn)
+                self.alerts.record_end(conn, run_id, RunState.FAILED.value)
 
     @staticmethod
     def _settle(conn: Connection, tally: Tally, run_id: int, node: str, state: RunState,
