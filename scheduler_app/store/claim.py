@@ -147,14 +147,16 @@ class _Window:
 
 def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
               tasks: Collection[str] | None, now: datetime, tally: Tally | None = None
-              ) -> list[Run]:
+              ) -> list[Run | Fetched]:
     """In the caller's serialised write transaction: move up to ``limit`` due queued runs to
-    ``running`` on ``node``, oldest due first, within every limit above. ``tally``: the
-    transaction's statistics, written by the caller (else written here), so a transaction
-    writes them once, in the order every transaction locks their rows."""
+    ``running`` on ``node``, oldest due first, within every limit above. A run free of every
+    limit comes back as its row (``Fetched``), for the caller to convert after the commit:
+    out of the writer's turn, and so that a row that cannot be read (changed by hand) fails
+    alone instead of rolling back the whole claim at every poll. ``tally``: the transaction's
+    statistics, written by the caller (else written here), so a transaction writes them once,
+    in the order every transaction locks their rows."""
     counts = Tally() if tally is None else tally
-    claimed = [found if isinstance(found, Run) else Run.adopt(found.values())
-               for found in _claim(conn, node, limit, task_limits, tasks, now, counts)]
+    claimed = _claim(conn, node, limit, task_limits, tasks, now, counts)
     if tally is None:
         counts.flush(conn)
     return claimed
@@ -308,7 +310,7 @@ def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[st
 
 def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
                 now: datetime, skew: timedelta, count_wait: bool = True
-                ) -> tuple[Run | None, bool]:
+                ) -> tuple[Run | Fetched | None, bool]:
     """Move the queued run ``run_id`` to ``running`` on ``node`` in one statement, if no limit
     applies to it (``unlimited``: the tasks ``node`` runs that have no ``max_running``) and it
     is due by ``now`` plus ``skew``; None otherwise, or when another node has it (taken, or
@@ -318,10 +320,10 @@ def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[
     with them, in the order every transaction locks their rows)."""
     if not unlimited:
         return None, False
-    if conn.dialect.name == "sqlite":
-        found = _named_free(frozenset(unlimited)).first(
+    if conn.dialect.name == "sqlite":  # the row as fetched: see ``claim_due``
+        found = _named_free(frozenset(unlimited)).fetch(
             conn, {"run_id": run_id, "due_by": now + skew, "on_node": node, "at": now})
-        return (None, False) if found is None else (Run.from_row(found), False)
+        return found, False
     counting = count_wait and conn.dialect.name == "postgresql"
     row = conn.execute(_START_NAMED_COUNTED if counting else _START_NAMED, {
         "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),

@@ -251,7 +251,8 @@ class RunStore:
                     return []
         with self.db.write(lock=LOCK_CLAIM) as conn:
             # ``now`` is read once the lock is held, so it is after any earlier finish.
-            return claim_due(conn, node, limit, task_limits, tasks, utcnow())
+            found = claim_due(conn, node, limit, task_limits, tasks, utcnow())
+        return [run for run in (self._adopted(f, node) for f in found) if run is not None]
 
     def claim_named(self, run_id: int, node: str, unlimited: Collection[str],
                     skew: timedelta = CLOCK_SKEW) -> tuple[Run | None, bool]:
@@ -263,7 +264,8 @@ class RunStore:
         was counted by the same statement (PostgreSQL); if not, ``count_waits`` counts it
         once the run has started."""
         with self.db.write_one() as conn:
-            return claim_named(conn, run_id, node, unlimited, utcnow(), skew)
+            found, counted = claim_named(conn, run_id, node, unlimited, utcnow(), skew)
+        return (None if found is None else self._adopted(found, node)), counted
 
     def count_waits(self, claimed: Sequence[Run]) -> None:
         """Count the queue waits of runs ``claim_named`` took without counting them, after
@@ -381,6 +383,9 @@ class RunStore:
             for tried, named in enumerate(claim_next.named, start=1):
                 claimed, _ = claim_named(conn, named, node, claim_next.unlimited, now,
                                          CLOCK_SKEW, count_wait=False)
+                if isinstance(claimed, Fetched):
+                    tally.waited(claimed.value("task"), claimed.value("scheduled_for"), now)
+                    return settled, claimed, tried
                 if claimed is not None:
                     tally.waited(claimed.task, claimed.scheduled_for, now)
                     return settled, claimed, tried
@@ -393,13 +398,19 @@ class RunStore:
         # A full claim counts limits: serialised with the other claims (PostgreSQL).
         settled, claimed, tried = self.group.run(
             settle, serialised=claim_next is not None and claim_next.any_due)
-        if not isinstance(claimed, Fetched):
-            return Handover(settled, claimed, tried)
-        try:  # converted here, after the commit
-            return Handover(settled, Run.adopt(claimed.values()), tried)
+        return Handover(settled, None if claimed is None else self._adopted(claimed, node),
+                        tried)
+
+    def _adopted(self, found: Run | Fetched, node: str) -> Run | None:
+        """A run just claimed by ``node``, its row converted here, after the claim's commit;
+        None if it cannot be read (then it is ended, ``_fail_unreadable``)."""
+        if isinstance(found, Run):
+            return found
+        try:
+            return Run.adopt(found.values())
         except Exception as exc:
-            self._fail_unreadable(claimed, node, exc)
-            return Handover(settled, None, tried)
+            self._fail_unreadable(found, node, exc)
+            return None
 
     def _fail_unreadable(self, found: Fetched, node: str, exc: Exception) -> None:
         """End a run just claimed whose row cannot be read back (what it stores is not what
