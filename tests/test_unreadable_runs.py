@@ -1,8 +1,8 @@
 """A run whose stored row was changed by hand so that it cannot be read (its arguments no
 longer JSON: SQLite's text column takes that, PostgreSQL's JSON column refuses it). Whichever
-claim takes it (the poll's, a wake-up's by its id, a settle's by its id), it ends failed
-``UnreadableRun`` on its own, with its alert, and the claim goes on: the runs behind it are
-taken as usual and a settle in the same transaction is kept."""
+claim takes it (the poll's, free or counted, a wake-up's by its id, a settle's by its id), it
+ends failed ``UnreadableRun`` on its own, with its alert, and the claim goes on: the runs
+behind it are taken as usual and a settle in the same transaction is kept."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def store(tmp_path: Any) -> Iterator[Store]:
     db.dispose()
 
 
-def queued_unreadable(store: Store, seconds_due: float = 5.0) -> int:
+def queued_unreadable(store: Store, seconds_due: float = 5.0, **overrides: Any) -> int:
     run_id: int = store.runs.create(
-        new_run(scheduled_for=utcnow() - timedelta(seconds=seconds_due))).id
+        new_run(scheduled_for=utcnow() - timedelta(seconds=seconds_due), **overrides)).id
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE {runs.name} SET kwargs = '{{not json' WHERE id = ?",
                              (run_id,))
@@ -60,6 +60,21 @@ def test_the_poll_claim_ends_an_unreadable_run_and_takes_the_runs_behind_it(stor
     assert [(r.id, r.state, r.node) for r in claimed] == [(good, RunState.RUNNING, "node-a")]
     assert_ended_unreadable(store, bad)
     assert store.runs.claim("node-a", 10, {}, tasks=TASKS) == []
+
+
+def test_the_counted_claim_ends_an_unreadable_run_and_takes_the_runs_behind_it(store: Store
+                                                                              ) -> None:
+    """A run under a limit (here a concurrency key) is claimed with every limit counted, by
+    another statement than a free run's: the same holds there."""
+    bad = queued_unreadable(store, concurrency_key="tenant-1", concurrency_limit=2)
+    good = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=1),
+                                     concurrency_key="tenant-1", concurrency_limit=2)).id
+
+    claimed = store.runs.claim("node-a", 10, {}, tasks=TASKS)
+
+    assert [(r.id, r.state, r.node) for r in claimed] == [(good, RunState.RUNNING, "node-a")]
+    assert claimed[0].kwargs == new_run().kwargs
+    assert_ended_unreadable(store, bad)
 
 
 def test_a_wake_ups_claim_by_id_ends_an_unreadable_run(store: Store) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, RowMapping
 from ..timeutil import utcnow
 from .db import Database
 from .lifecycle import Run
-from .schema import alerts, runs
+from .schema import RUN_COLUMNS_AS_STORED, RUN_JSON_COLUMNS, alerts, runs
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -31,11 +31,9 @@ GIVEN_UP = "given_up"
 
 _NEXT_DUE = sa.select(sa.func.min(alerts.c.next_attempt_at)).where(alerts.c.state == PENDING)
 _PENDING_COUNT = sa.select(sa.func.count()).select_from(alerts).where(alerts.c.state == PENDING)
-# The alerted run's row with its JSON columns as the stored text, decoded here (``_readable``):
-# a row changed by hand so that a column is not JSON still yields what can be read of it.
-_JSON_COLUMNS = tuple(c.key for c in runs.c if isinstance(c.type, sa.JSON))
-_RUN_AS_STORED = sa.select(*(sa.cast(c, sa.Text).label(c.key) if c.key in _JSON_COLUMNS else c
-                             for c in runs.c)).where(runs.c.id == sa.bindparam("run_id"))
+# The alerted run's row, its JSON columns decoded here (``_readable``): a row changed by hand
+# so that a column is not JSON still yields what can be read of it.
+_RUN_AS_STORED = sa.select(*RUN_COLUMNS_AS_STORED).where(runs.c.id == sa.bindparam("run_id"))
 
 
 @dataclass(frozen=True)
@@ -152,7 +150,7 @@ def _readable(stored: RowMapping | Mapping[str, Any]) -> tuple[Run | None, dict[
     is not JSON as None, and ``unreadable`` naming the problem)."""
     values = dict(stored)
     broken = []
-    for key in _JSON_COLUMNS:
+    for key in RUN_JSON_COLUMNS:
         try:
             values[key] = None if values[key] is None else json.loads(values[key])
         except ValueError:

@@ -21,6 +21,7 @@ Why: docs/ARCHITECTURE.md, "Concurrency controls".
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,15 @@ from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
 from .driver import Fetched, Prepared
 from .lifecycle import Run, RunState
-from .schema import IS_QUEUED, IS_RUNNING, rate_starts, runs, stats
+from .schema import (
+    IS_QUEUED,
+    IS_RUNNING,
+    RUN_COLUMNS_AS_STORED,
+    RUN_JSON_COLUMNS,
+    rate_starts,
+    runs,
+    stats,
+)
 from .stats import QUEUE_WAIT, QUEUE_WAIT_BUCKETS, SUM, Tally, bound_label
 
 # Starts older than the longest period (an hour) count for no window.
@@ -74,7 +83,7 @@ _START = (runs.update()
           .where(runs.c.id.in_(sa.bindparam("ids", expanding=True)), runs.c.state == _QUEUED)
           .values(state=_RUNNING, node=sa.bindparam("on_node"), started_at=sa.bindparam("at"),
                   finished_at=None, throttled_until=None)
-          .returning(*runs.c))
+          .returning(*RUN_COLUMNS_AS_STORED))  # converted by the caller (``StoredRun``)
 # One named run, if it is still queued, free of every limit, of a task the claiming node runs
 # without ``max_running``, and due by the claiming node's clock give or take ``skew``: the
 # sender said it is due now, and hosts' clocks differ by a little. A run another node is
@@ -247,7 +256,8 @@ def _free_oldest(tasks: frozenset[str], unlimited: frozenset[str]) -> Prepared:
 
 
 def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
-                   tasks: Collection[str] | None, now: datetime, tally: Tally) -> list[Run]:
+                   tasks: Collection[str] | None, now: datetime, tally: Tally
+                   ) -> list[Fetched]:
     """``claim_due``, every limit counted."""
     running: dict[str, int] = {}
     if task_limits:
@@ -390,21 +400,41 @@ def _hold_back(conn: Connection, throttled: dict[int, tuple[datetime, bool, str]
 
 
 def _start(conn: Connection, node: str, chosen: list[int], now: datetime,
-           tally: Tally) -> list[Run]:
+           tally: Tally) -> list[Fetched]:
     """Move the chosen runs to ``running``; record the starts of the rate-limited ones (and
-    forget starts past every window)."""
+    forget starts past every window). Each run comes back as its row (``StoredRun``), for the
+    caller to convert after the commit."""
     if not chosen:
         return []
     rows = conn.execute(_START, {"ids": chosen, "on_node": node, "at": now}).mappings().all()
-    started = [Run.from_row(r) for r in rows]
-    limited = [run for run in started if run.rate_key is not None]
+    started = [StoredRun(dict(row)) for row in rows]
+    limited = [run for run in started if run.value("rate_key") is not None]
     if limited:
         conn.execute(rate_starts.insert(), [
-            {"rate_key": run.rate_key, "started_at": now, "run_id": run.id}
+            {"rate_key": run.value("rate_key"), "started_at": now, "run_id": run.value("id")}
             for run in limited])
         conn.execute(rate_starts.delete().where(
-            rate_starts.c.rate_key.in_(sorted({run.rate_key for run in limited})),
+            rate_starts.c.rate_key.in_(sorted({run.value("rate_key") for run in limited})),
             rate_starts.c.started_at < now - LONGEST_PERIOD))
     for run in started:
-        tally.waited(run.task, run.scheduled_for, now)
-    return sorted(started, key=lambda r: (r.scheduled_for, r.id))
+        tally.waited(run.value("task"), run.value("scheduled_for"), now)
+    return sorted(started, key=lambda r: (r.value("scheduled_for"), r.value("id")))
+
+
+class StoredRun(Fetched):
+    """A run's row returned with its JSON columns as the text stored
+    (``schema.RUN_COLUMNS_AS_STORED``), every other column converted: ``value`` of those is
+    what the claim's transaction reads; ``values`` decodes the JSON, after the commit, and
+    raises for a row changed by hand so that a column is not JSON."""
+
+    __slots__ = ()
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        super().__init__(row, None)
+
+    def values(self) -> dict[str, Any]:
+        values = super().values()
+        for key in RUN_JSON_COLUMNS:
+            if values[key] is not None:
+                values[key] = json.loads(values[key])
+        return values

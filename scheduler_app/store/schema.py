@@ -158,6 +158,14 @@ runs = sa.Table(
              **_present("concurrency_key")),
 )
 
+# The runs table's JSON columns, and every column with those as the text stored (``CAST … AS
+# TEXT``), for a reader that decodes them itself after its transaction (a claim, an alert's
+# claim): a row changed by hand so that one is not JSON would otherwise fail the statement's
+# whole result inside the transaction, taking every other row and write of it along.
+RUN_JSON_COLUMNS = frozenset(c.key for c in runs.c if isinstance(c.type, sa.JSON))
+RUN_COLUMNS_AS_STORED = tuple(sa.cast(c, sa.Text).label(c.key) if c.key in RUN_JSON_COLUMNS
+                              else c for c in runs.c)
+
 # ``runs.state = 'queued'`` (and ``'running'``) with the state as a literal: see QUEUED_LITERAL.
 IS_QUEUED = runs.c.state == sa.literal_column("'queued'")
 IS_RUNNING = runs.c.state == sa.literal_column("'running'")
