@@ -162,9 +162,9 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
     as its row (``Fetched``: as the driver fetched it for a run free of every limit, a
     ``StoredRun`` for one claimed with its limits counted), for the caller to convert after
     the commit: out of the writer's turn, and so that a row that cannot be read (changed by
-    hand) fails alone instead of rolling back the whole claim at every poll. ``tally``: the transaction's
-    statistics, written by the caller (else written here), so a transaction writes them once,
-    in the order every transaction locks their rows."""
+    hand) fails alone instead of rolling back the whole claim at every poll. ``tally``: the
+    transaction's statistics, written by the caller (else written here), so a transaction
+    writes them once, in the order every transaction locks their rows."""
     counts = Tally() if tally is None else tally
     claimed = _claim(conn, node, limit, task_limits, tasks, now, counts)
     if tally is None:
