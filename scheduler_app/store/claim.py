@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection
 from ..tasks.controls import parse_rate
 from ..timeutil import utcnow
 from .driver import Fetched, Prepared
-from .lifecycle import Run, RunState
+from .lifecycle import RunState
 from .schema import (
     IS_QUEUED,
     IS_RUNNING,
@@ -156,7 +156,7 @@ class _Window:
 
 def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
               tasks: Collection[str] | None, now: datetime, tally: Tally | None = None
-              ) -> list[Run | Fetched]:
+              ) -> list[Fetched]:
     """In the caller's serialised write transaction: move up to ``limit`` due queued runs to
     ``running`` on ``node``, oldest due first, within every limit above. Each run comes back
     as its row (``Fetched``: as the driver fetched it for a run free of every limit, a
@@ -174,20 +174,18 @@ def claim_due(conn: Connection, node: str, limit: int, task_limits: dict[str, in
 
 def claim_one_due(conn: Connection, node: str, task_limits: dict[str, int],
                   tasks: Collection[str], now: datetime, tally: Tally
-                  ) -> Run | Fetched | None:
-    """``claim_due`` of one run, for the thread a settle frees (``RunStore.finish_and_claim``):
-    a run free of every limit comes back as its row (``Fetched``), for the caller to convert
-    after the commit, out of the writer's turn."""
+                  ) -> Fetched | None:
+    """``claim_due`` of one run, for the thread a settle frees (``RunStore.finish_and_claim``),
+    as its row, for the caller to convert after the commit."""
     found = _claim(conn, node, 1, task_limits, tasks, now, tally)
     return found[0] if found else None
 
 
 def _claim(conn: Connection, node: str, limit: int, task_limits: dict[str, int],
            tasks: Collection[str] | None, now: datetime, tally: Tally
-           ) -> list[Run | Fetched]:
-    """The oldest due runs free of every limit first (their rows as fetched), then the rest
-    counted."""
-    claimed: list[Run | Fetched] = list(
+           ) -> list[Fetched]:
+    """The oldest due runs free of every limit first, then the rest counted; their rows."""
+    claimed: list[Fetched] = list(
         _claim_free_oldest(conn, node, limit, task_limits, tasks, now, tally))
     if len(claimed) < limit:
         claimed += _claim_counted(conn, node, limit - len(claimed), task_limits, tasks, now,
@@ -321,17 +319,18 @@ def _claim_counted(conn: Connection, node: str, limit: int, task_limits: dict[st
 
 def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[str],
                 now: datetime, skew: timedelta, count_wait: bool = True
-                ) -> tuple[Run | Fetched | None, bool]:
+                ) -> tuple[Fetched | None, bool]:
     """Move the queued run ``run_id`` to ``running`` on ``node`` in one statement, if no limit
     applies to it (``unlimited``: the tasks ``node`` runs that have no ``max_running``) and it
-    is due by ``now`` plus ``skew``; None otherwise, or when another node has it (taken, or
-    being taken). Needs no serialised transaction: no limit is counted. The second value:
-    whether the run's queue wait was counted too (PostgreSQL, in the same statement, unless
-    ``count_wait`` is false: a caller whose transaction counts other statistics counts it
-    with them, in the order every transaction locks their rows)."""
+    is due by ``now`` plus ``skew``: its row, for the caller to convert after the commit (see
+    ``claim_due``); None otherwise, or when another node has it (taken, or being taken).
+    Needs no serialised transaction: no limit is counted. The second value: whether the run's
+    queue wait was counted too (PostgreSQL, in the same statement, unless ``count_wait`` is
+    false: a caller whose transaction counts other statistics counts it with them, in the
+    order every transaction locks their rows)."""
     if not unlimited:
         return None, False
-    if conn.dialect.name == "sqlite":  # the row as fetched: see ``claim_due``
+    if conn.dialect.name == "sqlite":
         found = _named_free(frozenset(unlimited)).fetch(
             conn, {"run_id": run_id, "due_by": now + skew, "on_node": node, "at": now})
         return found, False
@@ -339,7 +338,7 @@ def claim_named(conn: Connection, run_id: int, node: str, unlimited: Collection[
     row = conn.execute(_START_NAMED_COUNTED if counting else _START_NAMED, {
         "run_id": run_id, "due_by": now + skew, "unlimited": sorted(unlimited),
         "on_node": node, "at": now}).mappings().first()
-    return (None, False) if row is None else (Run.from_row(row), counting)
+    return (None, False) if row is None else (Fetched(dict(row), None), counting)
 
 
 @functools.lru_cache(maxsize=64)

@@ -364,8 +364,7 @@ class RunStore:
         outcome = result if result is None or isinstance(result, EncodedJSON) \
             else EncodedJSON.of(result)
 
-        def settle(conn: Connection, tally: Tally) -> tuple[Run | None, Run | Fetched | None,
-                                                             int]:
+        def settle(conn: Connection, tally: Tally) -> tuple[Run | None, Fetched | None, int]:
             if progress is not None:
                 _write_progress(conn, run_id, *progress)
             if log_rows:
@@ -383,11 +382,8 @@ class RunStore:
             for tried, named in enumerate(claim_next.named, start=1):
                 claimed, _ = claim_named(conn, named, node, claim_next.unlimited, now,
                                          CLOCK_SKEW, count_wait=False)
-                if isinstance(claimed, Fetched):
-                    tally.waited(claimed.value("task"), claimed.value("scheduled_for"), now)
-                    return settled, claimed, tried
                 if claimed is not None:
-                    tally.waited(claimed.task, claimed.scheduled_for, now)
+                    tally.waited(claimed.value("task"), claimed.value("scheduled_for"), now)
                     return settled, claimed, tried
             found = None
             if claim_next.any_due:
@@ -401,11 +397,9 @@ class RunStore:
         return Handover(settled, None if claimed is None else self._adopted(claimed, node),
                         tried)
 
-    def _adopted(self, found: Run | Fetched, node: str) -> Run | None:
+    def _adopted(self, found: Fetched, node: str) -> Run | None:
         """A run just claimed by ``node``, its row converted here, after the claim's commit;
         None if it cannot be read (then it is ended, ``_fail_unreadable``)."""
-        if isinstance(found, Run):
-            return found
         try:
             return Run.adopt(found.values())
         except Exception as exc:
