@@ -129,26 +129,35 @@ def new_run(**overrides: Any) -> Any:
     return NewRun(**values)
 
 
-def end_a_run_unreadable(store: Any) -> int:
-    """On a SQLite store: a queued run whose stored arguments are then made not JSON (by hand;
-    SQLite's text column takes them) is taken over by a settle on ``node-a``, cannot be read,
-    and ends failed ``UnreadableRun``; its id."""
+def queue_unreadable(store: Any, seconds_due: float = 2.0, **overrides: Any) -> int:
+    """On a SQLite store: a run queued ``seconds_due`` ago whose stored arguments are then made
+    not JSON, by hand (SQLite's text column takes them, PostgreSQL's JSON column would not), so
+    that its row cannot be read as a run; its id."""
     from datetime import timedelta
 
-    from scheduler_app.store import NextClaim, RunState
     from scheduler_app.store.schema import runs
     from scheduler_app.timeutil import utcnow
 
-    finishing = store.runs.create(new_run(), running_on="node-a")
-    bad = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=2))).id
+    run_id: int = store.runs.create(
+        new_run(scheduled_for=utcnow() - timedelta(seconds=seconds_due), **overrides)).id
     with store.db.engine.begin() as conn:
         conn.exec_driver_sql(f"UPDATE {runs.name} SET kwargs = '{{not json' WHERE id = ?",
-                             (bad,))
+                             (run_id,))
+    return run_id
+
+
+def end_a_run_unreadable(store: Any) -> int:
+    """On a SQLite store: a run ``queue_unreadable`` made is taken over by a settle on
+    ``node-a``, cannot be read, and ends failed ``UnreadableRun``; its id."""
+    from scheduler_app.store import NextClaim, RunState
+
+    finishing = store.runs.create(new_run(), running_on="node-a")
+    bad = queue_unreadable(store)
     handover = store.runs.finish_and_claim(
         finishing.id, "node-a", RunState.SUCCEEDED,
         claim_next=NextClaim(frozenset({"demo.echo"}), {}, any_due=True))
     assert handover.claimed is None and store.runs.get(finishing.id) is not None
-    return bad  # type: ignore[no-any-return]
+    return bad
 
 
 def add_finished_runs(store: Any, count: int, node: str) -> None:

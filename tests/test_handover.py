@@ -198,17 +198,14 @@ def test_a_run_taken_over_that_cannot_be_read_back_ends_failed_not_running(tmp_p
     failed at once, saying why, instead of staying ``running`` with no thread to run it; the
     settle that took it over is kept, and the next run is taken as usual."""
     from scheduler_app.store.schema import runs
-    from tests.conftest import migrated_store
+    from tests.conftest import migrated_store, queue_unreadable
 
     stores = migrated_store(f"sqlite:///{tmp_path / 'bad.sqlite3'}")
     store = next(stores)
     try:
         finishing = running_on(store, "node-a")
-        bad = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=2)))
+        bad = queue_unreadable(store)
         good = store.runs.create(new_run())
-        with store.db.engine.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE {runs.name} SET kwargs = '{{not json' WHERE id = ?",
-                                 (bad.id,))
 
         handover = store.runs.finish_and_claim(
             finishing.id, "node-a", RunState.SUCCEEDED, result=7,
@@ -219,7 +216,7 @@ def test_a_run_taken_over_that_cannot_be_read_back_ends_failed_not_running(tmp_p
         with store.db.engine.connect() as conn:
             state, error = conn.exec_driver_sql(
                 f"SELECT state, json_extract(error, '$.type') FROM {runs.name} WHERE id = ?",
-                (bad.id,)).one()
+                (bad,)).one()
         assert (state, error) == ("failed", "UnreadableRun")
         assert store.stats.snapshot(lease_seconds=30).runs_finished[("demo.echo", "failed")] == 1
         taken = store.runs.finish_and_claim(

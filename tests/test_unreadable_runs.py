@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from scheduler_app.store import Database, NextClaim, RunState, Store
 from scheduler_app.store.schema import alerts, runs
 from scheduler_app.timeutil import utcnow
-from tests.conftest import new_run
+from tests.conftest import new_run, queue_unreadable
 
 TASKS = frozenset({"demo.echo"})
 
@@ -27,15 +27,6 @@ def store(tmp_path: Any) -> Iterator[Store]:
     db.migrate()
     yield Store(db, alert_on=("failed",))
     db.dispose()
-
-
-def queued_unreadable(store: Store, seconds_due: float = 5.0, **overrides: Any) -> int:
-    run_id: int = store.runs.create(
-        new_run(scheduled_for=utcnow() - timedelta(seconds=seconds_due), **overrides)).id
-    with store.db.engine.begin() as conn:
-        conn.exec_driver_sql(f"UPDATE {runs.name} SET kwargs = '{{not json' WHERE id = ?",
-                             (run_id,))
-    return run_id
 
 
 def assert_ended_unreadable(store: Store, run_id: int) -> None:
@@ -52,7 +43,7 @@ def assert_ended_unreadable(store: Store, run_id: int) -> None:
 
 def test_the_poll_claim_ends_an_unreadable_run_and_takes_the_runs_behind_it(store: Store
                                                                             ) -> None:
-    bad = queued_unreadable(store)
+    bad = queue_unreadable(store)
     good = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=1))).id
 
     claimed = store.runs.claim("node-a", 10, {}, tasks=TASKS)
@@ -66,7 +57,7 @@ def test_the_counted_claim_ends_an_unreadable_run_and_takes_the_runs_behind_it(s
                                                                               ) -> None:
     """A run under a limit (here a concurrency key) is claimed with every limit counted, by
     another statement than a free run's: the same holds there."""
-    bad = queued_unreadable(store, concurrency_key="tenant-1", concurrency_limit=2)
+    bad = queue_unreadable(store, concurrency_key="tenant-1", concurrency_limit=2)
     good = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=1),
                                      concurrency_key="tenant-1", concurrency_limit=2)).id
 
@@ -78,7 +69,7 @@ def test_the_counted_claim_ends_an_unreadable_run_and_takes_the_runs_behind_it(s
 
 
 def test_a_wake_ups_claim_by_id_ends_an_unreadable_run(store: Store) -> None:
-    bad = queued_unreadable(store)
+    bad = queue_unreadable(store)
 
     assert store.runs.claim_named(bad, "node-a", TASKS) == (None, False)
 
@@ -88,7 +79,7 @@ def test_a_wake_ups_claim_by_id_ends_an_unreadable_run(store: Store) -> None:
 def test_a_settles_claim_by_id_ends_an_unreadable_run_and_keeps_the_settle(store: Store
                                                                          ) -> None:
     finishing = store.runs.create(new_run(), running_on="node-a")
-    bad = queued_unreadable(store)
+    bad = queue_unreadable(store)
     good = store.runs.create(new_run(scheduled_for=utcnow() - timedelta(seconds=1))).id
 
     handover = store.runs.finish_and_claim(
