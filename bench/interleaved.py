@@ -90,16 +90,13 @@ def write_section(results: dict[str, Any]) -> None:
         "| system | dispatch p50 (× thread) | dispatch p99 (× thread) |",
         "| --- | --- | --- |",
     ]
-    labels = {"thread": "threading.Thread in the route",
-              "floor": "durable floor: a row committed (sqlite3, WAL), then a thread",
-              "scheduler_app": "this service (2 workers, SQLite WAL)"}
     ratio_keys = {"thread": (None, None), "floor": ("floor_p50_vs_thread", "floor_p99_vs_thread"),
                   "scheduler_app": ("dispatch_p50_vs_thread", "dispatch_p99_vs_thread")}
     for name in SYSTEMS:
         p50_key, p99_key = ratio_keys[name]
         p50 = f"{results[name]['p50_ms']:.2f} ms ({r[p50_key] if p50_key else 1:.2f}×)"
         p99 = f"{results[name]['p99_ms']:.2f} ms ({r[p99_key] if p99_key else 1:.2f}×)"
-        lines.append(f"| {labels[name]} | {p50} | {p99} |")
+        lines.append(f"| {results['labels'][name]} | {p50} | {p99} |")
     lines += [
         "",
         f"This service against issue 15's dispatch targets: p50 "
@@ -152,6 +149,7 @@ def main() -> None:
     results["recorded"] = {
         "sent": sent, **{k: f"{v['succeeded']} succeeded of {v['recorded']} recorded, "
                             f"{v['distinct']} distinct" for k, v in recorded.items()}}
+    results["labels"] = {name: system.label for name, system in chosen.items()}
     results["machine"] = bench.machine()
     results["settings"] = {"rounds": args.rounds, "requests": args.requests}
     kept = (json.loads(bench.results_file().read_text()) if bench.results_file().exists()
