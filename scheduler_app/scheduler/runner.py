@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,6 +22,7 @@ from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownT
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
 from .isolation import ProcessIsolation
+from .threads import RunThreads
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Runner:
         self._asked = False
         self._accepting = False
         self._stopped = threading.Event()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: RunThreads | None = None
         self._thread: threading.Thread | None = None
         # How many times the dispatcher has looked and gone to sleep (tests wait for its
         # first look, after which only a wake-up or the poll makes it look again).
@@ -113,7 +113,7 @@ class Runner:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         install_run_log_handler()
-        self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix="run")
+        self._pool = RunThreads(self.capacity, "run")
         self._accepting = True
         self._stopped.clear()
         self._thread = threading.Thread(target=self._dispatch_loop, name="run-dispatcher",
@@ -404,10 +404,10 @@ class Runner:
                 wait_counted: bool = True, arguments: dict[str, Any] | None = None) -> None:
         ctx = self._track(run, reserved, wait_counted=wait_counted, arguments=arguments)
         assert self._pool is not None
-        began = threading.Event() if wait > 0 and len(self._active) == 1 else None
+        began = _began() if wait > 0 and len(self._active) == 1 else None
         self._pool.submit(self._execute, run, ctx, began)
         if began is not None:
-            began.wait(wait)
+            began.acquire(timeout=wait)
         # After the wait: a nudge wakes the node's maintenance thread, which would compete
         # with the run's own start for the interpreter.
         self.events.run_started()
@@ -432,13 +432,13 @@ class Runner:
                 self._reserved -= 1
         return ctx
 
-    def _execute(self, run: Run, ctx: RunContext, began: threading.Event | None = None
+    def _execute(self, run: Run, ctx: RunContext, began: threading.Lock | None = None
                  ) -> None:
         """Execute ``run`` and settle it; while queued runs wait, each settle claims the next
         one in its transaction and this thread executes it too. ``began``: set first thing,
         for a caller waiting for this thread to begin (``start_reserved``)."""
         if began is not None:
-            began.set()
+            began.release()
         following: tuple[Run, RunContext] | None = (run, ctx)
         while following is not None:
             following = self._execute_one(*following)
@@ -597,6 +597,15 @@ def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = regis
                                              traceback.format_exc())
     finally:
         set_current_run(None)
+
+
+def _began() -> threading.Lock:
+    """A lock held until a run's thread begins, which releases it: what a caller waiting for
+    that (``start_reserved``) acquires. A plain lock, not an ``Event``, whose ``set`` and
+    ``wait`` go through a ``Condition`` on both threads, on the way to a run's first line."""
+    began = threading.Lock()
+    began.acquire()
+    return began
 
 
 def _stop_ignored(run: Run, ctx: RunContext) -> str:
