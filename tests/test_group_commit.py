@@ -94,8 +94,9 @@ def test_writes_queued_while_the_leader_waits_for_the_file_join_its_transaction(
     def call(name):
         outcomes[name] = group.run(insert(name))
 
+    other = Database(db_url)  # another process's writer: its own lock file descriptor
     try:
-        with store.db.turn():  # another writer has the file
+        with other.write():  # it has the file
             leader = threading.Thread(target=call, args=("leader",))
             leader.start()
             wait_for(lambda: group._committing, message="the leader to start committing")
@@ -109,6 +110,7 @@ def test_writes_queued_while_the_leader_waits_for_the_file_join_its_transaction(
         assert keys(store.db) == ["f0", "f1", "f2", "leader"]
         assert (group.batches, group.operations) == (1, 4)
     finally:
+        other.dispose()
         stores.close()
 
 

@@ -38,16 +38,26 @@ def validate_kwargs(task: Task, kwargs: object, max_bytes: int | None = None
                     ) -> dict[str, Any]:
     """The arguments as the task will be called with them (``Task.validate``), or
     InvalidRequest naming every bad one, or the size past ``max_bytes`` (KWARGS_MAX_BYTES)."""
+    return validate_encoded(task, kwargs, max_bytes)[0]
+
+
+def validate_encoded(task: Task, kwargs: object, max_bytes: int | None = None
+                     ) -> tuple[dict[str, Any], str]:
+    """``validate_kwargs``, and ``kwargs`` as the JSON text validated, which the run's insert
+    stores as it is (``NewRun.kwargs_json``)."""
     try:
-        # Encoded once: its size is measured, and pydantic validates the same text.
+        # Encoded once: its size is measured, pydantic validates the same text, and the
+        # insert stores it.
         encoded = encode_kwargs(kwargs) if isinstance(kwargs, dict) else None
         if max_bytes is not None and encoded is not None and len(encoded) > max_bytes:
             raise InvalidRequest.field(
                 "kwargs", f"is {len(encoded)} bytes as JSON; at most {max_bytes} "
                 "(KWARGS_MAX_BYTES)")
-        return task.validate(kwargs, encoded)
+        arguments = task.validate(kwargs, encoded)
     except ArgumentError as exc:
         raise InvalidRequest(str(exc), details=exc.problems) from None
+    assert encoded is not None  # else Task.validate refused kwargs: not a JSON object
+    return arguments, encoded
 
 
 def controls_with(task: Task, changes: dict[str, Any]) -> Controls:
@@ -89,18 +99,20 @@ class RunService:
     def submit(self, request: RunCreate) -> Run:
         """Validate and queue a run; it is durable before this returns."""
         task = resolve_task(request.task)
-        arguments = validate_kwargs(task, request.kwargs, self.settings.kwargs_max_bytes)
+        arguments, encoded = validate_encoded(task, request.kwargs,
+                                              self.settings.kwargs_max_bytes)
         when = start_time(request.run_at)
         return self.queue(task, request.kwargs, when,
                           controls=controls_with(task, control_changes(request)),
-                          arguments=arguments)
+                          arguments=arguments, kwargs_json=encoded)
 
     def enqueue(self, task: Task, kwargs: dict[str, Any], when: datetime,
                 controls: Controls | None = None) -> Run:
         """Validate and queue a run of ``task`` (``Task.enqueue`` from Python); ``controls``:
         its concurrency controls, the task's own unless given (``using(...)``)."""
-        arguments = validate_kwargs(task, kwargs, self.settings.kwargs_max_bytes)
-        return self.queue(task, kwargs, when, controls=controls, arguments=arguments)
+        arguments, encoded = validate_encoded(task, kwargs, self.settings.kwargs_max_bytes)
+        return self.queue(task, kwargs, when, controls=controls, arguments=arguments,
+                          kwargs_json=encoded)
 
     def execute_eagerly(self, app: Flask, task: Task, kwargs: dict[str, Any],
                         when: datetime, controls: Controls | None = None) -> Run:
@@ -147,22 +159,26 @@ class RunService:
         event.listen(target, "after_commit", lambda _: self.scheduler.runs_queued(), once=True)
 
     def new_run(self, task: Task, kwargs: dict[str, Any], when: datetime,
-                 job_id: str | None = None, controls: Controls | None = None) -> NewRun:
-        """The row-to-be of a validated run of ``task``."""
+                 job_id: str | None = None, controls: Controls | None = None,
+                 kwargs_json: str | None = None) -> NewRun:
+        """The row-to-be of a validated run of ``task``; ``kwargs_json``: ``kwargs`` as their
+        validation encoded them (``validate_encoded``)."""
         return NewRun(
             task=task.name, kwargs=kwargs, max_attempts=task.max_attempts,
             retry_backoff=task.retry_backoff or self.settings.retry_backoff,
-            timeout=task.timeout, scheduled_for=when, job_id=job_id,
+            timeout=task.timeout, scheduled_for=when, job_id=job_id, kwargs_json=kwargs_json,
             **(task.controls if controls is None else controls).row_values(task.name, kwargs))
 
     def queue(self, task: Task, kwargs: dict[str, Any], when: datetime,
               job_id: str | None = None, controls: Controls | None = None,
-              arguments: dict[str, Any] | None = None) -> Run:
+              arguments: dict[str, Any] | None = None, kwargs_json: str | None = None
+              ) -> Run:
         """Queue a run (or start it here at once). A unique key held by an active run raises
         ``AlreadyQueued``, whose ``run`` is that run, and nothing is written. ``arguments``:
         ``kwargs`` as validated (``validate_kwargs``); a run started here at once is called
-        with them, not validated a second time on its thread."""
-        new = self.new_run(task, kwargs, when, job_id, controls)
+        with them, not validated a second time on its thread. ``kwargs_json``: ``kwargs`` as
+        their validation encoded them, stored as it is."""
+        new = self.new_run(task, kwargs, when, job_id, controls, kwargs_json)
         unlimited_now = task.max_running is None and not new.needs_claim and when <= utcnow()
         if unlimited_now:
             # Due now and this node has a free thread: skip the queue (one write, no hop).

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -30,6 +30,7 @@ except ImportError:  # not POSIX: SQLite's busy handler alone queues the process
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How long dispose waits for a thread still using a connection (a poll query, a write) before
 # leaving that connection open.
@@ -74,7 +75,6 @@ class Database:
         if self.dialect == "postgresql":
             _check_before_use(self.engine)
         self._sqlite_writer = threading.Lock()
-        self._turn = threading.local()  # ``held``: this thread holds the writer lock (``turn``)
         self._writer_conn: Connection | None = None
         self._writer_pid = 0
         self._across_processes: _FileLock | None = None
@@ -109,15 +109,13 @@ class Database:
         """
         if self.is_sqlite:
             # Writers queue here, not in SQLite's busy handler.
-            with contextlib.nullcontext() if self._holds_turn() else self._hold_writers():
+            with self._hold_writers():
                 conn = self._writer()
                 try:
                     with driver.write_transaction(conn):
                         yield conn
                 except BaseException:
-                    if conn.invalidated:  # the driver connection broke: a new one next time
-                        self._writer_conn = None
-                        conn.close()
+                    self._drop_if_broken(conn)
                     raise
             assert self._checkpointer is not None
             self._checkpointer.wrote()
@@ -138,26 +136,45 @@ class Database:
             self._writer_conn, self._writer_pid = conn, current_pid()
         return conn
 
-    @contextmanager
-    def turn(self) -> Iterator[None]:
-        """This process's turn to write: on SQLite, the file's writer lock that ``write``
-        takes, held by this thread across the ``write`` calls inside (one at a time); on
-        PostgreSQL nothing to wait for. Why: a group commit takes in the operations that
-        queued while it waited for the file, so the file's one writer commits more of them
-        at once (store/group.py)."""
-        if not self.is_sqlite or self._holds_turn():
-            yield
-            return
-        with self._hold_writers():
-            self._turn.held = True
-            try:
-                yield
-            finally:
-                self._turn.held = False
+    def _drop_if_broken(self, conn: Connection) -> None:
+        """After a failed write: if the driver connection broke, a new one next time."""
+        if conn.invalidated:
+            self._writer_conn = None
+            conn.close()
 
-    def _holds_turn(self) -> bool:
-        """Whether this thread is inside ``turn`` (it holds the writer lock already)."""
-        return getattr(self._turn, "held", False)
+    def write_in_turn(self, gather: Callable[[], int | None], body: Callable[[Connection], T]
+                      ) -> T:
+        """``gather()`` once this process's turn to write has come, then ``body(conn)`` in a
+        write transaction (``write``) with the lock ``gather`` returns; body's value.
+
+        Why the turn: on SQLite it is the file's writer lock, and a group commit gathers the
+        operations that queued while it waited for the file, so the file's one writer commits
+        more of them at once (store/group.py); on PostgreSQL nothing is waited for. Why one
+        function, not ``write`` inside a context manager of the turn: the group commit's write
+        is on every run's path, and those context managers (five, nested) cost 25 µs of a
+        run-now's insert in a worker, where caches are cold (bench/README.md)."""
+        if not self.is_sqlite:
+            lock = gather()
+            with self.write(lock=lock) as conn:
+                return body(conn)
+        files = self._across_processes
+        with self._sqlite_writer:
+            if files is not None:
+                files.__enter__()
+            try:
+                gather()
+                conn = self._writer()
+                try:
+                    value = driver.in_write_transaction(conn, body)
+                except BaseException:
+                    self._drop_if_broken(conn)
+                    raise
+            finally:
+                if files is not None:
+                    files.__exit__()
+        assert self._checkpointer is not None
+        self._checkpointer.wrote()
+        return value
 
     @contextmanager
     def write_one(self) -> Iterator[Connection]:

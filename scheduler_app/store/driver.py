@@ -22,7 +22,7 @@ import sqlite3
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect, Engine
@@ -32,6 +32,7 @@ from sqlalchemy.sql.selectable import Select
 Statement = UpdateBase | Select[Any]
 _ADOPTED: weakref.WeakSet[Engine] = weakref.WeakSet()
 _REQUIRED: Any = object()
+T = TypeVar("T")
 
 
 def adopt(engine: Engine) -> None:
@@ -288,17 +289,46 @@ def write_transaction(conn: Connection) -> Iterator[None]:
     _execute(raw, "BEGIN IMMEDIATE")
     try:
         yield
-        if conn.in_transaction():
-            conn.commit()
-        else:
-            _execute(raw, "COMMIT")
+        _commit(conn, raw)
     except BaseException:
-        # Also after a COMMIT that failed (a full disk), which leaves the transaction open.
-        if conn.in_transaction():
-            conn.rollback()
-        if raw.in_transaction:
-            raw.rollback()
+        _roll_back(conn, raw)
         raise
+
+
+def in_write_transaction(conn: Connection, body: Callable[[Connection], T]) -> T:
+    """``body(conn)`` inside ``write_transaction(conn)``; its value. The same transaction as a
+    function, not a generator: the group commit's write, on every run's path, where the
+    context managers around its statements cost more than their work in a worker."""
+    raw = _driver(conn)
+    if raw is None:
+        with write_transaction(conn):
+            return body(conn)
+    _execute(raw, "BEGIN IMMEDIATE")
+    try:
+        value = body(conn)
+        _commit(conn, raw)
+    except BaseException:
+        _roll_back(conn, raw)
+        raise
+    return value
+
+
+def _commit(conn: Connection, raw: sqlite3.Connection) -> None:
+    """Commit the write transaction begun on ``raw``: through SQLAlchemy when a statement run
+    through ``conn.execute`` began its transaction on it, else on the driver."""
+    if conn.in_transaction():
+        conn.commit()
+    else:
+        _execute(raw, "COMMIT")
+
+
+def _roll_back(conn: Connection, raw: sqlite3.Connection) -> None:
+    """Roll back the write transaction begun on ``raw``; also after a COMMIT that failed (a
+    full disk), which leaves the transaction open."""
+    if conn.in_transaction():
+        conn.rollback()
+    if raw.in_transaction:
+        raw.rollback()
 
 
 def _end_left_open(conn: Connection) -> None:

@@ -36,6 +36,15 @@ class EncodedJSON(str):
         return encoded
 
 
+    @classmethod
+    def made(cls, text: str, value: Any) -> EncodedJSON:
+        """``text`` that a caller already encoded from ``value`` (a run's kwargs, encoded by
+        their validation), taken as it is."""
+        encoded = cls(text)
+        encoded.value = value
+        return encoded
+
+
 def dumps(value: Any) -> str:
     """The JSON serializer of the service's engines: an ``EncodedJSON`` as it is, anything
     else as SQLAlchemy's default (``json.dumps``) encodes it."""

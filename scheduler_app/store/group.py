@@ -100,13 +100,22 @@ class _Pending(Generic[T]):
         self.done = False
         self.value: Any = _UNSET
         self.error: BaseException | None = None
+        # Made by ``queue`` for an operation that waits: a leader (most operations of an idle
+        # node's) never does.
+        self._wakeup: _LockSignal | _EventfdSignal | None = None
+
+    def queue(self, queue: list[_Pending[Any]]) -> None:
+        """Join ``queue`` (the group's, with its mutex held), ready to be woken."""
         self._wakeup = _Signal()
+        queue.append(self)
 
     def wait(self) -> None:
         """Block until this operation is done, or its thread is asked to lead the next batch."""
+        assert self._wakeup is not None
         self._wakeup.wait()
 
     def wake(self) -> None:
+        assert self._wakeup is not None
         self._wakeup.send()
 
 
@@ -145,7 +154,7 @@ class GroupCommit:
             if leading:
                 self._committing = True
             else:
-                self._queue.append(pending)
+                pending.queue(self._queue)
         if not leading:
             pending.wait()
         if not pending.done:
@@ -169,9 +178,9 @@ class GroupCommit:
 
     def _commit(self, batch: list[_Pending[Any]]) -> None:
         """Commit ``batch`` (its leader) with the operations queued by the time this
-        process's turn to write comes (``Database.turn``): on SQLite, while the leader waited
-        for the file another process was writing, and the more a transaction takes in, the
-        fewer commits the file's one writer makes."""
+        process's turn to write comes (``Database.write_in_turn``): on SQLite, while the
+        leader waited for the file another process was writing, and the more a transaction
+        takes in, the fewer commits the file's one writer makes."""
         try:
             try:
                 values = self._together(batch)
@@ -193,16 +202,20 @@ class GroupCommit:
                 pending.done = True
 
     def _together(self, batch: list[_Pending[Any]]) -> list[Any]:
-        with self.db.turn():
+        def gather() -> int | None:
             with self._mutex:
                 room = self.max_batch - len(batch)
                 batch.extend(self._queue[:room])
                 del self._queue[:room]
-            lock = LOCK_CLAIM if any(p.serialised for p in batch) else None
-            with self.db.write(lock=lock) as conn:
-                tally = Tally()
-                values = [pending.operation(conn, tally) for pending in batch]
-                tally.flush(conn)
+            return LOCK_CLAIM if any(p.serialised for p in batch) else None
+
+        def operate(conn: Connection) -> list[Any]:
+            tally = Tally()
+            values = [pending.operation(conn, tally) for pending in batch]
+            tally.flush(conn)
+            return values
+
+        values = self.db.write_in_turn(gather, operate)
         self._count(len(batch))
         return values
 

@@ -123,6 +123,9 @@ class NewRun:
     concurrency_limit: int | None = None
     rate_limit: str | None = None
     rate_key: str | None = None
+    # ``kwargs`` as the JSON text their validation encoded (None: not encoded yet): the insert
+    # stores it as it is rather than encode the same arguments again on a run's path.
+    kwargs_json: str | None = None
 
     @property
     def needs_claim(self) -> bool:
@@ -148,7 +151,7 @@ def new_run_values(new: NewRun, now: datetime, running_on: str | None = None
                    ) -> dict[str, Any]:
     """The row of a run made from ``new`` at ``now``: queued, or already running on the node
     ``running_on``. Times are in UTC, as the columns give them back."""
-    return {
+    values = {
         **vars(new),
         "fire_time": None if new.fire_time is None else new.fire_time.astimezone(UTC),
         "scheduled_for": new.scheduled_for.astimezone(UTC),
@@ -160,6 +163,8 @@ def new_run_values(new: NewRun, now: datetime, running_on: str | None = None
         "errors": [],
         "created_at": now,
     }
+    del values["kwargs_json"]
+    return values
 
 
 def settle_values(run: Run, state: RunState, result: Any,
