@@ -68,7 +68,7 @@ def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
     raw = request.get_data(cache=True)
     limit = request.max_content_length
-    if limit is not None and request.content_length is None and len(raw) >= limit:
+    if limit is not None and len(raw) >= limit and request.content_length is None:
         # A streamed (chunked) body is cut at the limit by Werkzeug, not refused: refuse it
         # here rather than judge the truncated document.
         raise RequestEntityTooLarge()

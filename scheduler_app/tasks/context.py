@@ -52,7 +52,7 @@ class RunContext:
         self.run_id = run_id
         self.task = task
         self.attempt = attempt
-        self.logger = logging.getLogger(f"scheduler_app.runs.{task}")
+        self.logger = _task_logger(task)
         # Made by the first ``sleep`` (most tasks never sleep on it): an Event is a lock and a
         # condition, built for every run otherwise. The reason, set once under the lock, is
         # the flag.
@@ -155,6 +155,18 @@ class RunContext:
         with self._lock:
             lines, self._logs = self._logs, []
             return lines
+
+
+# Each task's logger, by task name: ``logging.getLogger`` takes logging's module lock at
+# every call, and every run's context asks for its task's.
+_task_loggers: dict[str, logging.Logger] = {}
+
+
+def _task_logger(task: str) -> logging.Logger:
+    logger = _task_loggers.get(task)
+    if logger is None:
+        logger = _task_loggers[task] = logging.getLogger(f"scheduler_app.runs.{task}")
+    return logger
 
 
 def _check_number(label: str, value: object) -> None:

@@ -82,11 +82,15 @@ class Task:
         return schema
 
 
+# Built once: ``json.dumps`` with any option builds a new encoder per call.
+_KWARGS_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode_kwargs(kwargs: dict[str, Any]) -> str:
     """``kwargs`` as compact JSON text, or ArgumentError if it is not plain JSON (a value JSON
     cannot carry, NaN or an infinity)."""
     try:
-        return json.dumps(kwargs, allow_nan=False, separators=(",", ":"))
+        return _KWARGS_ENCODER.encode(kwargs)
     except (TypeError, ValueError) as exc:
         problem = {"field": "kwargs", "message": f"not plain JSON: {exc}"}
         raise ArgumentError([problem]) from None
