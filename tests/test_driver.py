@@ -90,7 +90,7 @@ def test_a_failing_statement_raises_sqlalchemys_error_and_writes_nothing(
         values["task"] = None  # NOT NULL
         with pytest.raises(sa.exc.IntegrityError, match="NOT NULL"), \
                 store.db.write() as conn:
-            _INSERT_RUN.scalar(conn, values)
+            _INSERT_RUN.inserted_id(conn, values)
         with pytest.raises(sa.exc.StatementError, match="required.*'run_id'"), \
                 store.db.write() as conn:
             _FINISH_CLEANLY.first(conn, {"on_node": "x", "new_state": "succeeded",
@@ -163,20 +163,20 @@ def test_a_write_mixing_driver_and_sqlalchemy_statements_is_one_transaction(
 
     for store in both:
         with store.db.write() as conn:
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
             conn.execute(runs.insert().values(new_run_values(new_run(), MOMENT)))
         assert run_count(store) == 2
         with pytest.raises(RuntimeError, match="after both"), store.db.write() as conn:
             conn.execute(runs.insert().values(new_run_values(new_run(), MOMENT)))
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
             raise RuntimeError("after both")
         assert run_count(store) == 2
         with pytest.raises(RuntimeError, match="driver only"), store.db.write() as conn:
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
             raise RuntimeError("driver only")
         assert run_count(store) == 2
         with store.db.write() as conn:  # the writer is usable after each
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
         assert run_count(store) == 3
 
 
@@ -196,14 +196,14 @@ def test_a_commit_that_fails_raises_sqlalchemys_error_and_keeps_nothing(
         with pytest.raises(sa.exc.IntegrityError, match="FOREIGN KEY"), \
                 store.db.write() as conn:
             conn.connection.dbapi_connection.execute("PRAGMA defer_foreign_keys=ON")
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
             if orphan_through == "driver":
                 conn.connection.dbapi_connection.execute(orphan)
             else:
                 conn.execute(sa.text(orphan))
         assert run_count(store) == 0
         with store.db.write() as conn:
-            _INSERT_RUN.scalar(conn, new_run_values(new_run(), MOMENT))
+            _INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT))
         assert run_count(store) == 1
 
 
@@ -238,3 +238,30 @@ def test_values_bound_twice_fixed_or_overridden_are_bound_as_sqlalchemy_binds_th
                 == [(1, "a", '{"n": 1}'), (2, "a", "null"), (3, "b", "[1]")]
     finally:
         db.dispose()
+
+
+def test_an_insert_gives_the_id_of_the_row_it_wrote_on_the_driver_as_through_sqlalchemy(
+        both: tuple[Store, Store]) -> None:
+    """On the driver the id is the cursor's lastrowid, not RETURNING: it must still be the id
+    of the row this insert wrote, after rows were deleted and with another connection
+    writing in between."""
+    from scheduler_app.store.lifecycle import new_run_values
+    from scheduler_app.store.runs import _INSERT_RUN
+
+    given: list[list[int]] = []
+    for store in both:
+        ids = []
+        for n in range(3):
+            with store.db.write() as conn:
+                ids.append(_INSERT_RUN.inserted_id(conn, new_run_values(new_run(), MOMENT)))
+            if n == 1:  # the newest row gone, and a row written by another connection
+                with store.db.engine.connect() as other, other.begin():
+                    other.execute(runs.delete().where(runs.c.id == ids[-1]))
+                    others = other.execute(runs.insert().values(
+                        new_run_values(new_run(task="other"), MOMENT)).returning(
+                        runs.c.id)).scalar_one()
+        with store.db.read() as conn:
+            rows = dict(conn.execute(sa.select(runs.c.id, runs.c.task)).all())
+        assert rows == {ids[0]: "demo.echo", others: "other", ids[2]: "demo.echo"}
+        given.append([*ids, others])
+    assert given[0] == given[1]

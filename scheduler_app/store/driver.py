@@ -104,6 +104,30 @@ class Prepared:
         return form
 
 
+class PreparedInsert:
+    """An INSERT of one row into ``table`` (whose primary key is one integer column), giving
+    that key. On SQLite's driver connection the insert runs without a ``RETURNING`` and the
+    key is the cursor's ``lastrowid``: an ``INTEGER PRIMARY KEY`` is the row's rowid, and
+    SQLite's ``RETURNING`` (its rows gathered, then a second step for them) cost 8 µs of a
+    run's insert in a worker, where caches are cold (bench/README.md). Elsewhere the key comes
+    back through ``RETURNING``, as ``Connection.execute`` would give it."""
+
+    __slots__ = ("_returning", "_plain")
+
+    def __init__(self, table: sa.Table) -> None:
+        (key,) = table.primary_key.columns
+        self._returning = Prepared(table.insert().returning(key))
+        self._plain = Prepared(table.insert())
+
+    def inserted_id(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        raw = _driver(conn)
+        if raw is None:
+            return int(self._returning.scalar(conn, params))
+        row_id = self._plain._form(conn.dialect, params).execute(raw, params).lastrowid
+        assert row_id is not None  # an INSERT that ran has inserted its row
+        return row_id
+
+
 class Fetched:
     """A row a statement returned, converted when its reader asks: one column (``value``),
     for what the transaction itself needs, or every column (``values``), once out of the

@@ -21,7 +21,7 @@ from ..timeutil import utcnow
 from .alerts import AlertStore, forget_alerts, has_pending_alert
 from .claim import claim_due, claim_named, claim_one_due, unlimited_tasks
 from .db import LOCK_CLAIM, Database
-from .driver import Fetched, Prepared
+from .driver import Fetched, Prepared, PreparedInsert
 from .encoded import EncodedJSON
 from .group import GroupCommit
 from .lifecycle import (
@@ -44,7 +44,7 @@ CLOCK_SKEW = timedelta(seconds=1)
 # Statements built once, their parameters bound at execution; the insert and the finish are on
 # every run's path, so on SQLite they run on the driver (``driver.Prepared``). The insert
 # returns only the id: the rest of the row is what was written (``Run.inserted``).
-_INSERT_RUN = Prepared(runs.insert().returning(runs.c.id))
+_INSERT_RUN = PreparedInsert(runs)
 # Every run queued with MAX_QUEUED_RUNS set (the default) counts the queue first.
 _COUNT_QUEUED = Prepared(sa.select(sa.func.count()).select_from(runs)
                          .where(runs.c.state == RunState.QUEUED.value))
@@ -158,7 +158,7 @@ class RunStore:
         values = new_run_values(new, now, running_on)
         bound = _bound(values, new)
         if new.unique_key is None:
-            run_id = _INSERT_RUN.scalar(conn, bound)
+            run_id = _INSERT_RUN.inserted_id(conn, bound)
         else:
             outcome = _insert_unique(conn, bound)
             if isinstance(outcome, Run):
