@@ -64,7 +64,7 @@ def store_rounds(tmp: Path, rounds: int, runs: int) -> dict[str, list[float]]:
                 if variant == "driver":
                     driver.adopt(db.engine)
                 else:
-                    driver._ADOPTED.discard(db.engine)
+                    driver.disown(db.engine)
                 values.append(one_round())
     finally:
         db.dispose()

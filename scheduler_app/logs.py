@@ -32,7 +32,11 @@ def bind_run(**fields: Any) -> _RunBinding:
     """While the block (``with bind_run(...):``) runs, records emitted on this thread carry
     these run fields (those that are not None), unless the call itself passes them in
     ``extra``."""
-    return _RunBinding({k: v for k, v in fields.items() if k in RUN_FIELDS and v is not None})
+    bound = {}
+    for name, value in fields.items():  # a loop, not a comprehension: one call less a run
+        if value is not None and name in RUN_FIELDS:
+            bound[name] = value
+    return _RunBinding(bound)
 
 
 class _RunBinding:

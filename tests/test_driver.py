@@ -23,7 +23,7 @@ def sqlite_store(path: Path, adopted: bool) -> Iterator[Store]:
     db = Database(f"sqlite:///{path}")
     db.migrate()
     if not adopted:
-        driver._ADOPTED.discard(db.engine)  # what a host app's engine is: not ours
+        driver.disown(db.engine)  # what a host app's engine is: not ours
     yield Store(db)
     db.dispose()
 
@@ -60,10 +60,15 @@ def test_runs_written_on_the_driver_are_stored_and_read_back_as_through_sqlalche
                                  result={"ok": [1, "two", None]})
         none = store.runs.create(new_run(**values), running_on="node-a")
         empty = store.runs.finish(none.id, "node-a", RunState.SUCCEEDED, result=None)
+        # Its kwargs as their validation encoded them (compact), stored as that text.
+        encoded = store.runs.create(new_run(**{**values, "kwargs_json": '{"text":"x","n":[]}',
+                                               "kwargs": {"text": "x", "n": []}}))
         settled.append((running, queued, done, empty,
-                        store.runs.get(running.id), store.runs.get(none.id)))
+                        store.runs.get(running.id), store.runs.get(none.id),
+                        store.runs.get(encoded.id)))
     assert settled[0] == settled[1]
-    running, queued, done, empty, read, read_none = settled[0]
+    running, queued, done, empty, read, read_none, read_encoded = settled[0]
+    assert read_encoded is not None and read_encoded.kwargs == {"text": "x", "n": []}
     assert done == read and empty == read_none
     assert (done.state, done.result, done.finished_at, done.kwargs["text"]) == (
         RunState.SUCCEEDED, {"ok": [1, "two", None]}, MOMENT, "é\x00'\"")

@@ -66,9 +66,10 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
-    raw = request.get_data(cache=True)
-    limit = request.max_content_length
-    if limit is not None and len(raw) >= limit and request.content_length is None:
+    req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
+    raw = req.get_data(cache=True)
+    limit = req.max_content_length
+    if limit is not None and len(raw) >= limit and req.content_length is None:
         # A streamed (chunked) body is cut at the limit by Werkzeug, not refused: refuse it
         # here rather than judge the truncated document.
         raise RequestEntityTooLarge()

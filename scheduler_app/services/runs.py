@@ -86,8 +86,8 @@ def start_time(run_at: str | None) -> datetime:
 
 def control_changes(request: RunCreate) -> dict[str, Any]:
     """The concurrency controls a request sets (null included: it removes the task's)."""
-    return {name: getattr(request, name) for name in CONTROL_OPTIONS
-            if name in request.model_fields_set}
+    given = request.model_fields_set  # a property: read once, not once per option
+    return {name: getattr(request, name) for name in CONTROL_OPTIONS if name in given}
 
 
 class RunService:

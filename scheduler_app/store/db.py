@@ -130,10 +130,10 @@ class Database:
         held). Only the lock's holder uses it, so one is enough, and a write transaction skips
         the pool's checkout, reset and checkin, which cost as much as a run's insert."""
         conn = self._writer_conn
-        if conn is None or conn.closed or conn.invalidated or self._writer_pid != current_pid():
+        if conn is None or conn.closed or conn.invalidated or self._writer_pid != _pid:
             # After a fork the parent's connection is left alone: it is the parent's.
             conn = self.engine.connect().execution_options(sqlite_immediate=True)
-            self._writer_conn, self._writer_pid = conn, current_pid()
+            self._writer_conn, self._writer_pid = conn, _pid
         return conn
 
     def _drop_if_broken(self, conn: Connection) -> None:
@@ -320,7 +320,7 @@ class Database:
         if self._writer_conn is not None:
             if self._sqlite_writer.acquire(timeout=CLOSE_PATIENCE):
                 try:
-                    if self._writer_pid == current_pid():
+                    if self._writer_pid == _pid:
                         self._writer_conn.close()
                     self._writer_conn = None
                 finally:
@@ -366,9 +366,9 @@ class _FileLock:
         self._pid = 0
 
     def __enter__(self) -> None:
-        if self._pid != current_pid():
+        if self._pid != _pid:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = current_pid()
+            self._pid = _pid
         fcntl.flock(self._fd, fcntl.LOCK_EX)  # type: ignore[arg-type]
 
     def __exit__(self, *exc: object) -> None:
@@ -400,16 +400,16 @@ class _Checkpointer:
         self._thread: threading.Thread | None = None
 
     def wrote(self) -> None:
-        if self._pid != current_pid():
+        if self._pid != _pid:
             self._start()
         if not self._dirty.is_set():
             self._dirty.set()
 
     def _start(self) -> None:
         with self._lock:
-            if self._pid == current_pid() or self._stopping.is_set():
+            if self._pid == _pid or self._stopping.is_set():
                 return
-            self._pid = current_pid()
+            self._pid = _pid
             self._thread = threading.Thread(target=self._loop, name="sqlite-checkpoint",
                                             daemon=True)
             self._thread.start()
@@ -444,7 +444,7 @@ class _Checkpointer:
         self._stopping.set()
         self._dirty.set()
         thread = self._thread
-        if thread is not None and self._pid == current_pid():
+        if thread is not None and self._pid == _pid:
             thread.join(5)
 
 

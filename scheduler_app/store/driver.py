@@ -29,8 +29,13 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 
+from .encoded import EncodedJSON
+
 Statement = UpdateBase | Select[Any]
-_ADOPTED: weakref.WeakSet[Engine] = weakref.WeakSet()
+# The adopted engines, by ``id``: a set lookup at every statement, where a ``WeakSet`` made a
+# weak reference for each. An engine's id leaves the set as the engine is collected
+# (``weakref.finalize``), before another object can be given it.
+_ADOPTED: set[int] = set()
 _REQUIRED: Any = object()
 T = TypeVar("T")
 
@@ -41,8 +46,15 @@ def adopt(engine: Engine) -> None:
     than the standard ``sqlite3``, keeps ``Connection.execute``."""
     if engine.dialect.name != "sqlite":
         raise ValueError(f"only a SQLite engine can be adopted, not {engine.url}")
-    if engine.dialect.driver == "pysqlite" and not engine.echo:
-        _ADOPTED.add(engine)
+    if engine.dialect.driver == "pysqlite" and not engine.echo and id(engine) not in _ADOPTED:
+        _ADOPTED.add(id(engine))
+        weakref.finalize(engine, _ADOPTED.discard, id(engine))
+
+
+def disown(engine: Engine) -> None:
+    """Send ``engine``'s statements through ``Connection.execute`` again, as a host app's
+    engine's go (the tests and the bench compare the two paths)."""
+    _ADOPTED.discard(id(engine))
 
 
 class Prepared:
@@ -235,10 +247,32 @@ def _parameters_function(binds: Sequence[tuple[str, Any, Any]], keys: frozenset[
         if local is None:
             local = converted[key, id(process)] = f"v{n}"
             names[f"f{n}"] = process
-            lines.append(f"    {local} = f{n}(p[k{n}])")
+            if _gives_encoded_text(process):
+                # A value already encoded (a run's kwargs, a result) is bound as its text,
+                # which is what the processor makes of it, without two calls to say so.
+                lines.append(f"    {local} = p[k{n}]")
+                lines.append(f"    {local} = _text({local}) if type({local}) is _Encoded "
+                             f"else f{n}({local})")
+            else:
+                lines.append(f"    {local} = f{n}(p[k{n}])")
         items.append(local)
     source = "\n".join(["def parameters(p):", *lines, f"    return [{', '.join(items)}]"])
+    names.update(_Encoded=EncodedJSON, _text=str.__str__)
     return _defined(source, "parameters", names)  # type: ignore[no-any-return]
+
+
+_PROBE = EncodedJSON.made('{"probe": [1, "two"]}', {"probe": [1, "two"]})
+
+
+def _gives_encoded_text(process: Callable[[Any], Any]) -> bool:
+    """Whether a bind processor makes an ``EncodedJSON`` into its text, as the JSON type's does
+    with the service's serializer (``encoded.dumps``), asked once of a probe: a processor of
+    another type refuses it or makes something else of it."""
+    try:
+        made = process(_PROBE)
+    except Exception:
+        return False
+    return type(made) is str and made == str.__str__(_PROBE)
 
 
 def _row_function(keys: Sequence[str], results: Sequence[Any], nulls: Sequence[bool],
@@ -378,7 +412,7 @@ def _execute(raw: sqlite3.Connection, sql: str) -> None:
 
 def _driver(conn: Connection) -> sqlite3.Connection | None:
     """The driver connection under ``conn`` if its engine was adopted, else None."""
-    if conn.engine not in _ADOPTED:
+    if id(conn.engine) not in _ADOPTED:
         return None
     raw = conn.connection.dbapi_connection
     return raw if isinstance(raw, sqlite3.Connection) else None

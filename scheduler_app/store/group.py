@@ -207,7 +207,10 @@ class GroupCommit:
                 room = self.max_batch - len(batch)
                 batch.extend(self._queue[:room])
                 del self._queue[:room]
-            return LOCK_CLAIM if any(p.serialised for p in batch) else None
+            for pending in batch:
+                if pending.serialised:
+                    return LOCK_CLAIM
+            return None
 
         def operate(conn: Connection) -> list[Any]:
             tally = Tally()

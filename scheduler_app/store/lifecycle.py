@@ -105,6 +105,7 @@ class Run:
 # metaclass (1 µs of every run's insert, claim and settle); a value that is none of them still
 # goes there, to fail as it did.
 _STATES = {state.value: state for state in RunState}
+_QUEUED, _RUNNING = RunState.QUEUED.value, RunState.RUNNING.value
 _UNWRITTEN = dict.fromkeys((f.name for f in fields(Run)), None)
 _FIELD_NAMES = frozenset(_UNWRITTEN)
 
@@ -159,7 +160,7 @@ def new_run_values(new: NewRun, now: datetime, running_on: str | None = None
         **vars(new),
         "fire_time": None if new.fire_time is None else new.fire_time.astimezone(UTC),
         "scheduled_for": new.scheduled_for.astimezone(UTC),
-        "state": (RunState.QUEUED if running_on is None else RunState.RUNNING).value,
+        "state": _QUEUED if running_on is None else _RUNNING,
         "node": running_on,
         "started_at": None if running_on is None else now,
         "attempt": 1,
