@@ -36,12 +36,13 @@ def _limit_body() -> None:
     """The request body limit of SCHEDULER_MAX_CONTENT_LENGTH, for this blueprint only (the
     host's MAX_CONTENT_LENGTH is the host's), or the view's own (``api.common.body_limit``:
     the batch route's BATCH_MAX_CONTENT_LENGTH)."""
-    endpoint = request.endpoint or ""
+    req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
+    endpoint = req.endpoint or ""
     setting = _LIMIT_SETTINGS.get(endpoint)
     if setting is None:
         own = body_limit_of(current_app.view_functions.get(endpoint))
         setting = _LIMIT_SETTINGS[endpoint] = own or "max_content_length"
-    request.max_content_length = getattr(services().settings, setting)
+    req.max_content_length = getattr(services().settings, setting)
 
 
 builtin.bp.before_request(_limit_body)

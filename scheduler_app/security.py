@@ -101,13 +101,17 @@ def _session_role() -> str | None:
     return None
 
 
-def current_role() -> tuple[str, str]:
-    """(role, how) for this request, ``how`` being ``bearer``, ``loader``, ``session`` or
-    ``loopback``; raise Unauthorized when the caller is nobody. Every API request asks it:
-    the headers are read from the WSGI environ and the extension looked up once."""
+def current_role(req: Request | None = None) -> tuple[str, str]:
+    """(role, how) for this request (``req``: it, already looked up), ``how`` being
+    ``bearer``, ``loader``, ``session`` or ``loopback``; raise Unauthorized when the caller
+    is nobody. Every API request asks it: the headers are read from the WSGI environ and the
+    extension and the request looked up once (each look through Flask's proxies is three
+    calls)."""
+    if req is None:
+        req = _request()
     found = current_app.extensions["scheduler_app"]
     tokens = found.settings.api_tokens
-    header = request.environ.get("HTTP_AUTHORIZATION", "")
+    header = req.environ.get("HTTP_AUTHORIZATION", "")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -124,19 +128,22 @@ def current_role() -> tuple[str, str]:
         if role is not None:
             return role, "session"
         raise Unauthorized("send 'Authorization: Bearer <token>', or log in")
-    if is_loopback(request.remote_addr):
+    if is_loopback(req.remote_addr):
         return "admin", "loopback"
     raise Unauthorized("no API token is configured, so only loopback clients are admitted")
 
 
-def check_same_origin() -> None:
-    """Refuse a state change that a browser sends on behalf of another site."""
-    environ = request.environ
+def check_same_origin(req: Request | None = None) -> None:
+    """Refuse a state change that a browser sends on behalf of another site (``req``: this
+    request, already looked up)."""
+    if req is None:
+        req = _request()
+    environ = req.environ
     if environ.get("HTTP_SEC_FETCH_SITE", "") == "cross-site":
         raise CsrfFailed("cross-site request refused")
     origin = environ.get("HTTP_ORIGIN")
     if origin and origin != "null":
-        if urlsplit(origin).netloc.lower() != request.host.lower():
+        if urlsplit(origin).netloc.lower() != req.host.lower():
             raise CsrfFailed(f"request from origin {origin} refused")
     elif origin == "null":
         raise CsrfFailed("request from an opaque origin refused")
@@ -162,17 +169,23 @@ def authorize(write: bool | None = None) -> str:
 
     Reads need ``viewer``, writes ``admin``; writes on ambient authority pass the CSRF checks.
     """
-    role, how = current_role()
+    req = _request()
+    role, how = current_role(req)
     if write is None:
-        write = request.method not in READ_METHODS
+        write = req.method not in READ_METHODS
     if write:
         if how != "bearer":
-            check_same_origin()
+            check_same_origin(req)
         if how == "session":
             check_csrf()
         if role != "admin":
             raise Forbidden("this is a viewer; changes need an admin token")
     return role
+
+
+def _request() -> Request:
+    """This request itself, not Flask's proxy of it."""
+    return request._get_current_object()  # type: ignore[attr-defined, no-any-return]
 
 
 def require_role() -> None:

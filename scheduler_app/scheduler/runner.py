@@ -18,7 +18,15 @@ from flask import Flask
 from ..logs import bind_run, install_run_log_handler
 from ..store import EncodedJSON, NextClaim, Run, RunState, Store
 from ..store.claim import unlimited_tasks
-from ..tasks import ArgumentError, Cancelled, RunContext, TaskRegistry, UnknownTask, registry
+from ..tasks import (
+    ArgumentError,
+    Cancelled,
+    RunContext,
+    Task,
+    TaskRegistry,
+    UnknownTask,
+    registry,
+)
 from ..tasks.context import set_current_run
 from ..timeutil import utcnow
 from .isolation import ProcessIsolation
@@ -552,22 +560,26 @@ class Runner:
 
     def _call_task(self, run: Run, ctx: RunContext, arguments: dict[str, Any] | None = None
                    ) -> tuple[RunState | None, Any, Any]:
+        task = None
         if self.isolation is not None and run.task in self.tasks:
             task = self.tasks.get(run.task)
             if self.isolation.applies_to(task):
                 return self.isolation.run(run, ctx, task)
-        return call_task(self.app, run, ctx, self.tasks, arguments)
+        return call_task(self.app, run, ctx, self.tasks, arguments, task)
 
 
 def call_task(app: Flask, run: Run, ctx: RunContext, tasks: TaskRegistry = registry,
-              arguments: dict[str, Any] | None = None) -> tuple[RunState | None, Any, Any]:
-    """One attempt of ``run``: its task (from ``tasks``) called inside ``app``'s app context
-    (torn down after). Returns the outcome (state, result, error); state None: stopped by a
-    shutdown. ``arguments``: its kwargs as its request validated them (run now); None:
-    validated here, from what the row holds."""
+              arguments: dict[str, Any] | None = None, task: Task | None = None
+              ) -> tuple[RunState | None, Any, Any]:
+    """One attempt of ``run``: its task (from ``tasks``, unless the caller looked it up
+    already: ``task``) called inside ``app``'s app context (torn down after). Returns the
+    outcome (state, result, error); state None: stopped by a shutdown. ``arguments``: its
+    kwargs as its request validated them (run now); None: validated here, from what the row
+    holds."""
     set_current_run(ctx)
     try:
-        task = tasks.get(run.task)
+        if task is None:
+            task = tasks.get(run.task)
         kwargs = task.validate(run.kwargs) if arguments is None else arguments
         with app.app_context():
             value = task.fn(ctx, **kwargs)

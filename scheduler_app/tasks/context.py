@@ -52,7 +52,7 @@ class RunContext:
         self.run_id = run_id
         self.task = task
         self.attempt = attempt
-        self.logger = _task_logger(task)
+        self.logger = _task_loggers.get(task) or _task_logger(task)
         # Made by the first ``sleep`` (most tasks never sleep on it): an Event is a lock and a
         # condition, built for every run otherwise. The reason, set once under the lock, is
         # the flag.
