@@ -64,8 +64,8 @@ class AlertStore:
     def record(self, conn: Connection, run: Run) -> None:
         """In the transaction that ended ``run``: its alert, if its end is one asked for. A
         failed attempt that will be retried is not an end."""
-        if run.is_final:
-            self.record_end(conn, run.id, run.state.value)
+        if self.events and run.is_final:  # none asked for (the default): nothing to look at
+            self.record_end(conn, run.id, run.state._value_)
 
     def record_end(self, conn: Connection, run_id: int, event: str) -> None:
         """In the transaction that ended run ``run_id`` in the final state ``event``: its

@@ -436,7 +436,7 @@ class RunStore:
             # run as it started, only what may have changed since is read back.
             known = started is not None and started.id == run_id
             row = (_FINISH_KNOWN if known else _FINISH_CLEANLY).first(conn, {
-                "run_id": run_id, "on_node": node, "new_state": state.value,
+                "run_id": run_id, "on_node": node, "new_state": state._value_,
                 "ended_at": utcnow(), "outcome": result})
             if row is None:
                 return None
@@ -445,7 +445,8 @@ class RunStore:
             settled = Run.adopt({**vars(started), **row} if known else row)
             assert settled.started_at is not None and settled.finished_at is not None
             tally.attempt(settled.task, settled.started_at, settled.finished_at)
-            tally.finished(settled.task, settled.state.value)
+            # ``_value_``: the member's value itself, where ``value`` is a property (two calls).
+            tally.finished(settled.task, settled.state._value_)
             return settled
         current = conn.execute(
             sa.select(runs).where(runs.c.id == run_id, runs.c.node == node,
