@@ -437,7 +437,7 @@ class RunStore:
             known = started is not None and started.id == run_id
             row = (_FINISH_KNOWN if known else _FINISH_CLEANLY).first(conn, {
                 "run_id": run_id, "on_node": node, "new_state": state._value_,
-                "ended_at": utcnow(), "outcome": result})
+                "ended_at": utcnow(), "outcome": _NO_RESULT if result is None else result})
             if row is None:
                 return None
             if known:
@@ -637,8 +637,10 @@ _ACTIVE_WITH_KEY = sa.select(runs).where(runs.c.unique_key == sa.bindparam("key"
                                          ACTIVE_PREDICATE)
 
 
-# A new run's errors, as every insert binds them.
+# A new run's errors, as every insert binds them; and a settled run's result when its task
+# returned None (most do), as the JSON type stores it (``null``), without encoding it again.
 _NO_ERRORS = EncodedJSON.of([])
+_NO_RESULT = EncodedJSON.of(None)
 
 
 def _bound(values: dict[str, Any], new: NewRun) -> dict[str, Any]:
