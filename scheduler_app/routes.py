@@ -9,13 +9,14 @@ Flask-APScheduler's API is registered at ``SCHEDULER_API_PREFIX`` when enabled.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app
 
 from . import dashboard, health, metrics
 from .api import api, builtin
 from .api.common import body_limit_of
 from .api.errors import register_error_handlers
 from .api.session import bp as session_bp
+from .security import current_request
 from .services import services
 
 NAME = "scheduler_app"
@@ -36,7 +37,7 @@ def _limit_body() -> None:
     """The request body limit of SCHEDULER_MAX_CONTENT_LENGTH, for this blueprint only (the
     host's MAX_CONTENT_LENGTH is the host's), or the view's own (``api.common.body_limit``:
     the batch route's BATCH_MAX_CONTENT_LENGTH)."""
-    req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
+    req = current_request()
     endpoint = req.endpoint or ""
     setting = _LIMIT_SETTINGS.get(endpoint)
     if setting is None:

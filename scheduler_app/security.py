@@ -108,7 +108,7 @@ def current_role(req: Request | None = None) -> tuple[str, str]:
     extension and the request looked up once (each look through Flask's proxies is three
     calls)."""
     if req is None:
-        req = _request()
+        req = current_request()
     found = current_app.extensions["scheduler_app"]
     tokens = found.settings.api_tokens
     header = req.environ.get("HTTP_AUTHORIZATION", "")
@@ -137,7 +137,7 @@ def check_same_origin(req: Request | None = None) -> None:
     """Refuse a state change that a browser sends on behalf of another site (``req``: this
     request, already looked up)."""
     if req is None:
-        req = _request()
+        req = current_request()
     environ = req.environ
     if environ.get("HTTP_SEC_FETCH_SITE", "") == "cross-site":
         raise CsrfFailed("cross-site request refused")
@@ -169,7 +169,7 @@ def authorize(write: bool | None = None) -> str:
 
     Reads need ``viewer``, writes ``admin``; writes on ambient authority pass the CSRF checks.
     """
-    req = _request()
+    req = current_request()
     role, how = current_role(req)
     if write is None:
         write = req.method not in READ_METHODS
@@ -183,8 +183,9 @@ def authorize(write: bool | None = None) -> str:
     return role
 
 
-def _request() -> Request:
-    """This request itself, not Flask's proxy of it."""
+def current_request() -> Request:
+    """This request itself, not Flask's proxy of it: a hook or view that reads the request
+    several times looks it up once (each read through the proxy is three calls)."""
     return request._get_current_object()  # type: ignore[attr-defined, no-any-return]
 
 

@@ -11,6 +11,7 @@ from flask import current_app, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
+from ..security import current_request
 from .openapi import QueryParam
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,7 +67,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
-    req = request._get_current_object()  # type: ignore[attr-defined]  # once, not per use
+    req = current_request()
     raw = req.get_data(cache=True)
     limit = req.max_content_length
     if limit is not None and len(raw) >= limit and req.content_length is None:

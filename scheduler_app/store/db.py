@@ -55,6 +55,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def current_pid() -> int:
+    """This process's id without a system call (``_pid``, for the other modules of the store;
+    this one reads the global itself)."""
     return _pid
 
 
@@ -157,21 +159,15 @@ class Database:
             lock = gather()
             with self.write(lock=lock) as conn:
                 return body(conn)
-        files = self._across_processes
-        with self._sqlite_writer:
-            if files is not None:
-                files.__enter__()
+        # ``_hold_writers``' two locks, taken here without its generator.
+        with self._sqlite_writer, self._across_processes or contextlib.nullcontext():
+            gather()
+            conn = self._writer()
             try:
-                gather()
-                conn = self._writer()
-                try:
-                    value = driver.in_write_transaction(conn, body)
-                except BaseException:
-                    self._drop_if_broken(conn)
-                    raise
-            finally:
-                if files is not None:
-                    files.__exit__()
+                value = driver.in_write_transaction(conn, body)
+            except BaseException:
+                self._drop_if_broken(conn)
+                raise
         assert self._checkpointer is not None
         self._checkpointer.wrote()
         return value

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from sqlalchemy.engine import Connection
 
-from .db import LOCK_CLAIM, Database
+from .db import LOCK_CLAIM, Database, current_pid
 from .stats import Tally
 
 T = TypeVar("T")
@@ -46,7 +46,7 @@ class _ThreadEventfd:
 
     def __init__(self) -> None:
         self.fd = os.eventfd(0, os.EFD_CLOEXEC)
-        self.pid = os.getpid()
+        self.pid = current_pid()
 
     def __del__(self) -> None:
         os.close(self.fd)
@@ -69,7 +69,7 @@ class _EventfdSignal:
 
     def __init__(self) -> None:
         owned = getattr(_thread_eventfd, "owned", None)
-        if owned is None or owned.pid != os.getpid():  # first here, or a forked child
+        if owned is None or owned.pid != current_pid():  # first here, or a forked child
             owned = _thread_eventfd.owned = _ThreadEventfd()
         self._owned = owned
 

@@ -52,7 +52,7 @@ class RunContext:
         self.run_id = run_id
         self.task = task
         self.attempt = attempt
-        self.logger = _task_loggers.get(task) or _task_logger(task)
+        self.logger = _task_loggers.get(task) or _new_task_logger(task)
         # Made by the first ``sleep`` (most tasks never sleep on it): an Event is a lock and a
         # condition, built for every run otherwise. The reason, set once under the lock, is
         # the flag.
@@ -162,10 +162,8 @@ class RunContext:
 _task_loggers: dict[str, logging.Logger] = {}
 
 
-def _task_logger(task: str) -> logging.Logger:
-    logger = _task_loggers.get(task)
-    if logger is None:
-        logger = _task_loggers[task] = logging.getLogger(f"scheduler_app.runs.{task}")
+def _new_task_logger(task: str) -> logging.Logger:
+    logger = _task_loggers[task] = logging.getLogger(f"scheduler_app.runs.{task}")
     return logger
 
 
