@@ -1,8 +1,9 @@
 """CPU per recorded run, in one process, without HTTP or a client on the same cores: what the
 hot-path changes of issue 15 are measured with (bench/README.md, "A recorded run's CPU").
 
-Two measurements, each a median (and minimum) over rounds, the variants taking turns round by
-round so a busy moment of a shared machine falls on all of them:
+Two measurements of CPU, each a median (and minimum) over rounds, the variants taking turns
+round by round so a busy moment of a shared machine falls on all of them, and a count of what a
+run-now writes:
 
 - **store**: ``RunStore.create`` of a run already claimed by this node, then its ``finish``,
   one thread, on a SQLite file: with the statements on the driver (``store/driver.py``) and
@@ -10,7 +11,9 @@ round so a busy moment of a shared machine falls on all of them:
 - **app**: ``POST /api/runs`` of the no-op ``bench.idle`` through Flask's test client, one
   request at a time (``--threads`` for more), until every run has succeeded, against a bare
   route of the same app answering 202: the process's CPU (every thread: request, run thread,
-  group commit, dispatcher, maintenance) per run.
+  group commit, dispatcher, maintenance) per run;
+- **frames**: the pages a run-now's insert and its settle each append to SQLite's write-ahead
+  log (one frame a page, written with two ``pwrite`` calls), read from the WAL-index header.
 
     .venv/bin/python -m bench.hotpath            # ~1 minute
     .venv/bin/python -m bench.hotpath --rounds 3 --runs 500
@@ -22,6 +25,7 @@ import argparse
 import gc
 import os
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -69,6 +73,45 @@ def store_rounds(tmp: Path, rounds: int, runs: int) -> dict[str, list[float]]:
     finally:
         db.dispose()
     return found
+
+
+def _log_frames(shm: int) -> int:
+    """The frames in a SQLite file's write-ahead log: ``mxFrame`` of the WAL-index header, the
+    u32 at byte 16 of the ``-shm`` file, in the host's byte order (sqlite.org/walformat.html)."""
+    return int(struct.unpack("=I", os.pread(shm, 4, 16))[0])
+
+
+def wal_frames(tmp: Path, runs: int) -> dict[str, float]:
+    """Pages a run-now's two write transactions append to the log, as the server writes them:
+    the insert of a run already started here, then its settle with the statistics it counts.
+    A commit writes each page it changed as one frame, with two ``pwrite`` calls (the frame's
+    24-byte header, then the page): what a transaction costs in system calls grows with the
+    B-trees it touches, the table's and each index's."""
+    path = tmp / "frames.sqlite3"
+    db = Database(f"sqlite:///{path}")
+    db.migrate()
+    driver.adopt(db.engine)
+    store = Store(db)
+    found: dict[str, list[int]] = {"insert": [], "settle": []}
+    try:
+        with open(f"{path}-shm", "rb") as shm:
+            for _ in range(runs):
+                new = NewRun(task="bench.idle", kwargs={"key": "x"}, max_attempts=1,
+                             retry_backoff=2.0, timeout=None, scheduled_for=utcnow())
+                before = _log_frames(shm.fileno())
+                run = store.runs.create(new, running_on="bench", count_wait=False)
+                between = _log_frames(shm.fileno())
+                store.runs.finish_and_claim(run.id, "bench", RunState.SUCCEEDED,
+                                            started=run, count_wait=True)
+                after = _log_frames(shm.fileno())
+                # A log that started over (after a checkpoint) counts from 0: not a sample.
+                if between >= before:
+                    found["insert"].append(between - before)
+                if after >= between:
+                    found["settle"].append(after - between)
+    finally:
+        db.dispose()
+    return {name: statistics.median(counts) for name, counts in found.items()}
 
 
 def app_rounds(tmp: Path, rounds: int, runs: int, threads: int) -> dict[str, list[float]]:
@@ -142,6 +185,9 @@ def main() -> None:
         print(f"CPU per run; {args.rounds} rounds of {args.runs}; load average {load:.2f}")
         for name, values in store_rounds(tmp, args.rounds, args.runs).items():
             print(f"store, create + finish, {name}: {summary(values)}")
+        frames = wal_frames(tmp, args.runs)
+        print(f"log frames a run-now writes (median): insert {frames['insert']:.0f}, settle "
+              f"{frames['settle']:.0f}; two pwrite calls a frame")
         for name, values in app_rounds(tmp, args.rounds, args.runs, args.threads).items():
             print(f"app, {name} ({args.threads} client thread(s)): {summary(values)}")
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
