@@ -75,10 +75,13 @@ def store_rounds(tmp: Path, rounds: int, runs: int) -> dict[str, list[float]]:
     return found
 
 
-def _log_frames(shm: int) -> int:
-    """The frames in a SQLite file's write-ahead log: ``mxFrame`` of the WAL-index header, the
-    u32 at byte 16 of the ``-shm`` file, in the host's byte order (sqlite.org/walformat.html)."""
-    return int(struct.unpack("=I", os.pread(shm, 4, 16))[0])
+def _log_frames(shm: int) -> tuple[int, bytes]:
+    """The frames in a SQLite file's write-ahead log and the log's salt: ``mxFrame`` and
+    ``aSalt`` of the WAL-index header at the start of the ``-shm`` file (the u32 at byte 16, in
+    the host's byte order, and the 8 bytes at 32; sqlite.org/walformat.html). A new salt: the
+    log started over."""
+    header = os.pread(shm, 40, 0)
+    return int(struct.unpack_from("=I", header, 16)[0]), header[32:40]
 
 
 def wal_frames(tmp: Path, runs: int) -> dict[str, float]:
@@ -104,11 +107,12 @@ def wal_frames(tmp: Path, runs: int) -> dict[str, float]:
                 store.runs.finish_and_claim(run.id, "bench", RunState.SUCCEEDED,
                                             started=run, count_wait=True)
                 after = _log_frames(shm.fileno())
-                # A log that started over (after a checkpoint) counts from 0: not a sample.
-                if between >= before:
-                    found["insert"].append(between - before)
-                if after >= between:
-                    found["settle"].append(after - between)
+                # A log that started over (a checkpoint had copied all of it) counts from 0
+                # under a new salt: not a sample.
+                if between[1] == before[1]:
+                    found["insert"].append(between[0] - before[0])
+                if after[1] == between[1]:
+                    found["settle"].append(after[0] - between[0])
     finally:
         db.dispose()
     return {name: statistics.median(counts) for name, counts in found.items()}
