@@ -26,22 +26,10 @@ import time
 from pathlib import Path
 
 from bench import run as bench
+from bench.scale import processes
 
 SYSTEMS = ("thread", "floor", "scheduler_app")
 WARMUP = 50
-
-
-def worker_pids(master: int) -> list[int]:
-    """gunicorn's workers: the master's children."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def traced(pid: int) -> bool:
@@ -73,7 +61,7 @@ def count(system: bench.System, probe: bench.Probe, requests: int, out: Path) ->
     try:
         bench.dispatch(system, server, probe, WARMUP, f"{system.name}-w", first_wait=60)
         argv = ["strace", "-f", "-c", "-o", str(out)]
-        workers = worker_pids(server.proc.pid)
+        workers = [pid for pid, role in processes(server.proc.pid).items() if role == "worker"]
         for pid in workers:
             argv += ["-p", str(pid)]
         tracer = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

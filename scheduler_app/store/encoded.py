@@ -35,7 +35,6 @@ class EncodedJSON(str):
         encoded.value = value if exact else json.loads(encoded)
         return encoded
 
-
     @classmethod
     def made(cls, text: str, value: Any) -> EncodedJSON:
         """``text`` that a caller already encoded from ``value`` (a run's kwargs, encoded by
