@@ -232,6 +232,65 @@ def test_run_streamed_body_under_the_limit_is_accepted(api: Any) -> None:
     assert answer["kwargs"] == {"value": "x" * 1000}
 
 
+
+def post_declared(app: Flask, path: str, body: bytes, declared: str | None = None
+                  ) -> tuple[int, Any, io.BytesIO]:
+    """POST ``body`` as gunicorn passes a request with a length: CONTENT_LENGTH (``declared``,
+    else the body's), and ``wsgi.input_terminated`` set, so the API reads the server's stream
+    itself rather than through Werkzeug's guard (the test client sets no such flag). Returns
+    the status, the answer and the input stream, to see how much of it was read."""
+    stream = io.BytesIO(body)
+    environ = EnvironBuilder(path=path, method="POST", input_stream=stream,
+                             content_type="application/json",
+                             environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
+    environ["CONTENT_LENGTH"] = str(len(body)) if declared is None else declared
+    environ["wsgi.input_terminated"] = True
+    chunks, status, _headers = run_wsgi_app(app, environ, buffered=True)
+    return int(status.split()[0]), json.loads(b"".join(chunks)), stream
+
+
+def test_run_body_of_declared_length_is_read_once_and_kept(make_app: Callable[..., Flask]
+                                                           ) -> None:
+    """Read straight from the server's stream, the body is still where Flask keeps it: a
+    host's hook reading ``request.get_data()`` after the view sees the same bytes."""
+    app = make_app(PRUNE_RUNS_CRON="")
+    seen: list[bytes] = []
+
+    @app.after_request
+    def _read_again(response: Any) -> Any:
+        from flask import request
+        seen.append(request.get_data())
+        return response
+
+    body = json.dumps({"task": "demo.echo", "kwargs": {"value": "\u00e9t\u00e9"}}).encode()
+    status, answer, stream = post_declared(app, "/api/runs", body)
+    assert status == 202, answer
+    assert answer["kwargs"] == {"value": "\u00e9t\u00e9"}
+    assert seen == [body]
+    assert stream.tell() == len(body)
+
+
+def test_run_declared_length_over_the_limit_is_refused_unread(api: Any) -> None:
+    """A declared length past MAX_CONTENT_LENGTH is a 413 before a byte of the body is read."""
+    body = json.dumps({"task": "demo.echo", "kwargs": {"value": "x" * (2 * MAX_BODY)}}).encode()
+    status, answer, stream = post_declared(api.application, "/api/runs", body)
+    assert status == 413, answer
+    assert answer["error"]["code"] == "payload_too_large"
+    assert stream.tell() == 0
+    assert_nothing_stored(api)
+
+
+@pytest.mark.parametrize("declared", ["20", "0"], ids=["shorter-than-body", "zero"])
+def test_run_declared_length_that_is_not_the_body_stores_nothing(api: Any, declared: str
+                                                                 ) -> None:
+    """Only the declared bytes are the body: cut short, it is not JSON; none, it is empty."""
+    body = b'{"task": "demo.echo", "kwargs": {"value": 1}}'
+    status, answer, _stream = post_declared(api.application, "/api/runs", body, declared)
+    assert status == 400, answer
+    assert answer["error"]["code"] == "invalid_request"
+    assert "body" in [d["field"] for d in answer["error"]["details"]], answer
+    assert_nothing_stored(api)
+
 # -- POST /api/jobs -----------------------------------------------------------------------------
 
 def job(**overrides: Any) -> dict[str, Any]:

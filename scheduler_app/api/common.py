@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import current_app, request, url_for
+from flask import Request, current_app, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..errors import InvalidRequest
@@ -65,10 +65,36 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
+def _declared_body(req: Request) -> bytes | None:
+    """The body read straight from the server's stream, when the server ends that stream
+    itself (``wsgi.input_terminated``: gunicorn, Werkzeug's server) and the request declares
+    its length; None otherwise (chunked, no length, or the body already read), for
+    ``Request.get_data``. Why: Werkzeug's guarded stream over the server's took 34 µs of a
+    run-now request in a gunicorn worker, against 14 read here (bench/README.md). What
+    Werkzeug enforces is kept: a declared length over the limit is a 413 before anything is
+    read, and the bytes are kept where ``get_data`` finds them, for any later reader."""
+    environ = req.environ
+    declared = environ.get("CONTENT_LENGTH")
+    if not (declared and declared.isascii() and declared.isdigit()) \
+            or not environ.get("wsgi.input_terminated") \
+            or "HTTP_TRANSFER_ENCODING" in environ or "stream" in req.__dict__ \
+            or getattr(req, "_cached_data", None) is not None:
+        return None
+    length = int(declared)
+    limit = req.max_content_length
+    if limit is not None and length > limit:
+        raise RequestEntityTooLarge()
+    raw: bytes = environ["wsgi.input"].read(length)
+    req._cached_data = raw  # where ``get_data(cache=True)`` keeps what it read
+    return raw
+
+
 def json_body(*, required: bool = True) -> Any:
     """The request body decoded as JSON (any Content-Type), or InvalidRequest naming ``body``."""
     req = current_request()
-    raw = req.get_data(cache=True)
+    raw = _declared_body(req)
+    if raw is None:
+        raw = req.get_data(cache=True)
     limit = req.max_content_length
     if limit is not None and len(raw) >= limit and req.content_length is None:
         # A streamed (chunked) body is cut at the limit by Werkzeug, not refused: refuse it
