@@ -44,6 +44,9 @@ COLUMNS_ADDED_SINCE_0004 = {("scheduler_nodes", "tasks"), *(
     ("scheduler_runs", name) for name in ("unique_key", "concurrency_key", "concurrency_limit",
                                           "rate_limit", "rate_key", "throttled_until"))}
 TABLES_ADDED_SINCE_0004 = {"scheduler_alerts", "scheduler_rate_starts"}
+# Unique constraints that a revision after 0004 made partial unique indexes (0011).
+CONSTRAINTS_MADE_INDEXES_SINCE_0004 = {
+    "uq_scheduler_runs_job_fire": ("scheduler_runs", ["job_id", "fire_time"])}
 
 
 def legacy_metadata() -> sa.MetaData:
@@ -65,11 +68,15 @@ def legacy_metadata() -> sa.MetaData:
               for column in table.columns
               if (table.name, column.name) not in COLUMNS_ADDED_SINCE_0004),
             *(sa.Index(unprefixed(str(index.name)), *(c.name for c in index.columns))
-              for index in table.indexes if index.name not in INDEXES_ADDED_SINCE_0004),
+              for index in table.indexes if index.name not in INDEXES_ADDED_SINCE_0004
+              and index.name not in CONSTRAINTS_MADE_INDEXES_SINCE_0004),
             *dropped,
             *(sa.UniqueConstraint(*(c.name for c in unique.columns),
                                   name=unprefixed(str(unique.name)))
-              for unique in table.constraints if isinstance(unique, sa.UniqueConstraint)))
+              for unique in table.constraints if isinstance(unique, sa.UniqueConstraint)),
+            *(sa.UniqueConstraint(*columns, name=unprefixed(name))
+              for name, (on, columns) in CONSTRAINTS_MADE_INDEXES_SINCE_0004.items()
+              if on == table.name))
     return legacy
 
 

@@ -130,7 +130,10 @@ runs = sa.Table(
     # Set by a claim that left this due run queued for want of a rate slot: when the next slot
     # opens, so the claims until then pass it over without counting, and its view can say so.
     sa.Column("throttled_until", UTCDateTime, nullable=True),
-    sa.UniqueConstraint("job_id", "fire_time", name=f"uq_{TABLE_PREFIX}runs_job_fire"),
+    # One run per job and fire time, over the runs a job fired only (revision 0011: a run
+    # without a job, most of them, never clashes there, and no longer has an entry to write).
+    sa.Index(f"uq_{TABLE_PREFIX}runs_job_fire", "job_id", "fire_time", unique=True,
+             **_present("job_id")),
     # Queued runs by due time, the claims' and the dispatchers' order (revision 0009: queued
     # runs only, so a run's settle and a run written already started never touch it).
     sa.Index(f"ix_{TABLE_PREFIX}runs_state_due", "state", "scheduled_for",
