@@ -39,7 +39,9 @@ def unprefixed(name: str) -> str:
 # How the revisions after 0004 changed the schema module's tables: undone, they give 0004's.
 INDEXES_ADDED_SINCE_0004 = {"ix_scheduler_jobs_task_next_run", "uq_scheduler_runs_unique_active",
                             "ix_scheduler_runs_concurrency"}
-INDEXES_DROPPED_SINCE_0004 = {"ix_scheduler_jobs_task": ("scheduler_jobs", ["task"])}
+INDEXES_DROPPED_SINCE_0004 = {"ix_scheduler_jobs_task": ("scheduler_jobs", ["task"]),
+                              "ix_scheduler_runs_node_state": ("scheduler_runs",
+                                                               ["node", "state"])}
 COLUMNS_ADDED_SINCE_0004 = {("scheduler_nodes", "tasks"), *(
     ("scheduler_runs", name) for name in ("unique_key", "concurrency_key", "concurrency_limit",
                                           "rate_limit", "rate_key", "throttled_until"))}
@@ -147,6 +149,16 @@ def run_row(now: datetime, **columns: Any) -> dict[str, Any]:
 def downgrade_to(db: Database, revision: str) -> None:
     """Downgrade the way ``Database.migrate`` upgrades: on SQLite with foreign keys off, so
     that copying a table (batch mode) cannot cascade into the tables referring to it."""
+    _foreign_keys_off(db, command.downgrade, revision)
+
+
+def migrate_to(db: Database, revision: str) -> None:
+    """Upgrade to ``revision`` as ``Database.migrate`` upgrades to head: on SQLite with
+    foreign keys off (``upgrade_to`` keeps the engine's on)."""
+    _foreign_keys_off(db, command.upgrade, revision)
+
+
+def _foreign_keys_off(db: Database, step: Any, revision: str) -> None:
     with db.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
@@ -154,7 +166,7 @@ def downgrade_to(db: Database, revision: str) -> None:
             raw.cursor().execute("PRAGMA foreign_keys=OFF")
         try:
             with conn.begin():
-                command.downgrade(migrations.alembic_config(conn), revision)
+                step(migrations.alembic_config(conn), revision)
         finally:
             if db.is_sqlite:
                 raw.cursor().execute("PRAGMA foreign_keys=ON")

@@ -5,14 +5,11 @@ runs through it, and the downgrade restores 0009's index over the runs with a no
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import sqlalchemy as sa
 
 from scheduler_app.store import Database, Store
 from scheduler_app.store.schema import runs
 from scheduler_app.timeutil import utcnow
-from tests.conftest import add_finished_runs, new_run, query_plans
 from tests.test_migrations import downgrade_to, index_definitions, run_row, upgrade_to
 
 NAME = "ix_scheduler_runs_node_state"
@@ -53,20 +50,3 @@ def test_0010_keeps_only_running_runs_in_the_node_index(db: Database) -> None:
     assert "WHERE node IS NOT NULL" in definition(db)
     upgrade_to(db, "0010")
 
-
-def test_a_nodes_look_for_cancels_reads_the_index_of_running_runs(tmp_path: Path) -> None:
-    """The look names the state as a literal, so the index over running runs serves it, on a
-    file where most runs with a node have long finished."""
-    store = Store(Database(f"sqlite:///{tmp_path / 'plans.sqlite3'}"))
-    store.db.migrate()
-    try:
-        add_finished_runs(store, 30, "n1")
-        running = store.runs.create(new_run(), running_on="n1", count_wait=False)
-        store.runs.request_cancel(running.id)
-        found: list[set[int]] = []
-        [(_, plan)] = query_plans(store, lambda: found.append(store.runs.cancel_requested_ids(
-            "n1")), keep=lambda sql: "cancel_requested" in sql)
-        assert found == [{running.id}]
-        assert NAME in plan, plan
-    finally:
-        store.db.dispose()

@@ -18,7 +18,13 @@ from scheduler_app.store import Database, RunState, Store
 from scheduler_app.store.schema import run_logs, runs
 from scheduler_app.timeutil import utcnow
 from tests.conftest import new_run
-from tests.test_migrations import downgrade_to, index_definitions, run_row, upgrade_to
+from tests.test_migrations import (
+    downgrade_to,
+    index_definitions,
+    migrate_to,
+    run_row,
+    upgrade_to,
+)
 
 NAME = "uq_scheduler_runs_job_fire"
 TABLE = "scheduler_runs"
@@ -86,7 +92,7 @@ def test_0011_makes_the_job_fire_constraint_an_index_of_the_runs_with_a_job(db: 
     before, indexes = all_rows(db), other_indexes(db)
     assert len(before[runs.name]) == 7 and len(before[run_logs.name]) == 3
 
-    assert db.migrate() == ("0010", "0011")
+    migrate_to(db, "0011")
     assert unique_fire(db) == "index"
     assert all_rows(db) == before
     assert other_indexes(db) == indexes
@@ -109,7 +115,7 @@ def test_0011_makes_the_job_fire_constraint_an_index_of_the_runs_with_a_job(db: 
     assert all_rows(db) == after
     assert other_indexes(db) == indexes
     assert refuses_a_second_run_of_a_fire(db, fires[2])
-    db.migrate()
+    migrate_to(db, "0011")
     assert unique_fire(db) == "index"
 
 

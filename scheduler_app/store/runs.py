@@ -308,7 +308,7 @@ class RunStore:
             return set(conn.execute(
                 sa.select(runs.c.id).where(
                     runs.c.node == node,
-                    IS_RUNNING,  # a literal, for the index of running runs (schema)
+                    IS_RUNNING,  # a literal: a seek to the running runs (schema)
                     runs.c.cancel_requested.is_(True),
                 )
             ).scalars())

@@ -26,8 +26,6 @@ ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
 # uses the index either way, but a PostgreSQL generic plan cannot prove that ``state = $1``
 # matches the index and reads another one (every queued run) or the table.
 QUEUED_LITERAL = "state = 'queued'"
-# The runs running on a node (``ix_scheduler_runs_node_state``, revision 0010), named the same way.
-RUNNING_LITERAL = "state = 'running'"
 
 def _present(column: str) -> dict[str, Any]:
     """A partial index's options: only the rows where ``column`` is not NULL."""
@@ -146,11 +144,10 @@ runs = sa.Table(
     # query reading them asks for a value, and most runs have no job, no concurrency key, and
     # no finish time while active, so their writes skip them.
     sa.Index(f"ix_{TABLE_PREFIX}runs_job", "job_id", "id", **_present("job_id")),
-    # A node's running runs (its tick's look for cancels): the running runs only (revision
-    # 0010), so a settle only takes its run out, where it moved it to the settled state's
-    # place; a claim and a run written already started put it in, as before.
-    sa.Index(f"ix_{TABLE_PREFIX}runs_node_state", "node", "state",
-             sqlite_where=sa.text(RUNNING_LITERAL), postgresql_where=sa.text(RUNNING_LITERAL)),
+    # No index of a node's running runs (revision 0012 dropped ix_scheduler_runs_node_state):
+    # the looks for them (a tick's for cancels, the lost runs') name the state as a literal
+    # (``IS_RUNNING``) and seek ix_scheduler_runs_state_id to the running runs, never more than
+    # the cluster's threads; every run's write and settle had an entry there to write.
     sa.Index(f"ix_{TABLE_PREFIX}runs_finished", "finished_at", **_present("finished_at")),
     # One queued or running run per unique key, held by the database itself: the key frees
     # however the run leaves those states (finished, failed, cancelled, settled NodeLost).
