@@ -253,11 +253,15 @@ def queue_systems(workers: int) -> list[System]:
 class Server:
     """A system under test, running: gunicorn, and the system's worker process if it has one."""
 
-    def __init__(self, system: System, redis: RedisServer | None = None) -> None:
+    def __init__(self, system: System, redis: RedisServer | None = None,
+                 root: Path | None = None) -> None:
+        """``root``: the checkout this service runs from (``bench.compare``'s other one);
+        this one's by default, and always for the baselines."""
         self.port = _free_port()
         self.worker: subprocess.Popen[bytes] | None = None
+        root = root or ROOT
         env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "GUNICORN_"))}
-        env.update(PYTHONPATH=str(ROOT), GUNICORN_CMD_ARGS="--no-control-socket", **system.env)
+        env.update(PYTHONPATH=str(root), GUNICORN_CMD_ARGS="--no-control-socket", **system.env)
         if redis is not None:
             env.update(BENCH_REDIS_URL=redis.url, RQ_REDIS_URL=redis.url)
         argv = [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}"]
@@ -268,7 +272,7 @@ class Server:
             argv += ["-k", "gthread", "--threads", "8", "-w", str(system.workers)]
         self.log = tempfile.TemporaryFile()
         # Baselines run from bench/ so gunicorn does not pick up this service's gunicorn.conf.py.
-        cwd = ROOT if system.conf else ROOT / "bench"
+        cwd = root if system.conf else root / "bench"
         self.proc = subprocess.Popen([*argv, system.app], cwd=cwd, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -1,0 +1,130 @@
+"""This checkout of the service against another one, run-now dispatch under gunicorn, request
+by request, with the bare thread beside both: is a change to a run-now's path worth its
+microseconds?
+
+Why not two runs of ``bench.run``: there each system has the machine for 1,000 requests in a
+row, one after the other, and on this 2-core virtual machine a server start lands its threads
+in a quicker or a slower place for all of them, and the machine has slower minutes: one
+repeat's p50 ratio ranged 1.22-1.41× against the bare thread for the same code on 2026-12-05,
+far more than the 5-30 µs a change to the path moves it. Here each round starts all three
+servers afresh (so a start's luck is drawn again every round), and each turn sends one
+sequential request to each, the order rotated from turn to turn (``t A B``, ``A B t``,
+``B t A``) and the two checkouts' places swapped every other round, so neither always follows
+the same system: a request right after a SQLite system's own meets that server's settle of it,
+a request right after the bare thread's does not, and a fixed order favoured one side by 18 µs
+when both sides ran the same code. The rounds' differences, not their absolute figures, are
+what it is for; a runs table of each side is checked afterwards, every run once and
+succeeded.
+
+    git worktree add /tmp/base HEAD~1        # the other checkout: any commit
+    .venv-bench/bin/python -m bench.compare /tmp/base                 # ~1 minute
+    .venv-bench/bin/python -m bench.compare /tmp/base --rounds 20 --requests 400
+
+Prints each round and a summary; writes nothing. "this" is the checkout the bench runs from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench import run as bench
+from scheduler_app.store import schema
+
+WARMUP = 30
+SIDES = ("this", "other")
+
+
+def rotated(order: list[str], turn: int) -> list[str]:
+    shift = turn % len(order)
+    return order[shift:] + order[:shift]
+
+
+def one_round(systems: dict[str, bench.System], roots: dict[str, Path], probe: bench.Probe,
+              order: list[str], count: int, tag: str) -> dict[str, float]:
+    """Fresh servers, a warm-up, then ``count`` turns: each system's dispatch p50, ms."""
+    servers: dict[str, bench.Server] = {}
+    try:
+        for name in order:
+            servers[name] = bench.Server(systems[name], root=roots.get(name))
+        sessions = {name: requests.Session() for name in order}
+        latencies: dict[str, list[float]] = {name: [] for name in order}
+        for i in range(-WARMUP, count):
+            for name in rotated(order, i):
+                key = f"{tag}-{name}-{i}"
+                sent = time.time()
+                response = sessions[name].post(servers[name].url + systems[name].path,
+                                               json=systems[name].body(key, probe.port))
+                if response.status_code >= 300:
+                    raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
+                if not probe.wait([key], 60 if i == -WARMUP else 10):
+                    raise RuntimeError(f"{name}: task {key} never started\n"
+                                       f"{servers[name].output()}")
+                if i >= 0:
+                    latencies[name].append((probe.seen[key][0] - sent) * 1000)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return {name: statistics.median(values) for name, values in latencies.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("other", type=Path, help="the other checkout's directory")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=400, help="turns a round")
+    args = parser.parse_args()
+    if not (args.other / "scheduler_app" / "__init__.py").is_file():
+        parser.error(f"{args.other} is not a checkout of this service (no scheduler_app/)")
+    if args.rounds < 1 or args.requests < 50:
+        parser.error("--rounds must be at least 1 and --requests at least 50")
+    probe = bench.Probe()
+    with tempfile.TemporaryDirectory() as tmp_text:
+        tmp = Path(tmp_text)
+        found = {s.name: s for s in bench.systems(tmp)}
+        ours = found["scheduler_app"]
+        roots = {"this": bench.ROOT, "other": args.other.resolve()}
+        p50s: dict[str, list[float]] = {"thread": [], "this": [], "other": []}
+        for n in range(args.rounds):
+            systems = {"thread": found["thread"]}
+            for side in SIDES:
+                env = {**ours.env,
+                       "FLASK_DATABASE_URL": f"sqlite:///{tmp / f'{side}-{n}.sqlite3'}"}
+                systems[side] = dataclasses.replace(ours, env=env)
+            order = ["thread", "this", "other"] if n % 2 == 0 else ["thread", "other", "this"]
+            found_p50 = one_round(systems, roots, probe, order, args.requests, f"r{n}")
+            for name, value in found_p50.items():
+                p50s[name].append(value)
+            print(f"{n}: p50 µs thread {found_p50['thread'] * 1000:.0f}, this "
+                  f"{found_p50['this'] * 1000:.0f}, other {found_p50['other'] * 1000:.0f}; "
+                  f"× thread {found_p50['this'] / found_p50['thread']:.3f} and "
+                  f"{found_p50['other'] / found_p50['thread']:.3f}; other − this "
+                  f"{(found_p50['other'] - found_p50['this']) * 1000:+.0f} µs", flush=True)
+        sent = WARMUP + args.requests
+        for side in SIDES:
+            for n in range(args.rounds):
+                checked = bench.check_recorded(tmp / f"{side}-{n}.sqlite3", schema.runs.name,
+                                               f"r{n}-", sent)
+                if checked != {"recorded": sent, "succeeded": sent, "distinct": sent}:
+                    raise RuntimeError(f"{side}, round {n}: {checked}, of {sent} runs sent")
+    differences = [(o - t) * 1000 for t, o in zip(p50s["this"], p50s["other"], strict=True)]
+
+    def times_thread(side: str) -> float:
+        return statistics.median(
+            a / b for a, b in zip(p50s[side], p50s["thread"], strict=True))
+
+    print(f"dispatch p50 × the bare thread, medians over {args.rounds} rounds: this "
+          f"{times_thread('this'):.3f}, other {times_thread('other'):.3f}")
+    print(f"other − this: median {statistics.median(differences):+.1f} µs, mean "
+          f"{statistics.mean(differences):+.1f} µs; this quicker in "
+          f"{sum(d > 0 for d in differences)} of {args.rounds} rounds")
+
+
+if __name__ == "__main__":
+    main()
