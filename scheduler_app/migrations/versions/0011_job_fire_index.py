@@ -8,9 +8,9 @@ Create Date: 2026-12-05
 The constraint keeps one run per job and fire time. A run without a job (run now, a batch,
 ``Task.enqueue``) can never clash there (NULLs are distinct), yet each one had an entry in the
 constraint's index, written inside the write lock with the row: one B-tree of the six a run-now
-insert touched, one page of the write-ahead log, and, measured under gunicorn against the
-unchanged code, about 16 µs between a run-now request and its task's first line
-(bench/README.md). The index over the rows with a job keeps exactly the same guarantee.
+insert touched and one page of the write-ahead log; ``BEGIN``, the insert and ``COMMIT`` took
+47.0 µs of SQLite's work with it and 42.4 without, in a hot loop (bench/README.md). The index
+over the rows with a job keeps exactly the same guarantee.
 
 Safe for a rolling deploy: uniqueness holds for the same rows under the same name, and no
 statement names the constraint (the fire pass looks the recorded fires up first; the constraint
