@@ -67,8 +67,9 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 def _declared_body(req: Request) -> bytes | None:
     """The body read straight from the server's stream, when the server ends that stream
-    itself (``wsgi.input_terminated``: gunicorn, Werkzeug's server) and the request declares
-    its length; None otherwise (chunked, no length, or the body already read), for
+    itself (``wsgi.input_terminated``, which gunicorn sets on every request) and the request
+    declares its length; None otherwise (chunked, no length, the body already read, or a
+    server that leaves the stream open, as Werkzeug's own does but for chunked bodies), for
     ``Request.get_data``. Why: Werkzeug's guarded stream over the server's took 34 µs of a
     run-now request in a gunicorn worker, against 14 read here (bench/README.md). What
     Werkzeug enforces is kept: a declared length over the limit is a 413 before anything is
