@@ -29,47 +29,33 @@ import argparse
 import dataclasses
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import requests
-
 from bench import run as bench
+from bench.interleaved import interleave
 from scheduler_app.store import schema
 
 WARMUP = 30
 SIDES = ("this", "other")
 
 
-def rotated(order: list[str], turn: int) -> list[str]:
-    shift = turn % len(order)
-    return order[shift:] + order[:shift]
+def rotated(names: list[str], turn: int) -> list[str]:
+    """A turn's order: the names shifted by one place a turn, so each follows every other."""
+    shift = turn % len(names)
+    return names[shift:] + names[:shift]
 
 
 def one_round(systems: dict[str, bench.System], roots: dict[str, Path], probe: bench.Probe,
               order: list[str], count: int, tag: str) -> dict[str, float]:
     """Fresh servers, a warm-up, then ``count`` turns: each system's dispatch p50, ms."""
-    servers: dict[str, bench.Server] = {}
+    servers: dict[str, tuple[bench.System, bench.Server]] = {}
     try:
         for name in order:
-            servers[name] = bench.Server(systems[name], root=roots.get(name))
-        sessions = {name: requests.Session() for name in order}
-        latencies: dict[str, list[float]] = {name: [] for name in order}
-        for i in range(-WARMUP, count):
-            for name in rotated(order, i):
-                key = f"{tag}-{name}-{i}"
-                sent = time.time()
-                response = sessions[name].post(servers[name].url + systems[name].path,
-                                               json=systems[name].body(key, probe.port))
-                if response.status_code >= 300:
-                    raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
-                if not probe.wait([key], 60 if i == -WARMUP else 10):
-                    raise RuntimeError(f"{name}: task {key} never started\n"
-                                       f"{servers[name].output()}")
-                if i >= 0:
-                    latencies[name].append((probe.seen[key][0] - sent) * 1000)
+            servers[name] = (systems[name], bench.Server(systems[name], root=roots.get(name)))
+            bench.dispatch(*servers[name], probe, WARMUP, f"{tag}-{name}-w", first_wait=60)
+        latencies = interleave(servers, probe, count, tag, order=rotated)
     finally:
-        for server in servers.values():
+        for _, server in servers.values():
             server.stop()
     return {name: statistics.median(values) for name, values in latencies.items()}
 

@@ -21,7 +21,7 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,26 @@ SYSTEMS = ("thread", "floor", "scheduler_app")
 WARMUP = 50
 
 
+def reversed_every_other(names: list[str], turn: int) -> list[str]:
+    """This bench's order of a turn: as given, then reversed, turn by turn."""
+    return names if turn % 2 == 0 else names[::-1]
+
+
 def interleave(servers: dict[str, tuple[bench.System, bench.Server]], probe: bench.Probe,
-               count: int, tag: str) -> dict[str, list[float]]:
-    """``count`` turns of one sequential request to each system: each one's latencies, ms."""
+               count: int, tag: str,
+               order: Callable[[list[str], int], list[str]] = reversed_every_other
+               ) -> dict[str, list[float]]:
+    """``count`` turns of one sequential request to each system, in the ``order`` of each
+    turn (of the systems' names and the turn's number): each one's latencies, ms."""
     sessions = {name: requests.Session() for name in servers}
     latencies: dict[str, list[float]] = {name: [] for name in servers}
     names = list(servers)
     for i in range(count):
-        for name in names if i % 2 == 0 else reversed(names):
+        for name in order(names, i):
             system, server = servers[name]
-            key = f"{tag}-{name}-t{i}"
-            sent = time.time()
-            response = sessions[name].post(server.url + system.path,
-                                           json=system.body(key, probe.port))
-            if response.status_code >= 300:
-                raise RuntimeError(f"{name}: {response.status_code} {response.text[:200]}")
-            if not probe.wait([key], 10):
-                raise RuntimeError(f"{name}: task {key} never started\n{server.output()}")
-            latencies[name].append((probe.seen[key][0] - sent) * 1000)
+            sent, started = bench.run_now(system, server, sessions[name], probe,
+                                          f"{tag}-{name}-t{i}")
+            latencies[name].append((started - sent) * 1000)
     return latencies
 
 

@@ -365,18 +365,27 @@ def dispatch(system: System, server: Server, probe: Probe, count: int, tag: str,
     session = requests.Session()
     latencies = []
     for i in range(count):
-        key = f"{tag}-d{i}"
-        sent = time.time()
-        response = session.post(server.url + system.path, json=system.body(key, probe.port))
-        if response.status_code >= 300:
-            raise RuntimeError(f"{system.name}: {response.status_code} {response.text[:200]}")
-        if not probe.wait([key], first_wait if i == 0 else 10):
-            raise RuntimeError(f"{system.name}: task {key} never started\n{server.output()}")
-        started = probe.seen[key][0]
+        sent, started = run_now(system, server, session, probe, f"{tag}-d{i}",
+                                first_wait if i == 0 else 10)
         latencies.append((started - sent) * 1000)
         if spans is not None:
             spans.append((sent, started))
     return {"p50_ms": percentile(latencies, 0.5), "p99_ms": percentile(latencies, 0.99)}
+
+
+def run_now(system: System, server: Server, session: requests.Session, probe: Probe,
+            key: str, wait: float = 10) -> tuple[float, float]:
+    """One request whose task reports ``key``: when it was sent and when the task started
+    (wall clock, seconds). An error answer, or a task not heard within ``wait`` seconds, is a
+    RuntimeError naming the system and the key."""
+    sent = time.time()
+    response = session.post(server.url + system.path, json=system.body(key, probe.port))
+    if response.status_code >= 300:
+        raise RuntimeError(f"{system.name} ({key}): {response.status_code} "
+                           f"{response.text[:200]}")
+    if not probe.wait([key], wait):
+        raise RuntimeError(f"{system.name}: task {key} never started\n{server.output()}")
+    return sent, probe.seen[key][0]
 
 
 def timed(system: System, directory: Path) -> System:

@@ -123,8 +123,9 @@ def upgrade_to(db: Database, revision: str) -> None:
         migrations.upgrade(conn, revision)
 
 
-def index_definitions(db: Database, names: Iterable[str]) -> dict[str, str]:
-    """The SQL each of the runs table's indexes ``names`` has as the database keeps it
+def index_definitions(db: Database, names: Iterable[str] | None = None) -> dict[str, str]:
+    """The SQL each of the runs table's indexes ``names`` (None: all, but those SQLite makes
+    itself for a table's constraints, which have no SQL) has as the database keeps it
     (SQLite's ``sqlite_master``, PostgreSQL's ``pg_indexes``), its whitespace collapsed."""
     with db.engine.connect() as conn:
         if db.is_sqlite:
@@ -133,8 +134,9 @@ def index_definitions(db: Database, names: Iterable[str]) -> dict[str, str]:
         else:
             rows = conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE "
                                         "tablename = 'scheduler_runs'")).all()
-    wanted = set(names)
-    return {name: " ".join(sql.split()) for name, sql in rows if name in wanted}
+    wanted = None if names is None else set(names)
+    return {name: " ".join(sql.split()) for name, sql in rows
+            if sql is not None and (wanted is None or name in wanted)}
 
 
 def run_row(now: datetime, **columns: Any) -> dict[str, Any]:

@@ -37,17 +37,8 @@ def all_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def other_indexes(db: Database) -> dict[str, str]:
-    """Every index of the runs table but the one 0011 changes (and the one SQLite made for
-    the constraint), with its SQL as the database keeps it."""
-    with db.engine.connect() as conn:
-        if db.is_sqlite:
-            rows = conn.execute(sa.text(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t "
-                "AND sql IS NOT NULL"), {"t": TABLE}).all()
-        else:
-            rows = conn.execute(sa.text("SELECT indexname, indexdef FROM pg_indexes WHERE "
-                                        "tablename = :t"), {"t": TABLE}).all()
-    return {name: " ".join(sql.split()) for name, sql in rows if name != NAME}
+    """Every index of the runs table but the one 0011 changes, as the database keeps it."""
+    return {name: sql for name, sql in index_definitions(db).items() if name != NAME}
 
 
 def unique_fire(db: Database) -> str:

@@ -27,6 +27,7 @@ ACTIVE_PREDICATE = sa.text("state IN ('queued', 'running')")
 # matches the index and reads another one (every queued run) or the table.
 QUEUED_LITERAL = "state = 'queued'"
 
+
 def _present(column: str) -> dict[str, Any]:
     """A partial index's options: only the rows where ``column`` is not NULL."""
     where = sa.text(f"{column} IS NOT NULL")
