@@ -32,32 +32,9 @@ import tempfile
 from pathlib import Path
 
 from bench import run as bench
-from bench.interleaved import interleave
 from scheduler_app.store import schema
 
-WARMUP = 30
 SIDES = ("this", "other")
-
-
-def rotated(names: list[str], turn: int) -> list[str]:
-    """A turn's order: the names shifted by one place a turn, so each follows every other."""
-    shift = turn % len(names)
-    return names[shift:] + names[:shift]
-
-
-def one_round(systems: dict[str, bench.System], roots: dict[str, Path], probe: bench.Probe,
-              order: list[str], count: int, tag: str) -> dict[str, float]:
-    """Fresh servers, a warm-up, then ``count`` turns: each system's dispatch p50, ms."""
-    servers: dict[str, tuple[bench.System, bench.Server]] = {}
-    try:
-        for name in order:
-            servers[name] = (systems[name], bench.Server(systems[name], root=roots.get(name)))
-            bench.dispatch(*servers[name], probe, WARMUP, f"{tag}-{name}-w", first_wait=60)
-        latencies = interleave(servers, probe, count, tag, order=rotated)
-    finally:
-        for _, server in servers.values():
-            server.stop()
-    return {name: statistics.median(values) for name, values in latencies.items()}
 
 
 def main() -> None:
@@ -84,7 +61,9 @@ def main() -> None:
                        "FLASK_DATABASE_URL": f"sqlite:///{tmp / f'{side}-{n}.sqlite3'}"}
                 systems[side] = dataclasses.replace(ours, env=env)
             order = ["thread", "this", "other"] if n % 2 == 0 else ["thread", "other", "this"]
-            found_p50 = one_round(systems, roots, probe, order, args.requests, f"r{n}")
+            latencies = bench.interleaved_round({name: systems[name] for name in order}, probe,
+                                                args.requests, f"r{n}", roots=roots)
+            found_p50 = {name: statistics.median(values) for name, values in latencies.items()}
             for name, value in found_p50.items():
                 p50s[name].append(value)
             print(f"{n}: p50 µs thread {found_p50['thread'] * 1000:.0f}, this "
@@ -92,7 +71,7 @@ def main() -> None:
                   f"× thread {found_p50['this'] / found_p50['thread']:.3f} and "
                   f"{found_p50['other'] / found_p50['thread']:.3f}; other − this "
                   f"{(found_p50['other'] - found_p50['this']) * 1000:+.0f} µs", flush=True)
-        sent = WARMUP + args.requests
+        sent = bench.INTERLEAVED_WARMUP + args.requests
         for side in SIDES:
             for n in range(args.rounds):
                 checked = bench.check_recorded(tmp / f"{side}-{n}.sqlite3", schema.runs.name,
