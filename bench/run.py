@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import importlib.util
 import json
 import os
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -396,6 +397,9 @@ def run_now(system: System, server: Server, session: requests.Session, probe: Pr
 # Interleaved, one request to each system a turn, every moment falls on all of them alike.
 INTERLEAVED = ("thread", "floor", "scheduler_app")
 INTERLEAVED_WARMUP = 30
+# Throughput the same way: the bare route, the bare thread, the floor and this service in turns
+# of short blocks (a repeat's runs in this many blocks each), the order rotated.
+ALTERNATED_BLOCKS = 6
 
 
 def rotated(names: list[str], turn: int) -> list[str]:
@@ -423,41 +427,76 @@ def interleave(servers: dict[str, tuple[System, Server]], probe: Probe, count: i
     return latencies
 
 
-def interleaved_round(systems: dict[str, System], probe: Probe, count: int, tag: str,
-                      roots: dict[str, Path] | None = None) -> dict[str, list[float]]:
-    """One round: a fresh server for each of ``systems`` (started in their order, from the
-    checkout ``roots`` names, this one's by default), each warmed up, then ``count`` turns
-    interleaved and rotated; the servers stopped. Each system's latencies, ms. Fresh servers
-    each round: a start lands a server's threads in a quicker or a slower place for as long as
-    it runs, and each round draws that again."""
+@contextlib.contextmanager
+def started_together(systems: dict[str, System], probe: Probe, tag: str,
+                     roots: dict[str, Path] | None = None
+                     ) -> Iterator[dict[str, tuple[System, Server]]]:
+    """A fresh server for each of ``systems`` (started in their order, from the checkout
+    ``roots`` names, this one's by default), each warmed up; all stopped on the way out.
+    Fresh servers each time: a start lands a server's threads in a quicker or a slower place
+    for as long as it runs, and each round draws that again."""
     servers: dict[str, tuple[System, Server]] = {}
     try:
         for name, system in systems.items():
             servers[name] = (system, Server(system, root=(roots or {}).get(name)))
             dispatch(system, servers[name][1], probe, INTERLEAVED_WARMUP, f"{tag}-{name}-w",
                      first_wait=60)
-        return interleave(servers, probe, count, tag)
+        yield servers
     finally:
         for _, server in servers.values():
             server.stop()
         os.sync()  # as after each system's turn in ``measure``
 
 
+def interleaved_round(systems: dict[str, System], probe: Probe, count: int, tag: str,
+                      roots: dict[str, Path] | None = None) -> dict[str, list[float]]:
+    """One round on servers ``started_together``: ``count`` turns interleaved and rotated.
+    Each system's latencies, ms."""
+    with started_together(systems, probe, tag, roots) as servers:
+        return interleave(servers, probe, count, tag)
+
+
+def alternated_throughput(servers: dict[str, tuple[System, Server]], bare: System, probe: Probe,
+                          blocks: int, count: int, tag: str) -> list[dict[str, float]]:
+    """``blocks`` turns of ``throughput`` blocks of ``count`` runs, one each for the bare
+    route (on the bare thread's server: the same app), the bare thread, the floor and this
+    service, the order rotated: each turn's runs/s by system."""
+    systems = {"bare_route": (bare, servers["thread"][1]), **servers}
+    turns = []
+    for i in range(blocks):
+        turn = {}
+        for name in rotated(list(systems), i):
+            system, server = systems[name]
+            turn[name] = throughput(system, server, probe, count, f"{tag}-{name}-b{i}")[
+                "runs_per_s"]
+        turns.append(turn)
+    return turns
+
+
 def interleaved_dispatch(systems: dict[str, System], probe: Probe, tmp: Path, count: int,
-                         tag: str) -> dict[str, Any]:
-    """``interleaved_round`` of the bare thread, the durable floor and this service: each
-    one's p50 and p99, and the runs of this service and of the floor checked in their
-    databases (warm-up and measured, each once and succeeded)."""
-    latencies = interleaved_round({name: systems[name] for name in INTERLEAVED}, probe, count,
-                                  tag)
+                         tag: str, bare: System | None = None, blocks: int = 0,
+                         block_runs: int = 0) -> dict[str, Any]:
+    """The bare thread, the durable floor and this service on servers ``started_together``:
+    ``count`` turns of dispatch interleaved (each one's p50 and p99), then, given the bare
+    route's system, ``alternated_throughput`` (``blocks`` turns of ``block_runs`` runs); the
+    runs of this service and of the floor checked in their databases (each once and
+    succeeded)."""
+    chosen = {name: systems[name] for name in INTERLEAVED}
+    with started_together(chosen, probe, tag) as servers:
+        latencies = interleave(servers, probe, count, tag)
+        turns = (alternated_throughput(servers, bare, probe, blocks, block_runs, tag)
+                 if bare is not None and blocks else [])
     entry: dict[str, Any] = {name: {"p50_ms": percentile(values, 0.5),
                                     "p99_ms": percentile(values, 0.99)}
                              for name, values in latencies.items()}
-    sent = INTERLEAVED_WARMUP + count
-    entry["sent"] = sent
+    entry["turns"] = count
+    if turns:
+        entry["throughput"], entry["throughput_runs"] = turns, block_runs
+    entry["sent"] = INTERLEAVED_WARMUP + count + blocks * block_runs
     entry["recorded"] = {
-        "scheduler_app": check_recorded(tmp / SERVICE_DB, schema.runs.name, f"{tag}-", sent),
-        "floor": check_recorded(tmp / FLOOR_DB, floor.TABLE, f"{tag}-", sent)}
+        "scheduler_app": check_recorded(tmp / SERVICE_DB, schema.runs.name, f"{tag}-",
+                                        entry["sent"]),
+        "floor": check_recorded(tmp / FLOOR_DB, floor.TABLE, f"{tag}-", entry["sent"])}
     return entry
 
 
@@ -482,6 +521,19 @@ def interleaved_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
     out["p50_vs_thread_each_round"] = [r["scheduler_app"]["p50_ms"] / r["thread"]["p50_ms"]
                                        for r in rounds]
+    turns = [turn for r in rounds for turn in r.get("throughput", [])]
+    if turns:
+        # The HTTP ceiling of a turn as ``http_ceiling`` takes it: the bare route's runs/s, or
+        # the bare thread's where that turn measured it higher.
+        out["throughput"] = {
+            "runs_per_s": {name: statistics.median(t[name] for t in turns) for name in turns[0]},
+            "vs_http_ceiling": statistics.median(
+                t["scheduler_app"] / max(t["bare_route"], t["thread"]) for t in turns),
+            "vs_http_ceiling_each_turn": [
+                t["scheduler_app"] / max(t["bare_route"], t["thread"]) for t in turns],
+            "floor_vs_http_ceiling": statistics.median(
+                t["floor"] / max(t["bare_route"], t["thread"]) for t in turns),
+            "turns": len(turns), "runs_a_block": rounds[0]["throughput_runs"]}
     out["every_run_recorded"] = all(
         checked["recorded"] == checked["succeeded"] == checked["distinct"] == r["sent"]
         for r in rounds for checked in r["recorded"].values())
@@ -764,7 +816,9 @@ def main() -> None:
             for repeat in range(repeats):
                 if interleaving:
                     interleaved_rounds.append(interleaved_dispatch(
-                        by_name, probe, tmp, n_dispatch, f"i{repeat}"))
+                        by_name, probe, tmp, n_dispatch, f"i{repeat}",
+                        bare=by_name.get("bare_route"), blocks=ALTERNATED_BLOCKS,
+                        block_runs=n_tput // ALTERNATED_BLOCKS))
                     print("interleaved", repeat, json.dumps(
                         {k: v for k, v in interleaved_rounds[-1].items() if k != "recorded"}),
                         flush=True)
@@ -938,28 +992,38 @@ def write_table(results: dict[str, Any]) -> None:
     spread_text = ("; each repeat: " + ", ".join(f"{x:.2f}×" for x in spread)
                    if len(spread) > 1 else "")
     blocks_text = (
-        f"dispatch p50 {r.get('dispatch_p50_vs_thread', nan):.2f}× the bare thread{spread_text} "
+        f"dispatch p50 {r.get('dispatch_p50_vs_thread', nan):.2f}× the bare thread"
+        + (f" (each repeat: {', '.join(f'{x:.2f}×' for x in spread)})" if len(spread) > 1 else "")
+        + " "
         f"and p99 {r.get('dispatch_p99_vs_thread', nan):.2f}×; the durable floor (a row "
         "committed through sqlite3, then a thread: bench/systems/floor.py) "
         f"{r.get('floor_p50_vs_thread', nan):.2f}× the bare thread at p50 and "
         f"{r.get('floor_p99_vs_thread', nan):.2f}× at p99, this service "
         f"{r.get('dispatch_p50_vs_floor', nan):.2f}× the floor at p50 and "
         f"{r.get('dispatch_p99_vs_floor', nan):.2f}× at p99")
-    # The p50 line is read interleaved, where the machine's moods fall on every system alike;
-    # the p99 in both ways, since only blocks send a request while the one before it settles.
-    inter = results.get("interleaved", {}).get("ratios")
+    # The p50 line and the share of the HTTP ceiling are read where the machine's moods fall
+    # on every system alike (interleaved, alternated); the p99 in both ways, since only the
+    # table's blocks send a request while the server still settles the one before.
+    inter = results.get("interleaved", {})
     dispatch_text = (
-        f"dispatch p50 {inter['dispatch_p50_vs_thread']:.2f}× the bare thread with the "
-        f"requests interleaved (≤ 1.2; below), p99 {r.get('dispatch_p99_vs_thread', nan):.2f}× "
-        f"in the table's blocks and {inter['dispatch_p99_vs_thread']:.2f}× interleaved (≤ 2)"
+        f"dispatch p50 {inter['ratios']['dispatch_p50_vs_thread']:.2f}× the bare thread with "
+        f"the requests interleaved (≤ 1.2; below), p99 "
+        f"{r.get('dispatch_p99_vs_thread', nan):.2f}× in the table's blocks and "
+        f"{inter['ratios']['dispatch_p99_vs_thread']:.2f}× interleaved (≤ 2)"
         if inter else
-        f"dispatch p50 {r.get('dispatch_p50_vs_thread', nan):.2f}× the bare thread (≤ 1.2) "
-        f"and p99 {r.get('dispatch_p99_vs_thread', nan):.2f}× (≤ 2)")
+        f"dispatch p50 {r.get('dispatch_p50_vs_thread', nan):.2f}× the bare thread (≤ 1.2"
+        f"{spread_text}) and p99 {r.get('dispatch_p99_vs_thread', nan):.2f}× (≤ 2)")
+    share = inter.get("throughput", {}).get("vs_http_ceiling")
+    share_text = (
+        f"{100 * share:.0f} % of the HTTP ceiling in alternated blocks (≥ 75 %; below; "
+        f"{100 * r.get('throughput_vs_http_ceiling', nan):.0f} % in the table)"
+        if share is not None else
+        f"{100 * r.get('throughput_vs_http_ceiling', nan):.0f} % of the HTTP ceiling (≥ 75 %)")
     dispatch_details = (
-        interleaved_text(results["interleaved"]) + " In the table's blocks of "
+        interleaved_text(inter) + " In the table's blocks of "
         f"{st['dispatch_requests']} requests, where each system has the machine to itself and "
         f"its speed moves from one block to the next: {blocks_text}."
-        if "interleaved" in results else f"In the table: {blocks_text}.")
+        if inter else f"In the table: {blocks_text}.")
     summary = (
         measured_on(m) + ". "
         + (f"Medians of {st['repeats']} runs, the systems taking turns"
@@ -973,8 +1037,7 @@ def write_table(results: dict[str, Any]) -> None:
         f"when it started, {st.get('load_average_after', [nan])[0]:.2f} at the end.\n\n"
         f"{table}\n\n"
         f"This service against issue 15's targets (in parentheses): {dispatch_text}; "
-        f"throughput {100 * r.get('throughput_vs_http_ceiling', nan):.0f} % of the HTTP "
-        f"ceiling (≥ 75 %) and {r.get('throughput_vs_best_celery', nan):.2f}× the better "
+        f"throughput {share_text} and {r.get('throughput_vs_best_celery', nan):.2f}× the better "
         f"Celery pool (≥ 1); server CPU per recorded run "
         f"{ours.get('server_cpu_ms_per_run', nan):.2f} ms (≤ 1.5), "
         f"{r.get('cpu_vs_best_celery', nan):.2f}× that Celery pool's. Every run recorded: "
@@ -994,23 +1057,36 @@ def write_table(results: dict[str, Any]) -> None:
 
 
 def interleaved_text(found: dict[str, Any]) -> str:
-    """How the interleaved requests measured the dispatch targets (what the 1.2× line is read
-    from: ``INTERLEAVED``)."""
+    """How the three systems started together measured the dispatch targets and the share of
+    the HTTP ceiling (what the lines are read from: ``INTERLEAVED``)."""
     r = found["ratios"]
     rounds = ", ".join(f"{x:.2f}×" for x in found["p50_vs_thread_each_round"])
-    return (
-        "Dispatch interleaved: in each repeat, before the systems' turns, the bare thread, the "
-        f"durable floor and this service on fresh servers at once, "
-        f"{found['rounds'][0]['sent'] - INTERLEAVED_WARMUP} turns of one sequential request "
-        "to each, the order rotated turn by turn, so a slower moment of the machine falls on "
-        f"the three alike: p50 {found['thread']['p50_ms']:.2f}, {found['floor']['p50_ms']:.2f} "
-        f"and {found['scheduler_app']['p50_ms']:.2f} ms; this service "
-        f"{r['dispatch_p50_vs_thread']:.2f}× the bare thread (each repeat: {rounds}) and "
-        f"{r['dispatch_p50_vs_floor']:.2f}× the floor, the floor "
+    text = (
+        "In each repeat, before the systems' turns, the bare thread, the durable floor and this "
+        f"service on fresh servers at once. Dispatch interleaved, {found['rounds'][0]['turns']} "
+        "turns of one sequential request to each, the order rotated turn by turn, so a slower "
+        f"moment of the machine falls on the three alike: p50 {found['thread']['p50_ms']:.2f}, "
+        f"{found['floor']['p50_ms']:.2f} and {found['scheduler_app']['p50_ms']:.2f} ms; this "
+        f"service {r['dispatch_p50_vs_thread']:.2f}× the bare thread (each repeat: {rounds}) "
+        f"and {r['dispatch_p50_vs_floor']:.2f}× the floor, the floor "
         f"{r['floor_p50_vs_thread']:.2f}× the bare thread; p99 this service "
         f"{r['dispatch_p99_vs_thread']:.2f}× the bare thread, the floor "
-        f"{r['floor_p99_vs_thread']:.2f}×; every run sent recorded once and succeeded: "
-        f"{'yes' if found['every_run_recorded'] else 'NO'}.")
+        f"{r['floor_p99_vs_thread']:.2f}×.")
+    tput = found.get("throughput")
+    if tput:
+        rates = tput["runs_per_s"]
+        text += (
+            f" Throughput alternated, {tput['turns']} turns of a block of "
+            f"{tput['runs_a_block']} runs from 8 client threads to the bare route (on the bare "
+            "thread's server), the bare thread, the floor and this service, the order rotated: "
+            f"{rates['bare_route']:.0f}, {rates['thread']:.0f}, {rates['floor']:.0f} and "
+            f"{rates['scheduler_app']:.0f} runs/s; this service "
+            f"{100 * tput['vs_http_ceiling']:.0f} % of the turn's HTTP ceiling (each turn "
+            f"{100 * min(tput['vs_http_ceiling_each_turn']):.0f}–"
+            f"{100 * max(tput['vs_http_ceiling_each_turn']):.0f} %), the floor "
+            f"{100 * tput['floor_vs_http_ceiling']:.0f} %.")
+    return text + (" Every run sent to this service and the floor recorded once and "
+                   f"succeeded: {'yes' if found['every_run_recorded'] else 'NO'}.")
 
 
 def replace_readme_section(name: str, body: str) -> None:
