@@ -9,7 +9,11 @@ CPU per run (web, workers and broker). Beside the bare route and the bare thread
 floor (``bench/systems/floor.py``): the bare thread with one row committed through ``sqlite3``
 before it, the least a run recorded before its 202 costs. The systems take turns, repeat by
 repeat, so a busy minute on the machine falls on all of them; medians are reported, with
-ratios within the run. Results go to bench/results.json and the table in bench/README.md
+ratios within the run. Each repeat begins with the bare thread, the floor and this service on
+servers started together: their dispatch interleaved request by request and their throughput
+(with the bare route) in short blocks alternated, where even a busy half-second falls on all of
+them alike; issue 15's p50 line and share of the HTTP ceiling are read from those
+(``interleaved_dispatch``). Results go to bench/results.json and the table in bench/README.md
 (with --quick, to bench/work/, which git ignores).
 
     .venv-bench/bin/python -m bench.run            # full: what bench/README.md reports
