@@ -8,13 +8,12 @@ in a quicker or a slower place for all of them, and the machine has slower minut
 repeat's p50 ratio ranged 1.22-1.41× against the bare thread for the same code on 2026-12-05,
 far more than the 5-30 µs a change to the path moves it. Here each round starts all three
 servers afresh (so a start's luck is drawn again every round), and each turn sends one
-sequential request to each, the order rotated from turn to turn (``t A B``, ``A B t``,
-``B t A``) and the two checkouts' places swapped every other round, so neither always follows
-the same system: a request right after a SQLite system's own meets that server's settle of it,
-a request right after the bare thread's does not, and a fixed order favoured one side by 18 µs
-when both sides ran the same code. The rounds' differences, not their absolute figures, are
-what it is for; a runs table of each side is checked afterwards, every run once and
-succeeded.
+sequential request to each, each turn's order drawn at random (``bench.run.shuffled``), so
+neither side follows any system more often than the other: a request right after a SQLite
+system's can meet that server still settling its run, a request right after the bare thread's
+does not, and a fixed order favoured one side by 18 µs when both sides ran the same code. The
+rounds' differences, not their absolute figures, are what it is for; a runs table of each side
+is checked afterwards, every run once and succeeded.
 
     git worktree add /tmp/base HEAD~1        # the other checkout: any commit
     .venv-bench/bin/python -m bench.compare /tmp/base                 # ~1 minute

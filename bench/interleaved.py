@@ -1,6 +1,6 @@
 """Issue 15's dispatch targets measured with the systems interleaved request by request: the
 bare thread, the durable floor and this service run at once, and each turn sends one sequential
-request to each, the order rotated turn by turn.
+request to each, each turn's order drawn at random.
 
 Why beside ``bench.run``'s blocks: there each system has the machine to itself for its 1,000
 requests, one after the other, and this 2-core machine's speed moves from one half-second to
@@ -8,8 +8,9 @@ the next and from one server start to the next (on 2026-12-05 the bare thread's 
 0.70–1.50 ms between repeats of one run, and the durable floor read 1.05× and 1.24× the bare
 thread in two runs of the same code). Interleaved, a slow phase falls on every system alike,
 so the ratios hold still. Each round starts the three servers afresh (a start's luck is drawn
-again every round) and the order is rotated (``t f s``, ``f s t``, ``s t f``), so each system
-follows each other one equally often. ``bench.run`` takes the same measurement in each of its
+again every round) and each turn's order is drawn at random (``bench.run.shuffled``), so no
+system follows a SQLite system's request, which that server may still be settling, more often
+than another does. ``bench.run`` takes the same measurement in each of its
 repeats (``bench.run.interleaved_dispatch``); this is it alone, in about a minute. Dispatch is
 "request sent → task's first line" as in ``bench.run`` (the same client, probe and systems);
 afterwards each run of this service and of the floor is checked in its database, once and
@@ -18,7 +19,9 @@ share the cores, and each request finds the caches holding the other two's work.
 
 Until 2026-12-05 18:50 UTC the three servers were started once for all rounds and the order
 reversed every other turn, which put this service's request right after its own at every other
-turn's start (bench/README.md, "2026-12-05, 18:25–21:25 UTC").
+turn's start; from 18:50 to 20:15 the order was rotated turn by turn, which put the bare
+thread's request after a SQLite system's every time and this service's two times in three
+(bench/README.md, "2026-12-05, 18:25–21:25 UTC").
 
     .venv-bench/bin/python -m bench.interleaved          # ~1 minute; make bench-interleaved
     .venv-bench/bin/python -m bench.interleaved --rounds 5 --requests 2000
@@ -40,9 +43,9 @@ def write_section(results: dict[str, Any]) -> None:
     per_round = "; ".join(f"{x:.2f}×" for x in results["p50_vs_thread_each_round"])
     lines = [
         bench.measured_on(results["machine"], versions=False) + f". {s['rounds']} round(s) of "
-        f"{s['requests']} turns, each on fresh servers, one sequential request to each system a "
-        "turn, the order rotated turn by turn; medians over rounds of each round's figures and "
-        "ratios.",
+        f"{s['requests']} turns, each round on fresh servers, one sequential request to each "
+        "system a turn, each turn's order drawn at random; medians over rounds of each round's "
+        "figures and ratios.",
         "",
         "| system | dispatch p50 (× thread) | dispatch p99 (× thread) |",
         "| --- | --- | --- |",

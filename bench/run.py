@@ -36,6 +36,7 @@ import importlib.util
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import statistics
@@ -402,28 +403,31 @@ def run_now(system: System, server: Server, session: requests.Session, probe: Pr
 INTERLEAVED = ("thread", "floor", "scheduler_app")
 INTERLEAVED_WARMUP = 30
 # Throughput the same way: the bare route, the bare thread, the floor and this service in turns
-# of short blocks (a repeat's runs in this many blocks each), the order rotated.
+# of short blocks (a repeat's runs in this many blocks each), each turn's order shuffled.
 ALTERNATED_BLOCKS = 6
 
 
-def rotated(names: list[str], turn: int) -> list[str]:
-    """A turn's order: the names shifted by one place a turn, so each follows every other
-    (a request right after a SQLite system's own meets that server still settling it; right
-    after the bare thread's, it does not)."""
-    shift = turn % len(names)
-    return names[shift:] + names[:shift]
+def shuffled(names: list[str], turn: int, seed: str = "") -> list[str]:
+    """A turn's order, drawn at random from ``seed`` and the turn's number (the same run gives
+    the same orders): over many turns no system is favoured, each as often first or last, and
+    right after any given other system (or itself), as every other. A request right after a
+    SQLite system's
+    request can meet that server still settling its run, on the same two cores; rotating the
+    order (``t f s``, ``f s t``, ``s t f``) put the bare thread after a SQLite system at every
+    request and this service at two in three, and reversing it every other turn put this
+    service after its own request at every other turn's start."""
+    return random.Random(f"{seed}/{turn}").sample(names, len(names))
 
 
-def interleave(servers: dict[str, tuple[System, Server]], probe: Probe, count: int, tag: str,
-               order: Callable[[list[str], int], list[str]] = rotated
+def interleave(servers: dict[str, tuple[System, Server]], probe: Probe, count: int, tag: str
                ) -> dict[str, list[float]]:
-    """``count`` turns of one sequential request to each system, in the ``order`` of each
-    turn (of the systems' names and the turn's number): each one's latencies, ms."""
+    """``count`` turns of one sequential request to each system, each turn in an order
+    ``shuffled`` from ``tag``: each one's latencies, ms."""
     sessions = {name: requests.Session() for name in servers}
     latencies: dict[str, list[float]] = {name: [] for name in servers}
     names = list(servers)
     for i in range(count):
-        for name in order(names, i):
+        for name in shuffled(names, i, seed=tag):
             system, server = servers[name]
             sent, started = run_now(system, server, sessions[name], probe,
                                     f"{tag}-{name}-t{i}")
@@ -454,7 +458,7 @@ def started_together(systems: dict[str, System], probe: Probe, tag: str,
 
 def interleaved_round(systems: dict[str, System], probe: Probe, count: int, tag: str,
                       roots: dict[str, Path] | None = None) -> dict[str, list[float]]:
-    """One round on servers ``started_together``: ``count`` turns interleaved and rotated.
+    """One round on servers ``started_together``: ``count`` turns interleaved, shuffled.
     Each system's latencies, ms."""
     with started_together(systems, probe, tag, roots) as servers:
         return interleave(servers, probe, count, tag)
@@ -464,12 +468,12 @@ def alternated_throughput(servers: dict[str, tuple[System, Server]], bare: Syste
                           blocks: int, count: int, tag: str) -> list[dict[str, float]]:
     """``blocks`` turns of ``throughput`` blocks of ``count`` runs, one each for the bare
     route (on the bare thread's server: the same app), the bare thread, the floor and this
-    service, the order rotated: each turn's runs/s by system."""
+    service, each turn's order ``shuffled``: each turn's runs/s by system."""
     systems = {"bare_route": (bare, servers["thread"][1]), **servers}
     turns = []
     for i in range(blocks):
         turn = {}
-        for name in rotated(list(systems), i):
+        for name in shuffled(list(systems), i, seed=f"{tag}-blocks"):
             system, server = systems[name]
             turn[name] = throughput(system, server, probe, count, f"{tag}-{name}-b{i}")[
                 "runs_per_s"]
@@ -1068,7 +1072,7 @@ def interleaved_text(found: dict[str, Any]) -> str:
     text = (
         "In each repeat, before the systems' turns, the bare thread, the durable floor and this "
         f"service on fresh servers at once. Dispatch interleaved, {found['rounds'][0]['turns']} "
-        "turns of one sequential request to each, the order rotated turn by turn, so a slower "
+        "turns of one sequential request to each, each turn's order drawn at random, so a slower "
         f"moment of the machine falls on the three alike: p50 {found['thread']['p50_ms']:.2f}, "
         f"{found['floor']['p50_ms']:.2f} and {found['scheduler_app']['p50_ms']:.2f} ms; this "
         f"service {r['dispatch_p50_vs_thread']:.2f}× the bare thread (each repeat: {rounds}) "
@@ -1082,7 +1086,8 @@ def interleaved_text(found: dict[str, Any]) -> str:
         text += (
             f" Throughput alternated, {tput['turns']} turns of a block of "
             f"{tput['runs_a_block']} runs from 8 client threads to the bare route (on the bare "
-            "thread's server), the bare thread, the floor and this service, the order rotated: "
+            "thread's server), the bare thread, the floor and this service, each turn's order "
+            "drawn at random: "
             f"{rates['bare_route']:.0f}, {rates['thread']:.0f}, {rates['floor']:.0f} and "
             f"{rates['scheduler_app']:.0f} runs/s; this service "
             f"{100 * tput['vs_http_ceiling']:.0f} % of the turn's HTTP ceiling (each turn "
