@@ -398,7 +398,7 @@ def run_now(system: System, server: Server, session: requests.Session, probe: Pr
 # Why: in blocks of 1,000 requests each system has the machine to itself, one after the other,
 # and this 2-core virtual machine's speed moves between half-seconds and between server starts
 # more than the 1.2× line is wide (on 2026-12-05 the durable floor, one sqlite3 insert before
-# its thread, read 0.97-1.44× the bare thread in six runs of code that does not touch it).
+# its thread, read 0.91-1.44× the bare thread in seven runs of code that does not touch it).
 # Interleaved, one request to each system a turn, every moment falls on all of them alike.
 INTERLEAVED = ("thread", "floor", "scheduler_app")
 INTERLEAVED_WARMUP = 30
