@@ -59,9 +59,8 @@ def main() -> None:
                 env = {**ours.env,
                        "FLASK_DATABASE_URL": f"sqlite:///{tmp / f'{side}-{n}.sqlite3'}"}
                 systems[side] = dataclasses.replace(ours, env=env)
-            order = ["thread", "this", "other"] if n % 2 == 0 else ["thread", "other", "this"]
-            latencies = bench.interleaved_round({name: systems[name] for name in order}, probe,
-                                                args.requests, f"r{n}", roots=roots)
+            latencies = bench.interleaved_round(systems, probe, args.requests, f"r{n}",
+                                                roots=roots)
             found_p50 = {name: statistics.median(values) for name, values in latencies.items()}
             for name, value in found_p50.items():
                 p50s[name].append(value)
